@@ -1,0 +1,1 @@
+"""Burrow's node runtime: what runs on one (interruptible) GPU machine."""

@@ -1,0 +1,107 @@
+"""Boot a worker process: settings, slot, broker, storage, then the actor modules.
+
+Order matters: the process claims its slot and pins ``CUDA_VISIBLE_DEVICES`` *before* any actor module (and
+so any CUDA library) is imported.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import logging
+import os
+import sys
+from collections.abc import MutableMapping
+
+import dramatiq
+from dramatiq.middleware import AgeLimit, Callbacks, CurrentMessage, Pipelines, Retries
+
+from . import context
+from .broker import QuorumRabbitmqBroker
+from .errors import BurrowError
+from .middleware import Prefetch, StopConsumingOnShutdown
+from .process import die_with_parent
+from .settings import Settings
+from .slots import SlotLease, discover_gpus, node_slots, nvml_device_count
+from .storage import open_storage
+
+logger = logging.getLogger("burrow.boot")
+
+#: Exit code of a worker process that could not boot for a reason an operator must fix (config, slots).
+EXIT_BOOT_FAILED = 3
+
+
+def build_broker(settings: Settings) -> QuorumRabbitmqBroker:
+    """The node's broker with the node middleware stack.
+
+    Dramatiq's ``TimeLimit`` (10 minutes, and unable to interrupt C/CUDA code) and ``ShutdownNotifications``
+    (an async exception that may land after the work is done) are left out on purpose.
+    """
+    middleware = [
+        AgeLimit(),
+        Callbacks(),
+        Pipelines(),
+        CurrentMessage(),
+        Retries(max_retries=3, min_backoff=1_000, max_backoff=300_000),
+        Prefetch(prefetch=settings.prefetch),
+        StopConsumingOnShutdown(),
+    ]
+    return QuorumRabbitmqBroker(
+        url=settings.amqp_url,
+        delivery_limit=settings.delivery_limit,
+        queue_prefix=settings.queue_prefix,
+        heartbeat_s=settings.heartbeat_s,
+        middleware=middleware,
+    )
+
+
+def claim_slot(settings: Settings, environ: MutableMapping[str, str]) -> SlotLease:
+    """Claim this process's slot (the one ``BURROW_SLOT`` names, else the first free) and pin CUDA to it."""
+    explicit_or_visible = settings.gpus is not None or "CUDA_VISIBLE_DEVICES" in environ
+    gpus = discover_gpus(settings.gpus, environ, None if explicit_or_visible else nvml_device_count())
+    slots = node_slots(gpus, settings.cpu_slots)
+    lease = SlotLease.claim(slots, settings.state_dir, preferred=environ.get("BURROW_SLOT"))
+    lease.pin(environ)
+    lease.publish_status(node_id=settings.node_id)
+    atexit.register(lease.release)
+    return lease
+
+
+def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroker:
+    """Set up this worker process and return its broker; exits the process with a clear message on bad config."""
+    environ = os.environ if environ is None else environ
+    try:
+        settings = Settings.from_env(environ)
+        if environ.get("BURROW_SUPERVISED") == "1":
+            # Our parent is the dramatiq master the supervisor started; if it dies, drain and go.
+            die_with_parent()
+        lease = claim_slot(settings, environ)
+        storage = open_storage(
+            settings.storage_url,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=settings.s3_secret_access_key,
+        )
+        broker = build_broker(settings)
+        dramatiq.set_broker(broker)
+        context.install(context.NodeContext(settings=settings, storage=storage, slot=lease.slot))
+        logger.info(
+            "Node %s slot %s (CUDA_VISIBLE_DEVICES=%r) pid %d: broker %s, storage %r",
+            settings.node_id,
+            lease.slot.id,
+            lease.slot.cuda_visible_devices,
+            os.getpid(),
+            settings.masked_amqp_url,
+            storage,
+        )
+        for module in settings.actor_modules:
+            importlib.import_module(module)
+        for queue_name in sorted(broker.get_declared_queues()):
+            broker.declare_queue(queue_name, ensure=True)  # fail fast on a mismatched existing queue
+        # The main thread only sleeps from here on: an idle connection would miss its heartbeats.
+        del broker.connection
+    except BurrowError as e:
+        logger.error("Cannot start worker: %s", e)
+        sys.exit(EXIT_BOOT_FAILED)
+    return broker

@@ -1,0 +1,403 @@
+"""A Dramatiq RabbitMQ broker that declares quorum queues.
+
+Upstream Dramatiq declares classic queues and keeps delayed messages unacked in worker memory.  For
+interruptible GPU nodes we need instead:
+
+* work queues that are *quorum* queues with a dead-letter exchange and a delivery limit, so a message that
+  kills its process every time ends in a dead-letter queue instead of looping forever;
+* dead letters in a durable quorum queue (``Q.XQ``) with the reason kept (``x-death`` from the broker, or an
+  ``x-burrow-reason`` header when Burrow dead-letters a message itself);
+* delays handled by the broker (fixed-TTL wait queues that dead-letter back to the target), so no worker holds
+  a delayed message unacked and a crash never spends a delayed message's delivery count;
+* the delivery count visible to middleware (``message.delivery_count``);
+* publisher confirms, a configurable heartbeat, and a consumer that stops pulling work as soon as shutdown
+  begins (see ``request_cancel``).
+
+The physical queue names may carry a prefix (``queue_prefix``) so several deployments or test runs can share
+one vhost; Dramatiq and the actors only ever see the logical names.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from typing import Any
+
+import pika
+import pika.exceptions
+from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
+from dramatiq.common import q_name, xq_name
+from dramatiq.errors import ConnectionClosed, DecodeError
+from dramatiq.message import Message
+from dramatiq.middleware import Middleware
+
+from .errors import QueueMismatchError
+
+DEAD_LETTER_EXCHANGE = "burrow.dead-letter"
+REASON_HEADER = "x-burrow-reason"
+DETAIL_HEADER = "x-burrow-detail"
+
+#: Fixed delays (milliseconds) with one wait queue each.  One queue per bucket because per-message expiry in
+#: a shared queue blocks head-of-line: a short delay would wait behind a long one.
+WAIT_BUCKETS_MS: tuple[int, ...] = (
+    100, 250, 500, 1_000, 2_000, 5_000, 10_000, 15_000, 30_000, 60_000, 120_000, 300_000, 600_000,
+    900_000, 1_800_000, 3_600_000, 7_200_000, 21_600_000, 43_200_000, 86_400_000,
+)  # fmt: skip
+
+#: Publishing retries through a broker restart: attempts and the pause before each retry.
+PUBLISH_RETRY_DELAYS_S: tuple[float, ...] = (0, 0.1, 0.25, 0.5, 1, 2, 3, 5, 5, 5, 5, 5)
+
+
+def wait_bucket_ms(delay_ms: int) -> int:
+    """Return the wait bucket for a delay: the smallest bucket at least ``delay_ms`` long (capped at the largest)."""
+    index = bisect_left(WAIT_BUCKETS_MS, max(0, delay_ms))
+    return WAIT_BUCKETS_MS[min(index, len(WAIT_BUCKETS_MS) - 1)]
+
+
+def work_queue_arguments(*, dead_letter_exchange: str, dead_letter_queue: str, delivery_limit: int) -> dict:
+    """Arguments for a work queue: quorum, bounded redeliveries, at-least-once dead-lettering."""
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": delivery_limit,
+        "x-dead-letter-exchange": dead_letter_exchange,
+        "x-dead-letter-routing-key": dead_letter_queue,
+        # At-least-once dead-lettering needs reject-publish; without it a dead letter can be lost in transit.
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def wait_queue_arguments(bucket_ms: int) -> dict:
+    """Arguments for a wait queue: messages expire after ``bucket_ms`` and go back by their own routing key."""
+    return {
+        "x-queue-type": "quorum",
+        "x-message-ttl": bucket_ms,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def death_reason(headers: dict[str, Any] | None) -> str | None:
+    """Why a dead letter died: Burrow's own reason header, else the broker's newest ``x-death`` reason.
+
+    ``x-death`` lists the newest death first; a wait queue's ``expired`` entry is skipped since passing a
+    wait queue is how delays work, not a death.
+    """
+    headers = headers or {}
+    reason = headers.get(REASON_HEADER)
+    if reason:
+        return _text(reason)
+    for death in headers.get("x-death") or []:
+        if ".wait." in _text(death.get("queue", "")) and _text(death.get("reason", "")) == "expired":
+            continue
+        return _text(death.get("reason"))
+    return None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class QuorumRabbitmqBroker(RabbitmqBroker):
+    """A ``RabbitmqBroker`` whose work queues are quorum queues.
+
+    Parameters:
+        url: AMQP URL (several separated by ``;``).
+        delivery_limit: Redeliveries before a message is dead-lettered (N means up to N+1 runs).
+        queue_prefix: Prepended to every physical queue and exchange name.
+        heartbeat_s: AMQP heartbeat in seconds (0 disables).
+        middleware: Dramatiq middleware list.
+        confirm_delivery: Wait for the broker to confirm every publish (on by default: nothing is lost).
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        delivery_limit: int = 3,
+        queue_prefix: str = "",
+        heartbeat_s: int = 30,
+        middleware: list[Middleware] | None = None,
+        confirm_delivery: bool = True,
+    ) -> None:
+        super().__init__(url=url, middleware=middleware, confirm_delivery=confirm_delivery)
+        for parameters in self.parameters if isinstance(self.parameters, list) else [self.parameters]:
+            parameters.heartbeat = heartbeat_s
+        self.delivery_limit = delivery_limit
+        self.queue_prefix = queue_prefix
+        self.dead_letter_exchange = queue_prefix + DEAD_LETTER_EXCHANGE
+        self._wait_buckets_declared: set[int] = set()
+
+    # -- names -------------------------------------------------------------------------------------------
+
+    def physical(self, queue_name: str) -> str:
+        """The RabbitMQ name of a logical queue name."""
+        return self.queue_prefix + queue_name
+
+    def wait_queue_name(self, bucket_ms: int) -> str:
+        return f"{self.queue_prefix}burrow.wait.{bucket_ms}ms"
+
+    @property
+    def consumer_class(self):
+        return QuorumConsumer
+
+    # -- declaring ---------------------------------------------------------------------------------------
+
+    def declare_queue(self, queue_name: str, *, ensure: bool = False) -> None:
+        """Declare a work queue (and its dead-letter queue).  Unlike upstream, no ``.DQ`` queue is announced,
+        so workers start no delay consumer: delays live in the broker's wait queues.
+        """
+        canonical = q_name(queue_name)
+        if canonical not in self.queues:
+            self.emit_before("declare_queue", canonical)
+            self.queues.add(canonical)
+            self.queues_pending.add(canonical)
+            self.emit_after("declare_queue", canonical)
+        if ensure:
+            self._ensure_queue(canonical)
+
+    def _ensure_queue(self, canonical_queue_name: str) -> None:
+        for attempt, pause in enumerate(PUBLISH_RETRY_DELAYS_S[:3]):
+            time.sleep(pause)
+            try:
+                if canonical_queue_name in self.queues_pending:
+                    self._declare_xq_queue(canonical_queue_name)
+                    self._declare_queue(canonical_queue_name)
+                    self.queues_pending.discard(canonical_queue_name)
+                return
+            except pika.exceptions.ChannelClosedByBroker as e:
+                del self.channel
+                if e.reply_code == 406:
+                    raise QueueMismatchError(
+                        f"queue {self.physical(canonical_queue_name)!r} already exists with other arguments "
+                        f"(a classic queue, or another delivery limit): {e.reply_text}. Queue arguments are "
+                        "frozen once declared: delete the queue or choose another name/prefix "
+                        "(BURROW_QUEUE_PREFIX); tune the delivery limit of an existing queue with a policy."
+                    ) from None
+                if attempt == 2:
+                    raise ConnectionClosed(e) from None
+            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+                del self.connection
+                if attempt == 2:
+                    raise ConnectionClosed(e) from None
+
+    def _build_queue_arguments(self, queue_name: str) -> dict:
+        return work_queue_arguments(
+            dead_letter_exchange=self.dead_letter_exchange,
+            dead_letter_queue=self.physical(xq_name(queue_name)),
+            delivery_limit=self.delivery_limit,
+        )
+
+    def _declare_queue(self, queue_name: str):
+        return self.channel.queue_declare(
+            queue=self.physical(queue_name), durable=True, arguments=self._build_queue_arguments(queue_name)
+        )
+
+    def _declare_dq_queue(self, queue_name: str):  # pragma: no cover - never used, see declare_queue
+        raise NotImplementedError("Burrow delays through wait queues; there is no .DQ queue")
+
+    def _declare_xq_queue(self, queue_name: str):
+        channel = self.channel
+        channel.exchange_declare(self.dead_letter_exchange, exchange_type="direct", durable=True)
+        xq = self.physical(xq_name(queue_name))
+        result = channel.queue_declare(queue=xq, durable=True, arguments={"x-queue-type": "quorum"})
+        channel.queue_bind(xq, self.dead_letter_exchange, routing_key=xq)
+        return result
+
+    def _declare_wait_bucket(self, bucket_ms: int) -> None:
+        if bucket_ms in self._wait_buckets_declared:
+            return
+        name = self.wait_queue_name(bucket_ms)
+        channel = self.channel
+        channel.exchange_declare(name, exchange_type="fanout", durable=True)
+        channel.queue_declare(queue=name, durable=True, arguments=wait_queue_arguments(bucket_ms))
+        channel.queue_bind(name, name)
+        self._wait_buckets_declared.add(bucket_ms)
+
+    # -- publishing --------------------------------------------------------------------------------------
+
+    def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
+        """Publish ``message`` (with publisher confirms), after ``delay`` milliseconds if given.
+
+        A delayed message goes to the smallest wait queue at least ``delay`` long, whose expiry sends it back
+        to its work queue; ``eta`` is not set, so no worker holds it in memory.
+        """
+        queue_name = q_name(message.queue_name)
+        if message.options.get("eta") is not None:
+            message = message.copy(options={k: v for k, v in message.options.items() if k != "eta"})
+        bucket = wait_bucket_ms(delay) if delay else None
+
+        def publish() -> None:
+            self.declare_queue(queue_name, ensure=True)
+            exchange = ""
+            if bucket is not None:
+                self._declare_wait_bucket(bucket)
+                exchange = self.wait_queue_name(bucket)
+            self.logger.debug("Enqueueing message %r on %r (delay %s).", message.message_id, queue_name, delay)
+            self.emit_before("enqueue", message, delay)
+            self.channel.basic_publish(
+                exchange=exchange,
+                routing_key=self.physical(queue_name),
+                body=message.encode(),
+                # No headers on purpose: a copied x-delivery-count would be trusted by the broker.
+                properties=pika.BasicProperties(
+                    delivery_mode=2, message_id=message.message_id, content_type="application/json"
+                ),
+                mandatory=self.confirm_delivery,
+            )
+            self.emit_after("enqueue", message, delay)
+
+        self._with_reconnect(publish, queue_name)
+        return message
+
+    def dead_letter(self, queue_name: str, body: bytes, *, reason: str, detail: str = "") -> None:
+        """Put ``body`` into ``queue_name``'s dead-letter queue with ``reason`` (and ``detail``) in its headers.
+
+        Used when Burrow itself decides a message is dead (malformed, expired, …), so the reason is explicit
+        rather than the broker's generic ``rejected``.
+        """
+        queue_name = q_name(queue_name)
+
+        def publish() -> None:
+            self.declare_queue(queue_name, ensure=True)
+            self.channel.basic_publish(
+                exchange=self.dead_letter_exchange,
+                routing_key=self.physical(xq_name(queue_name)),
+                body=body,
+                properties=pika.BasicProperties(
+                    delivery_mode=2, headers={REASON_HEADER: reason, DETAIL_HEADER: detail[:4000]}
+                ),
+                mandatory=self.confirm_delivery,
+            )
+
+        self._with_reconnect(publish, queue_name)
+
+    def _with_reconnect(self, operation, queue_name: str) -> None:
+        # Dramatiq's enqueue retries immediately; a broker restart takes seconds, so retry with pauses.
+        last_error: Exception | None = None
+        for pause in PUBLISH_RETRY_DELAYS_S:
+            time.sleep(pause)
+            try:
+                operation()
+                return
+            except QueueMismatchError:
+                raise
+            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+                last_error = e
+                del self.connection
+                self._wait_buckets_declared.clear()
+                if isinstance(e, pika.exceptions.UnroutableError):
+                    self.queues_pending.add(queue_name)
+                self.logger.debug("Publish failed (%s); reconnecting.", e)
+            except ConnectionClosed as e:
+                last_error = e
+                del self.connection
+        raise ConnectionClosed(last_error) from None
+
+    # -- consuming and inspection -------------------------------------------------------------------------
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> QuorumConsumer:
+        self.declare_queue(queue_name, ensure=True)
+        return self.consumer_class(self, queue_name, prefetch, timeout)
+
+    def get_declared_delay_queues(self) -> set[str]:
+        return set()
+
+    def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
+        """Ready messages in the work queue, 0 (no delay queue) and messages in its dead-letter queue."""
+        queue_name = q_name(queue_name)
+        self.declare_queue(queue_name, ensure=True)
+        ready = self._declare_queue(queue_name).method.message_count
+        dead = self._declare_xq_queue(queue_name).method.message_count
+        return ready, 0, dead
+
+    def flush(self, queue_name: str) -> None:
+        for name in (q_name(queue_name), xq_name(queue_name)):
+            try:
+                self.channel.queue_purge(self.physical(name))
+            except pika.exceptions.AMQPChannelError:
+                del self.channel
+
+
+class DeliveredMessage(_RabbitmqMessage):
+    """A delivered message plus what RabbitMQ said about the delivery.
+
+    Attributes:
+        redelivered: The broker delivered it before (to this or another consumer).
+        delivery_count: Earlier deliveries that did not end in an ack (0 on the first delivery).
+        headers: The AMQP headers as received.
+    """
+
+    def __init__(self, redelivered: bool, tag: int, message: Message, delivery_count: int, headers: dict):
+        super().__init__(redelivered, tag, message)
+        self.delivery_count = delivery_count
+        self.headers = headers
+
+
+class QuorumConsumer(_RabbitmqConsumer):
+    """Consumes a quorum queue, exposing ``x-delivery-count`` and dead-lettering undecodable messages.
+
+    ``request_cancel()`` (thread-safe) stops the flow of new deliveries while the connection keeps being
+    serviced, so the job still running can be acked and heartbeats keep flowing during a graceful drain.
+    """
+
+    def __init__(self, broker: QuorumRabbitmqBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        self.logical_queue_name = queue_name
+        self.timeout_s = timeout / 1000
+        self._cancel_requested = False
+        self._cancelled = False
+        super().__init__(broker, broker.physical(queue_name), prefetch, timeout)
+
+    def request_cancel(self) -> None:
+        """Ask the consumer to stop taking deliveries (acted on in the consumer thread)."""
+        self._cancel_requested = True
+
+    def __next__(self):
+        if self._cancel_requested:
+            return self._idle_after_cancel()
+        try:
+            method, properties, body = next(self.iterator)
+            if method is None:
+                return None
+        except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+            if getattr(e, "reply_code", None) == 404:
+                self.broker.queues_pending.add(q_name(self.logical_queue_name))
+            raise ConnectionClosed(e) from None
+
+        headers = dict(properties.headers or {})
+        try:
+            message = Message.decode(body)
+        except DecodeError as e:
+            self._dead_letter_undecodable(method.delivery_tag, body, e)
+            return None
+
+        self.known_tags.add(method.delivery_tag)
+        return DeliveredMessage(
+            method.redelivered,
+            method.delivery_tag,
+            message,
+            delivery_count=int(headers.get("x-delivery-count") or 0),
+            headers=headers,
+        )
+
+    def _idle_after_cancel(self):
+        try:
+            if not self._cancelled:
+                self._cancelled = True
+                requeued = self.channel.cancel()
+                self.logger.info("Stopped taking new jobs (%d prefetched message(s) returned).", requeued)
+            self.connection.process_data_events(time_limit=self.timeout_s)
+        except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+            raise ConnectionClosed(e) from None
+        return None
+
+    def _dead_letter_undecodable(self, tag: int, body: bytes, error: Exception) -> None:
+        self.logger.error("Dead-lettering a malformed message on %r: %s", self.queue_name, error)
+        try:
+            self.broker.dead_letter(self.logical_queue_name, body, reason="malformed", detail=str(error))
+            self.channel.basic_ack(tag)
+        except Exception:
+            # Could not publish with a reason: let the broker dead-letter it ("rejected") rather than lose it.
+            self.logger.warning("Falling back to a plain reject for the malformed message.", exc_info=True)
+            self.channel.basic_nack(tag, requeue=False)

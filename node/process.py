@@ -1,0 +1,22 @@
+"""Process plumbing shared by the supervisor and the worker boot (Linux ``prctl``)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import signal
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send ``signum`` to this process when its parent dies, so no worker is orphaned."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+            logger.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    except OSError as e:  # not Linux
+        logger.debug("prctl unavailable: %s", e)

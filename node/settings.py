@@ -1,0 +1,208 @@
+"""Node settings: one frozen dataclass read from the environment and validated at start.
+
+Every value has a default that works on a laptop with a local RabbitMQ and a local storage directory, so
+``dramatiq node.actors`` runs with no configuration at all.  A malformed value raises ``ConfigError`` naming
+the variable.  Secrets are read from the environment only and never appear in ``repr`` or logs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import ConfigError
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+DEFAULT_ACTOR_MODULES = ("actors.simulation",)
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***`` so it is safe to log or print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a node needs to know, with units in the names.
+
+    Attributes:
+        amqp_url: RabbitMQ URL (``AMQP_URL``); several may be separated by ``;``.
+        storage_url: ``file:///path`` or ``s3://bucket/prefix`` (``BURROW_STORAGE_URL``).
+        s3_endpoint_url: S3-compatible endpoint, e.g. R2 or MinIO (``BURROW_S3_ENDPOINT_URL``); empty for AWS.
+        s3_region: Region for S3 (``BURROW_S3_REGION``, falls back to ``AWS_REGION``; R2 uses ``auto``).
+        s3_access_key_id: Access key (``AWS_ACCESS_KEY_ID``); empty means boto3's own credential chain.
+        s3_secret_access_key: Secret key (``AWS_SECRET_ACCESS_KEY``); never printed.
+        node_id: This machine's name in job records and logs (``BURROW_NODE_ID``, default the hostname).
+        subcloud: The private pool this node serves (``BURROW_SUBCLOUD``).
+        gpus: ``None`` to discover (NVML, then ``CUDA_VISIBLE_DEVICES``), ``()`` for none, or an explicit tuple
+            of device ids (``BURROW_GPUS``: ``auto``, ``none`` or ``0,1,2``).
+        cpu_slots: How many CPU slots exist when there is no GPU (``BURROW_CPU_SLOTS``).
+        processes: Worker processes ``burrow node`` starts (``BURROW_PROCESSES``, ``0`` = one per slot).
+        heartbeat_s: AMQP heartbeat (``BURROW_HEARTBEAT_S``).
+        prefetch: Messages each worker process holds (``BURROW_PREFETCH``); 1 so a crash costs one job.
+        delivery_limit: Quorum-queue delivery limit before dead-lettering (``BURROW_DELIVERY_LIMIT``).
+        queue_prefix: Prepended to every RabbitMQ queue name (``BURROW_QUEUE_PREFIX``), to share a vhost.
+        state_dir: Machine-local directory for slot locks and process status (``BURROW_STATE_DIR``).
+        grace_s: Time a worker gets to finish after SIGTERM (``BURROW_GRACE_S``).
+        restart_backoff_min_s: First delay before restarting a crashed worker (``BURROW_RESTART_BACKOFF_MIN_S``).
+        restart_backoff_max_s: Largest such delay (``BURROW_RESTART_BACKOFF_MAX_S``).
+        actor_modules: Modules ``node.actors`` imports (``BURROW_ACTOR_MODULES``, comma-separated).
+    """
+
+    amqp_url: str = DEFAULT_AMQP_URL
+    storage_url: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = field(default="", repr=False)
+    node_id: str = field(default_factory=socket.gethostname)
+    subcloud: str = "public"
+    gpus: tuple[str, ...] | None = None
+    cpu_slots: int = field(default_factory=lambda: os.cpu_count() or 1)
+    processes: int = 0
+    heartbeat_s: int = 30
+    prefetch: int = 1
+    delivery_limit: int = 3
+    queue_prefix: str = ""
+    state_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "burrow")
+    grace_s: float = 25.0
+    restart_backoff_min_s: float = 1.0
+    restart_backoff_max_s: float = 60.0
+    actor_modules: tuple[str, ...] = DEFAULT_ACTOR_MODULES
+
+    def __post_init__(self) -> None:
+        if not self.storage_url:
+            object.__setattr__(self, "storage_url", (Path.cwd() / ".burrow" / "storage").as_uri())
+
+    @property
+    def masked_amqp_url(self) -> str:
+        return ";".join(mask_url(u) for u in self.amqp_url.split(";"))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``environ`` (default ``os.environ``).
+
+        Raises:
+            ConfigError: A variable is malformed; the message names it.
+        """
+        env = os.environ if environ is None else environ
+        r = _Reader(env)
+        defaults = cls()
+        return cls(
+            amqp_url=r.url("AMQP_URL", defaults.amqp_url, schemes=("amqp", "amqps")),
+            storage_url=r.url("BURROW_STORAGE_URL", defaults.storage_url, schemes=("file", "s3")),
+            s3_endpoint_url=r.url("BURROW_S3_ENDPOINT_URL", "", schemes=("http", "https")),
+            s3_region=r.text("BURROW_S3_REGION", env.get("AWS_REGION") or defaults.s3_region),
+            s3_access_key_id=r.text("AWS_ACCESS_KEY_ID", ""),
+            s3_secret_access_key=r.text("AWS_SECRET_ACCESS_KEY", ""),
+            node_id=r.name("BURROW_NODE_ID", defaults.node_id),
+            subcloud=r.name("BURROW_SUBCLOUD", defaults.subcloud),
+            gpus=r.gpus("BURROW_GPUS"),
+            cpu_slots=r.integer("BURROW_CPU_SLOTS", defaults.cpu_slots, minimum=1),
+            processes=r.integer("BURROW_PROCESSES", 0, minimum=0),
+            heartbeat_s=r.integer("BURROW_HEARTBEAT_S", defaults.heartbeat_s, minimum=0),
+            prefetch=r.integer("BURROW_PREFETCH", defaults.prefetch, minimum=1),
+            delivery_limit=r.integer("BURROW_DELIVERY_LIMIT", defaults.delivery_limit, minimum=0),
+            queue_prefix=r.text("BURROW_QUEUE_PREFIX", ""),
+            state_dir=Path(r.text("BURROW_STATE_DIR", str(defaults.state_dir))),
+            grace_s=r.number("BURROW_GRACE_S", defaults.grace_s, minimum=0),
+            restart_backoff_min_s=r.number("BURROW_RESTART_BACKOFF_MIN_S", 1.0, minimum=0),
+            restart_backoff_max_s=r.number("BURROW_RESTART_BACKOFF_MAX_S", 60.0, minimum=0),
+            actor_modules=r.modules("BURROW_ACTOR_MODULES", defaults.actor_modules),
+        )
+
+
+class _Reader:
+    """Parses one environment variable at a time, raising ``ConfigError`` that names it."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def _raw(self, name: str) -> str | None:
+        value = self.env.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def text(self, name: str, default: str) -> str:
+        value = self._raw(name)
+        return default if value is None else value
+
+    def name(self, name: str, default: str) -> str:
+        value = self.text(name, default)
+        if not value.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ConfigError(name, f"{value!r} may only hold letters, digits, '-', '_' and '.'")
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        value = self._raw(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(name, f"expected a whole number, got {value!r}") from None
+        if number < minimum:
+            raise ConfigError(name, f"must be at least {minimum}, got {number}")
+        return number
+
+    def number(self, name: str, default: float, *, minimum: float) -> float:
+        value = self._raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(name, f"expected a number, got {value!r}") from None
+        if number < minimum:
+            raise ConfigError(name, f"must be at least {minimum}, got {number}")
+        return number
+
+    def url(self, name: str, default: str, *, schemes: tuple[str, ...]) -> str:
+        value = self.text(name, default)
+        if not value:
+            return value
+        for one in value.split(";"):
+            scheme = urlsplit(one).scheme
+            if scheme not in schemes:
+                raise ConfigError(
+                    name, f"{mask_url(one)!r} has scheme {scheme!r}; expected one of {', '.join(schemes)}"
+                )
+        return value
+
+    def gpus(self, name: str) -> tuple[str, ...] | None:
+        value = self.text(name, "auto")
+        if value.lower() == "auto":
+            return None
+        if value.lower() == "none":
+            return ()
+        ids = tuple(part.strip() for part in value.split(","))
+        if any(not part for part in ids):
+            raise ConfigError(name, f"{value!r} has an empty entry; expected 'auto', 'none' or e.g. '0,1,2'")
+        if len(set(ids)) != len(ids):
+            raise ConfigError(name, f"{value!r} lists a GPU twice")
+        return ids
+
+    def modules(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self._raw(name)
+        if value is None:
+            return default
+        modules = tuple(part.strip() for part in value.split(",") if part.strip())
+        for module in modules:
+            if not all(piece.isidentifier() for piece in module.split(".")):
+                raise ConfigError(name, f"{module!r} is not a Python module path")
+        return modules

@@ -1,0 +1,154 @@
+"""An S3-compatible backend (Cloudflare R2, MinIO, AWS) through boto3."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from ..errors import ObjectNotFound, PreconditionFailed, StorageError
+from .base import ObjectInfo, Storage
+
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+# R2 and AWS answer a lost conditional write with 412; a concurrent conditional write in flight gives 409.
+_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+
+
+class S3Storage(Storage):
+    """Objects live in ``bucket`` under ``prefix``.
+
+    Large files go through boto3's transfer manager (multipart above ``multipart_threshold``); conditional
+    writes use S3's ``If-Match`` / ``If-None-Match`` headers, which R2, AWS and MinIO honour.
+
+    Parameters:
+        bucket: Bucket name.
+        prefix: Key prefix inside the bucket (may be empty).
+        endpoint_url: The S3 endpoint (R2: ``https://<account>.r2.cloudflarestorage.com``); ``None`` for AWS.
+        region: Region name (``auto`` for R2).
+        access_key_id: Access key; ``None`` uses boto3's credential chain (environment, profile, role).
+        secret_access_key: Secret key.
+        multipart_threshold: Files larger than this many bytes are uploaded in parts.
+    """
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        multipart_threshold: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+        )
+        self.transfer_config = TransferConfig(multipart_threshold=multipart_threshold, multipart_chunksize=16 << 20)
+
+    def __repr__(self) -> str:
+        return f"S3Storage(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint_url={self.endpoint_url!r})"
+
+    def _key(self, key: str) -> str:
+        self.check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _strip(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
+
+    def _error(self, error: ClientError, key: str) -> StorageError:
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        if code in _NOT_FOUND:
+            return ObjectNotFound(key)
+        if code in _PRECONDITION:
+            return PreconditionFailed(f"{key!r}: conditional write lost ({code})")
+        return StorageError(f"{key!r}: {error}")
+
+    def put(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> ObjectInfo:
+        extra: dict = {}
+        if if_match is not None:
+            extra["IfMatch"] = f'"{if_match}"'
+        if if_none_match:
+            extra["IfNoneMatch"] = "*"
+        try:
+            response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+        except ClientError as e:
+            raise self._error(e, key) from None
+        return ObjectInfo(key=key, etag=response["ETag"].strip('"'), size=len(data))
+
+    def get(self, key: str) -> tuple[bytes, ObjectInfo]:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            data = response["Body"].read()
+        except ClientError as e:
+            raise self._error(e, key) from None
+        return data, ObjectInfo(key=key, etag=response["ETag"].strip('"'), size=len(data))
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as e:
+            error = self._error(e, key)
+            if isinstance(error, ObjectNotFound):
+                return None
+            raise error from None
+        return ObjectInfo(key=key, etag=response["ETag"].strip('"'), size=response["ContentLength"])
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as e:
+            raise self._error(e, key) from None
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        full_prefix = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+                for item in page.get("Contents", []):
+                    yield self._strip(item["Key"])
+        except ClientError as e:
+            raise self._error(e, prefix) from None
+
+    def upload_file(self, key: str, path: str | Path) -> ObjectInfo:
+        try:
+            self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer_config)
+        except ClientError as e:
+            raise self._error(e, key) from None
+        except boto3.exceptions.S3UploadFailedError as e:
+            raise StorageError(f"{key!r}: {e}") from None
+        info = self.head(key)
+        if info is None:  # pragma: no cover - the upload just succeeded
+            raise StorageError(f"{key!r}: uploaded but not found")
+        return info
+
+    def download_file(self, key: str, path: str | Path) -> ObjectInfo:
+        info = self.head(key)
+        if info is None:
+            raise ObjectNotFound(key)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            self.client.download_file(self.bucket, self._key(key), tmp, Config=self.transfer_config)
+            os.replace(tmp, target)
+        except ClientError as e:
+            raise self._error(e, key) from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return info
