@@ -22,7 +22,7 @@ from .errors import BurrowError
 from .middleware import Prefetch, StopConsumingOnShutdown
 from .process import die_with_parent
 from .settings import Settings
-from .slots import SlotLease, discover_gpus, node_slots, nvml_device_count
+from .slots import SlotLease, configured_slots
 from .storage import open_storage
 
 logger = logging.getLogger("burrow.boot")
@@ -57,9 +57,7 @@ def build_broker(settings: Settings) -> QuorumRabbitmqBroker:
 
 def claim_slot(settings: Settings, environ: MutableMapping[str, str]) -> SlotLease:
     """Claim this process's slot (the one ``BURROW_SLOT`` names, else the first free) and pin CUDA to it."""
-    explicit_or_visible = settings.gpus is not None or "CUDA_VISIBLE_DEVICES" in environ
-    gpus = discover_gpus(settings.gpus, environ, None if explicit_or_visible else nvml_device_count())
-    slots = node_slots(gpus, settings.cpu_slots)
+    slots = configured_slots(settings.gpus, settings.cpu_slots, environ)
     lease = SlotLease.claim(slots, settings.state_dir, preferred=environ.get("BURROW_SLOT"))
     lease.pin(environ)
     lease.publish_status(node_id=settings.node_id)

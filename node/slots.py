@@ -83,6 +83,15 @@ def node_slots(gpus: Sequence[str], cpu_slots: int) -> list[Slot]:
     return [Slot(id=f"cpu-{n}") for n in range(cpu_slots)]
 
 
+def configured_slots(gpus: Sequence[str] | None, cpu_slots: int, environ: Mapping[str, str]) -> list[Slot]:
+    """The node's slots from its settings (``BURROW_GPUS``, ``BURROW_CPU_SLOTS``) and environment.
+
+    NVML is asked only when neither ``BURROW_GPUS`` nor ``CUDA_VISIBLE_DEVICES`` says which GPUs to use.
+    """
+    count = None if gpus is not None or "CUDA_VISIBLE_DEVICES" in environ else nvml_device_count()
+    return node_slots(discover_gpus(gpus, environ, count), cpu_slots)
+
+
 def check_capacity(processes: int, slots: Sequence[Slot]) -> None:
     """Raise ``SlotError`` when more worker processes are asked for than the node has slots."""
     if processes > len(slots):

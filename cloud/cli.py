@@ -1,0 +1,155 @@
+"""The ``burrow`` command: run a node, submit jobs, look at queues, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from node.errors import BurrowError
+from node.settings import Settings
+
+logger = logging.getLogger("burrow.cli")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="[%(asctime)s] [PID %(process)d] [%(name)s] [%(levelname)s] %(message)s",
+    )
+    logging.getLogger("pika").setLevel(logging.WARNING)
+
+
+def cmd_node(args: argparse.Namespace, settings: Settings) -> int:
+    from node.supervisor import Supervisor, plan_slots, worker_specs
+
+    if args.grace_s is not None:
+        settings = Settings.from_env({**os.environ, "BURROW_GRACE_S": str(args.grace_s)})
+    slots = plan_slots(settings, os.environ, args.processes)
+    logger.info(
+        "Node %s: %d worker(s) on %s; broker %s",
+        settings.node_id,
+        len(slots),
+        ", ".join(s.id for s in slots),
+        settings.masked_amqp_url,
+    )
+    supervisor = Supervisor(
+        worker_specs(settings, slots, os.environ),
+        grace_s=settings.grace_s,
+        backoff_min_s=settings.restart_backoff_min_s,
+        backoff_max_s=settings.restart_backoff_max_s,
+    )
+    supervisor.install_signal_handlers()
+    return supervisor.run()
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from cloud.client import connect
+
+    broker = connect(settings)
+    actor = broker.get_actor(args.actor)
+    kwargs = json.loads(args.kwargs)
+    if not isinstance(kwargs, dict):
+        raise SystemExit(f"--kwargs must be a JSON object, got {args.kwargs!r}")
+    for _ in range(args.count):
+        message = actor.send_with_options(kwargs=kwargs)
+        print(message.message_id)
+    broker.close()
+    return 0
+
+
+def cmd_queues(args: argparse.Namespace, settings: Settings) -> int:
+    from cloud.client import connect
+
+    broker = connect(settings)
+    print(f"{'queue':30} {'ready':>8} {'dead':>8}")
+    for name in sorted(broker.get_declared_queues()):
+        ready, _, dead = broker.get_queue_message_counts(name)
+        print(f"{broker.physical(name):30} {ready:>8} {dead:>8}")
+    broker.close()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Start a node, send it demo simulations, print each result as it lands in storage, stop the node."""
+    from cloud.client import connect
+    from node.storage import open_storage
+
+    storage = open_storage(settings.storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+    broker = connect(settings)
+    simulate = broker.get_actor("simulate")
+    print(f"broker  {settings.masked_amqp_url}\nstorage {settings.storage_url}")
+    node = subprocess.Popen([sys.executable, "-m", "cloud.cli", "node", "--processes", str(args.processes)])
+    try:
+        pending = {simulate.send(seed=seed, samples=args.samples).message_id: seed for seed in range(args.jobs)}
+        print(f"submitted {len(pending)} job(s) to queue {broker.physical('simulation')!r}")
+        deadline = time.monotonic() + args.timeout_s
+        while pending and time.monotonic() < deadline and node.poll() is None:
+            for job_id in list(pending):
+                info = storage.head(f"jobs/{job_id}/artifacts/result.json")
+                if info is not None:
+                    data, _ = storage.get(info.key)
+                    result = json.loads(data)
+                    print(
+                        f"job {job_id} done on {result['slot']} (pid {result['pid']}): "
+                        f"pi ~ {result['estimate']:.6f} from {result['samples']} samples"
+                    )
+                    del pending[job_id]
+            time.sleep(0.2)
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.wait()
+        broker.close()
+    if pending:
+        print(f"{len(pending)} job(s) did not finish in {args.timeout_s}s", file=sys.stderr)
+        return 1
+    print("all demo jobs completed")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="burrow", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    node = sub.add_parser("node", help="run this machine's worker processes (one per GPU or CPU slot)")
+    node.add_argument("--processes", type=int, default=None, help="worker processes (default: one per slot)")
+    node.add_argument("--grace-s", type=float, default=None, help="shutdown grace period (BURROW_GRACE_S)")
+    node.set_defaults(func=cmd_node)
+
+    submit = sub.add_parser("submit", help="send a job to an actor")
+    submit.add_argument("actor", help="actor name, e.g. simulate")
+    submit.add_argument("--kwargs", default="{}", help='keyword arguments as JSON, e.g. \'{"seed": 1}\'')
+    submit.add_argument("--count", type=int, default=1)
+    submit.set_defaults(func=cmd_submit)
+
+    queues = sub.add_parser("queues", help="ready and dead-lettered message counts per queue")
+    queues.set_defaults(func=cmd_queues)
+
+    demo = sub.add_parser("demo", help="run a node on demo jobs and show them complete")
+    demo.add_argument("--jobs", type=int, default=4)
+    demo.add_argument("--samples", type=int, default=2_000_000)
+    demo.add_argument("--processes", type=int, default=2)
+    demo.add_argument("--timeout-s", type=float, default=120.0)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        settings = Settings.from_env()
+        return args.func(args, settings)
+    except BurrowError as e:
+        print(f"burrow: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

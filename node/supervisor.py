@@ -1,0 +1,202 @@
+"""``burrow node``: one Dramatiq worker process per slot, each restarted alone when it dies.
+
+Dramatiq's own master stops *every* worker process when one dies, and a second SIGTERM makes a worker
+abandon its job. So the supervisor starts one ``dramatiq node.actors --processes 1 --threads 1`` per slot,
+each in its own session (a terminal's Ctrl-C or a process-group signal reaches only the supervisor), with
+``PR_SET_PDEATHSIG`` so a killed supervisor leaves no orphans. On shutdown it forwards exactly one SIGTERM to
+each child and waits ``grace_s`` before killing what is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .process import die_with_parent
+from .settings import Settings
+from .slots import Slot, check_capacity, configured_slots
+
+logger = logging.getLogger("burrow.supervisor")
+
+#: A child that ran at least this long before dying is considered healthy again: its backoff restarts.
+STABLE_AFTER_S = 30.0
+#: Extra time, beyond the grace period, before the supervisor SIGKILLs a child that has not exited.
+KILL_MARGIN_S = 5.0
+
+
+def restart_delay(consecutive_failures: int, min_s: float, max_s: float) -> float:
+    """Exponential backoff before restarting a child that has failed ``consecutive_failures`` times in a row."""
+    if consecutive_failures <= 0:
+        return 0.0
+    return min(max_s, min_s * 2 ** (consecutive_failures - 1))
+
+
+@dataclass
+class ChildSpec:
+    """A process the supervisor keeps running.
+
+    Attributes:
+        name: Shown in logs, e.g. ``worker cpu-0``.
+        argv: Command line.
+        env: Full environment of the child.
+    """
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+
+
+@dataclass
+class _Child:
+    spec: ChildSpec
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    failures: int = 0
+    restart_at: float | None = 0.0
+    restarts: int = field(default=0)
+
+
+def worker_specs(
+    settings: Settings, slots: Sequence[Slot], environ: Mapping[str, str], *, python: str = sys.executable
+) -> list[ChildSpec]:
+    """One ``dramatiq node.actors`` child per slot, each told which slot is its own."""
+    gpus = ",".join(s.device for s in slots if s.device is not None) or "none"
+    specs = []
+    for slot in slots:
+        env = dict(environ)
+        env.update(
+            BURROW_SLOT=slot.id,
+            BURROW_GPUS=gpus,
+            BURROW_SUPERVISED="1",
+            CUDA_DEVICE_ORDER="PCI_BUS_ID",
+            CUDA_VISIBLE_DEVICES=slot.cuda_visible_devices,
+        )
+        argv = [
+            python, "-m", "dramatiq", "node.actors",
+            "--processes", "1", "--threads", "1",
+            "--worker-shutdown-timeout", str(int(settings.grace_s * 1000)),
+        ]  # fmt: skip
+        specs.append(ChildSpec(name=f"worker {slot.id}", argv=argv, env=env))
+    return specs
+
+
+class Supervisor:
+    """Keeps a set of child processes running until told to stop.
+
+    Parameters:
+        specs: The children.
+        grace_s: How long children get after the one SIGTERM.
+        backoff_min_s: First restart delay after a crash.
+        backoff_max_s: Largest restart delay.
+        on_start: Called with (spec, pid) whenever a child starts (tests and status reporting use it).
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[ChildSpec],
+        *,
+        grace_s: float,
+        backoff_min_s: float,
+        backoff_max_s: float,
+        on_start: Callable[[ChildSpec, int], None] | None = None,
+    ) -> None:
+        self.children = [_Child(spec) for spec in specs]
+        self.grace_s = grace_s
+        self.backoff_min_s = backoff_min_s
+        self.backoff_max_s = backoff_max_s
+        self.on_start = on_start
+        self.stopping = threading.Event()
+
+    def request_stop(self, signum: int | None = None, frame: object = None) -> None:
+        if self.stopping.is_set():
+            logger.warning("Already stopping; children keep their grace period (%.0fs).", self.grace_s)
+            return
+        logger.info("Stopping: one SIGTERM to each worker, %.0fs grace.", self.grace_s)
+        self.stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self.request_stop)
+
+    def _start(self, child: _Child) -> None:
+        child.process = subprocess.Popen(
+            child.spec.argv,
+            env=child.spec.env,
+            start_new_session=True,  # signals to the supervisor's group never reach the workers directly
+            preexec_fn=die_with_parent,
+        )
+        child.started_at = time.monotonic()
+        child.restart_at = None
+        logger.info("Started %s (pid %d).", child.spec.name, child.process.pid)
+        if self.on_start is not None:
+            self.on_start(child.spec, child.process.pid)
+
+    def _reap(self, child: _Child, now: float) -> None:
+        assert child.process is not None
+        code = child.process.poll()
+        if code is None:
+            return
+        ran_s = now - child.started_at
+        child.failures = 1 if ran_s >= STABLE_AFTER_S else child.failures + 1
+        delay = restart_delay(child.failures, self.backoff_min_s, self.backoff_max_s)
+        logger.warning(
+            "%s (pid %d) exited with code %s after %.1fs; restarting in %.1fs.",
+            child.spec.name,
+            child.process.pid,
+            code,
+            ran_s,
+            delay,
+        )
+        child.process = None
+        child.restart_at = now + delay
+        child.restarts += 1
+
+    def run(self) -> int:
+        """Run until ``request_stop``; returns the exit code for the supervisor."""
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            for child in self.children:
+                if child.process is not None:
+                    self._reap(child, now)
+                if child.process is None and child.restart_at is not None and now >= child.restart_at:
+                    self._start(child)
+            self.stopping.wait(0.2)
+        return self._shutdown()
+
+    def _shutdown(self) -> int:
+        alive = [c for c in self.children if c.process is not None and c.process.poll() is None]
+        for child in alive:
+            assert child.process is not None
+            child.process.send_signal(signal.SIGTERM)  # exactly one, to the dramatiq master only
+        deadline = time.monotonic() + self.grace_s + KILL_MARGIN_S
+        for child in alive:
+            assert child.process is not None
+            try:
+                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.error("%s did not stop within the grace period; killing it.", child.spec.name)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.process.pid, signal.SIGKILL)
+                child.process.wait()
+        logger.info("All workers stopped.")
+        return 0
+
+
+def plan_slots(settings: Settings, environ: Mapping[str, str], processes: int | None = None) -> list[Slot]:
+    """The slots ``burrow node`` will fill: all of them, or the first ``processes``.
+
+    Raises:
+        SlotError: More processes were asked for than the node has slots.
+    """
+    slots = configured_slots(settings.gpus, settings.cpu_slots, environ)
+    wanted = processes or settings.processes or len(slots)
+    check_capacity(wanted, slots)
+    return slots[:wanted]
