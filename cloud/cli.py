@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = sub.add_parser("submit", help="send a job to an actor")
     submit.add_argument("actor", help="actor name, e.g. simulate")
-    submit.add_argument("--kwargs", default="{}", help='keyword arguments as JSON, e.g. \'{"seed": 1}\'')
+    submit.add_argument("--kwargs", default="{}", help="keyword arguments as JSON, e.g. '{\"seed\": 1}'")
     submit.add_argument("--count", type=int, default=1)
     submit.set_defaults(func=cmd_submit)
 

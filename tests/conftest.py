@@ -1,0 +1,216 @@
+"""Shared fixtures: the real RabbitMQ, a real S3 endpoint on loopback, per-test queue namespaces, nodes.
+
+RabbitMQ comes from ``docker-compose.test.yml`` through pytest-docker when a Docker engine answers, and from
+the loopback service (``AMQP_URL``, default ``amqp://guest:guest@127.0.0.1:5672``) when it does not. If
+neither is reachable the broker tests *fail* with a message saying so: they are never skipped silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pika
+import pytest
+from dramatiq import Message
+
+from node.broker import WAIT_BUCKETS_MS, QuorumRabbitmqBroker
+from node.settings import DEFAULT_AMQP_URL
+from node.storage import LocalStorage, Storage
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_ACTOR_MODULES = "actors.simulation,tests.workload"
+
+
+def docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def docker_compose_file() -> str:
+    return str(ROOT / "docker-compose.test.yml")
+
+
+def _rabbitmq_answers(url: str) -> bool:
+    try:
+        pika.BlockingConnection(pika.URLParameters(url)).close()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def amqp_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a running RabbitMQ: Docker's when Docker works, else the loopback service."""
+    if docker_available() and not os.environ.get("AMQP_URL"):
+        services = request.getfixturevalue("docker_services")
+        port = services.port_for("rabbitmq", 5672)
+        url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
+        services.wait_until_responsive(check=lambda: _rabbitmq_answers(url), timeout=90, pause=1)
+        return url
+    url = os.environ.get("AMQP_URL", DEFAULT_AMQP_URL)
+    if not _rabbitmq_answers(url):
+        pytest.fail(
+            f"RabbitMQ is not reachable at {url.split('@')[-1]} and Docker is not available. "
+            "Start it (`rabbitmq-server -detached`) or set AMQP_URL.",
+            pytrace=False,
+        )
+    return url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 HTTP endpoint on loopback (moto's threaded server)."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    import boto3
+
+    name = f"burrow-test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def queue_prefix(amqp_url: str) -> Iterator[str]:
+    """A fresh queue-name prefix; the test's queues and exchanges are deleted afterwards."""
+    prefix = f"test-{uuid.uuid4().hex[:10]}."
+    yield prefix
+    delete_namespace(amqp_url, prefix, ["simulation", "tests", "tests.poison", "classic"])
+
+
+def delete_namespace(url: str, prefix: str, queues: list[str]) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    names = [prefix + q for q in queues] + [prefix + q + ".XQ" for q in queues]
+    names += [f"{prefix}burrow.wait.{ms}ms" for ms in WAIT_BUCKETS_MS]
+    for name in names:
+        channel.queue_delete(name)
+        channel.exchange_delete(name)
+    channel.exchange_delete(prefix + "burrow.dead-letter")
+    connection.close()
+
+
+@pytest.fixture
+def broker(amqp_url: str, queue_prefix: str) -> Iterator[QuorumRabbitmqBroker]:
+    """A client broker in the test's namespace (the test process imports no actor module)."""
+    broker = QuorumRabbitmqBroker(url=amqp_url, queue_prefix=queue_prefix, delivery_limit=3)
+    yield broker
+    broker.close()
+
+
+def send(broker: QuorumRabbitmqBroker, queue_name: str, actor_name: str, **kwargs: object) -> Message:
+    """Publish a job for ``actor_name`` as ``actor.send(**kwargs)`` would."""
+    return broker.enqueue(Message(queue_name=queue_name, actor_name=actor_name, args=(), kwargs=kwargs, options={}))
+
+
+@pytest.fixture
+def storage_dir(tmp_path: Path) -> Path:
+    return tmp_path / "storage"
+
+
+@pytest.fixture
+def storage(storage_dir: Path) -> Storage:
+    return LocalStorage(storage_dir)
+
+
+@pytest.fixture
+def node_env(amqp_url: str, queue_prefix: str, tmp_path: Path, storage_dir: Path) -> dict[str, str]:
+    """Environment for node processes started by a test: its namespace, state dir and storage."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BURROW_", "CUDA_", "PYTEST_"))}
+    env.update(
+        AMQP_URL=amqp_url,
+        BURROW_QUEUE_PREFIX=queue_prefix,
+        BURROW_STATE_DIR=str(tmp_path / "state"),
+        BURROW_STORAGE_URL=storage_dir.as_uri(),
+        BURROW_ACTOR_MODULES=TEST_ACTOR_MODULES,
+        BURROW_GPUS="none",
+        BURROW_CPU_SLOTS="2",
+        BURROW_GRACE_S="5",
+        BURROW_RESTART_BACKOFF_MIN_S="0.2",
+        BURROW_RESTART_BACKOFF_MAX_S="2",
+        BURROW_NODE_ID="test-node",
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+class NodeProcess:
+    """A ``burrow node`` (or ``dramatiq node.actors``) started by a test, with its output in a log file."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_node(node_env: dict[str, str], tmp_path: Path, request) -> Iterator[Callable[..., NodeProcess]]:
+    """Start ``burrow node`` (default) or any command with the test's node environment."""
+    started: list[NodeProcess] = []
+
+    def start(*args: str, argv: list[str] | None = None, env: dict[str, str] | None = None) -> NodeProcess:
+        command = argv or [sys.executable, "-m", "cloud.cli", "node", *args]
+        node = NodeProcess(command, {**node_env, **(env or {})}, tmp_path / f"node-{len(started)}.log")
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        for node in started:
+            sys.stderr.write(f"--- {node.log_path} ---\n{node.output()[-6000:]}\n")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.1):
+    """Poll ``predicate`` until it returns something truthy, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")

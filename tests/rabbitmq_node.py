@@ -1,0 +1,88 @@
+"""A private RabbitMQ node for tests that must restart or reconfigure a broker (never the shared one)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pika
+
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRabbitmq:
+    """Runs ``rabbitmq-server`` with its own node name, ports, data, config, plugins, logs and HOME.
+
+    Parameters:
+        base: A directory for all of the node's files.
+        config: Extra lines for ``rabbitmq.conf``.
+    """
+
+    def __init__(self, base: Path, config: str = "") -> None:
+        self.base = base
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.nodename = f"burrow-test-{uuid.uuid4().hex[:8]}@localhost"
+        self.process: subprocess.Popen | None = None
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "enabled_plugins").write_text("[].\n")
+        (base / "rabbitmq.conf").write_text(f"listeners.tcp.default = {self.port}\n{config}")
+        self.env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.nodename,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+            "RABBITMQ_LOG_BASE": str(base / "log"),
+            "HOME": str(base),
+        }
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    def start(self, timeout_s: float = 60) -> None:
+        with open(self.base / "server.out", "ab") as out:
+            self.process = subprocess.Popen(
+                [RABBITMQ_SERVER], env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"private RabbitMQ exited early; see {self.base / 'server.out'}")
+            try:
+                pika.BlockingConnection(pika.URLParameters(self.url + "?connection_attempts=1")).close()
+                return
+            except Exception:
+                time.sleep(0.3)
+        raise TimeoutError(f"private RabbitMQ did not accept connections within {timeout_s}s")
+
+    def stop(self, timeout_s: float = 60) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        except ProcessLookupError:
+            pass
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()

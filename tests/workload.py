@@ -1,0 +1,38 @@
+"""Actors used by the tests: they leave traces in storage so a test can count runs and see who ran what."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+
+import dramatiq
+
+from node.context import node
+
+QUEUE = "tests"
+
+
+def _trace(key: str, **data: object) -> None:
+    node().storage.put(key, json.dumps({"pid": os.getpid(), "time": time.time(), **data}).encode())
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def tracked(job_key: str, work_s: float = 1.0) -> None:
+    """Record the start (per pid), burn CPU for ``work_s`` seconds, record the result."""
+    context = node()
+    _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}", slot=context.slot.id)
+    deadline = time.monotonic() + work_s
+    total = 0
+    while time.monotonic() < deadline:
+        total += sum(i * i for i in range(10_000))
+    _trace(f"results/{job_key}.json", slot=context.slot.id, total=total)
+
+
+@dramatiq.actor(queue_name="tests.poison", max_retries=0)
+def crash_always(job_key: str) -> None:
+    """Record the run, then die the way an OOM kill or a CUDA fault does."""
+    _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    os.kill(os.getpid(), signal.SIGKILL)
