@@ -1,0 +1,106 @@
+"""The quorum-queue broker against the real RabbitMQ."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pika
+import pytest
+from dramatiq import Message
+
+from node.broker import QuorumRabbitmqBroker, death_reason, wait_bucket_ms
+from node.errors import QueueMismatchError
+from tests.conftest import send, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+def raw_channel(url: str):
+    return pika.BlockingConnection(pika.URLParameters(url)).channel()
+
+
+def next_message(consumer, timeout_s: float = 10):
+    return wait_for(lambda: next(consumer), timeout_s, "a delivery", interval_s=0)
+
+
+def test_work_queues_are_quorum_queues(amqp_url, broker, queue_prefix):
+    broker.declare_queue("tests", ensure=True)
+    channel = raw_channel(amqp_url)
+    # Redeclaring with the same arguments but as classic is refused: the queue exists as a quorum queue.
+    arguments = {**broker._build_queue_arguments("tests"), "x-queue-type": "classic"}
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+        channel.queue_declare(queue_prefix + "tests", durable=True, arguments=arguments)
+    assert refused.value.reply_code == 406
+    assert "x-queue-type" in refused.value.reply_text and "quorum" in refused.value.reply_text
+
+
+def test_delivery_count_is_visible_and_limit_dead_letters_with_reason(amqp_url, broker, queue_prefix):
+    message = send(broker, "tests", "tracked", job_key="limit")
+    seen = []
+    for _ in range(broker.delivery_limit + 1):
+        consumer = broker.consume("tests", prefetch=1, timeout=200)
+        delivered = next_message(consumer)
+        seen.append((delivered.delivery_count, delivered.redelivered))
+        consumer.close()  # no ack: as if the process died
+    assert seen == [(0, False), (1, True), (2, True), (3, True)]
+
+    wait_for(lambda: broker.get_queue_message_counts("tests") == (0, 0, 1), 10, "the dead letter")
+    method, properties, body = raw_channel(amqp_url).basic_get(queue_prefix + "tests.XQ")
+    assert death_reason(properties.headers) == "delivery_limit"
+    assert Message.decode(body).message_id == message.message_id
+
+
+def test_delay_goes_through_a_wait_queue_and_is_never_held_by_a_worker(broker):
+    consumer = broker.consume("tests", prefetch=1, timeout=50)
+    sent_at = time.monotonic()
+    broker.enqueue(Message(queue_name="tests", actor_name="tracked", args=(), kwargs={}, options={}), delay=300)
+    # While it waits, the work queue holds nothing a worker could take.
+    assert next(consumer) is None
+    delivered = next_message(consumer)
+    waited = time.monotonic() - sent_at
+    consumer.ack(delivered)
+    consumer.close()
+    assert waited >= 0.3
+    assert "eta" not in delivered.options
+    assert delivered.delivery_count == 0
+
+
+def test_wait_buckets_round_up():
+    assert wait_bucket_ms(1) == 100
+    assert wait_bucket_ms(1_000) == 1_000
+    assert wait_bucket_ms(1_001) == 2_000
+    assert wait_bucket_ms(10**12) == 86_400_000
+
+
+def test_malformed_message_is_dead_lettered_with_a_reason(amqp_url, broker, queue_prefix):
+    broker.declare_queue("tests", ensure=True)
+    raw_channel(amqp_url).basic_publish("", queue_prefix + "tests", b"{not json")
+    consumer = broker.consume("tests", prefetch=1, timeout=100)
+    for _ in range(10):
+        assert next(consumer) is None  # never handed to an actor
+    consumer.close()
+    wait_for(lambda: broker.get_queue_message_counts("tests") == (0, 0, 1), 10, "the dead letter")
+    method, properties, body = raw_channel(amqp_url).basic_get(queue_prefix + "tests.XQ")
+    assert death_reason(properties.headers) == "malformed"
+    assert body == b"{not json"
+
+
+def test_existing_classic_queue_fails_with_a_clear_message(amqp_url, queue_prefix, start_node):
+    raw_channel(amqp_url).queue_declare(queue_prefix + "classic", durable=True)
+    broker = QuorumRabbitmqBroker(url=amqp_url, queue_prefix=queue_prefix)
+    with pytest.raises(QueueMismatchError, match=rf"queue '{queue_prefix}classic' already exists"):
+        broker.declare_queue("classic", ensure=True)
+    broker.close()
+
+    # A node whose queue exists as a classic queue stops with that message, not a stack trace.
+    raw_channel(amqp_url).queue_declare(queue_prefix + "tests", durable=True)
+    node = start_node(argv=[sys.executable, "-m", "dramatiq", "node.actors", "--processes", "1"])
+    assert node.process.wait(timeout=30) != 0
+    output = node.output()
+    assert f"Cannot start worker: queue '{queue_prefix}tests' already exists with other arguments" in output
+    assert "Traceback" not in output
+
+
+def test_publisher_confirms_are_on_by_default(amqp_url):
+    assert QuorumRabbitmqBroker(url=amqp_url).confirm_delivery is True
