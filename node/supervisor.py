@@ -97,6 +97,7 @@ class Supervisor:
         backoff_min_s: First restart delay after a crash.
         backoff_max_s: Largest restart delay.
         on_start: Called with (spec, pid) whenever a child starts (tests and status reporting use it).
+        kill_margin_s: Extra time past ``grace_s`` before a child that has not exited is killed.
     """
 
     def __init__(
@@ -107,12 +108,14 @@ class Supervisor:
         backoff_min_s: float,
         backoff_max_s: float,
         on_start: Callable[[ChildSpec, int], None] | None = None,
+        kill_margin_s: float = KILL_MARGIN_S,
     ) -> None:
         self.children = [_Child(spec) for spec in specs]
         self.grace_s = grace_s
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
         self.on_start = on_start
+        self.kill_margin_s = kill_margin_s
         self.stopping = threading.Event()
 
     def request_stop(self, signum: int | None = None, frame: object = None) -> None:
@@ -176,7 +179,7 @@ class Supervisor:
         for child in alive:
             assert child.process is not None
             child.process.send_signal(signal.SIGTERM)  # exactly one, to the dramatiq master only
-        deadline = time.monotonic() + self.grace_s + KILL_MARGIN_S
+        deadline = time.monotonic() + self.grace_s + self.kill_margin_s
         for child in alive:
             assert child.process is not None
             try:

@@ -1,0 +1,68 @@
+"""Settings from the environment: defaults, validation naming the variable, masked credentials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node.errors import ConfigError
+from node.settings import Settings, mask_url
+
+
+def test_defaults_work_on_a_laptop():
+    settings = Settings.from_env({})
+    assert settings.amqp_url.startswith("amqp://guest:guest@127.0.0.1:5672")
+    assert settings.storage_url.startswith("file://")
+    assert settings.gpus is None and settings.prefetch == 1 and settings.delivery_limit == 3
+
+
+def test_values_are_parsed():
+    settings = Settings.from_env(
+        {
+            "AMQP_URL": "amqps://u:p@mq.example:5671/vh",
+            "BURROW_STORAGE_URL": "s3://bucket/prefix",
+            "BURROW_GPUS": "0, 2",
+            "BURROW_HEARTBEAT_S": "15",
+            "BURROW_GRACE_S": "7.5",
+            "BURROW_STATE_DIR": "/tmp/x",
+            "BURROW_ACTOR_MODULES": "actors.simulation, tests.workload",
+        }
+    )
+    assert settings.gpus == ("0", "2")
+    assert settings.heartbeat_s == 15 and settings.grace_s == 7.5
+    assert settings.state_dir == Path("/tmp/x")
+    assert settings.actor_modules == ("actors.simulation", "tests.workload")
+    assert Settings.from_env({"BURROW_GPUS": "none"}).gpus == ()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("AMQP_URL", "http://x", "scheme 'http'"),
+        ("BURROW_STORAGE_URL", "ftp://x", "scheme 'ftp'"),
+        ("BURROW_PREFETCH", "zero", "whole number"),
+        ("BURROW_PREFETCH", "0", "at least 1"),
+        ("BURROW_GRACE_S", "soon", "a number"),
+        ("BURROW_GPUS", "0,,1", "empty entry"),
+        ("BURROW_GPUS", "1,1", "twice"),
+        ("BURROW_NODE_ID", "a b", "letters, digits"),
+        ("BURROW_ACTOR_MODULES", "actors/simulation", "module path"),
+    ],
+)
+def test_malformed_values_name_the_variable(variable, value, problem):
+    with pytest.raises(ConfigError, match=problem) as error:
+        Settings.from_env({variable: value})
+    assert error.value.variable == variable
+    assert str(error.value).startswith(f"{variable}: ")
+
+
+def test_credentials_are_masked():
+    assert mask_url("amqp://user:s3cret@host:5672/vh") == "amqp://user:***@host:5672/vh"
+    assert mask_url("amqp://host/vh") == "amqp://host/vh"
+    settings = Settings.from_env({"AMQP_URL": "amqp://a:pw1@h1;amqp://b:pw2@h2", "AWS_SECRET_ACCESS_KEY": "topsecret"})
+    assert settings.masked_amqp_url == "amqp://a:***@h1;amqp://b:***@h2"
+    assert "topsecret" not in repr(settings)
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env({"AMQP_URL": "http://u:hunter2@h"})
+    assert "hunter2" not in str(error.value)

@@ -1,0 +1,91 @@
+"""The supervisor with simple child processes: restart with backoff, one SIGTERM, kill after grace."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from node.settings import Settings
+from node.slots import node_slots
+from node.supervisor import ChildSpec, Supervisor, restart_delay, worker_specs
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+COUNT_SIGTERMS = """
+import pathlib, signal, sys, time
+out = pathlib.Path(sys.argv[1]); count = 0
+def on_term(*_):
+    global count
+    count += 1
+    out.write_text(str(count))
+signal.signal(signal.SIGTERM, on_term)
+pathlib.Path(sys.argv[1] + ".ready").write_text("")
+while count == 0:
+    time.sleep(0.02)
+time.sleep(float(sys.argv[2]))  # finishing the job; a second SIGTERM would land now
+"""
+
+
+def run_in_thread(supervisor: Supervisor) -> threading.Thread:
+    thread = threading.Thread(target=supervisor.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_restart_delay_grows_and_caps():
+    assert [restart_delay(n, 1, 10) for n in range(6)] == [0, 1, 2, 4, 8, 10]
+
+
+def test_worker_specs_assign_one_slot_each():
+    settings = Settings.from_env({"BURROW_GRACE_S": "12"})
+    specs = worker_specs(settings, node_slots(["0", "1"], 1), {"PATH": "/bin"})
+    assert [s.env["BURROW_SLOT"] for s in specs] == ["gpu-0", "gpu-1"]
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in specs] == ["0", "1"]
+    assert all(s.env["BURROW_GPUS"] == "0,1" for s in specs)
+    assert specs[0].argv[-6:] == ["--processes", "1", "--threads", "1", "--worker-shutdown-timeout", "12000"]
+
+
+def test_crashing_child_is_restarted_with_growing_backoff():
+    starts: list[float] = []
+    spec = ChildSpec("crasher", [sys.executable, "-c", "raise SystemExit(1)"], {})
+    supervisor = Supervisor(
+        [spec], grace_s=1, backoff_min_s=0.1, backoff_max_s=0.4, on_start=lambda s, p: starts.append(time.monotonic())
+    )
+    thread = run_in_thread(supervisor)
+    wait_for(lambda: len(starts) >= 4, 30, "four starts")
+    supervisor.request_stop()
+    thread.join(10)
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert gaps[1] > gaps[0] >= 0.1
+
+
+def test_one_sigterm_is_forwarded_however_often_the_supervisor_is_asked(tmp_path: Path):
+    out = tmp_path / "sigterms"
+    spec = ChildSpec("worker", [sys.executable, "-c", COUNT_SIGTERMS, str(out), "1.0"], {})
+    supervisor = Supervisor([spec], grace_s=5, backoff_min_s=0.1, backoff_max_s=1)
+    thread = run_in_thread(supervisor)
+    wait_for(lambda: Path(f"{out}.ready").exists(), 20, "the child to be ready")
+    supervisor.request_stop()
+    supervisor.request_stop()  # an impatient operator
+    thread.join(15)
+    assert not thread.is_alive()
+    assert out.read_text() == "1"
+
+
+def test_child_that_outlives_the_grace_period_is_killed(tmp_path: Path):
+    out = tmp_path / "sigterms"
+    spec = ChildSpec("stuck", [sys.executable, "-c", COUNT_SIGTERMS, str(out), "600"], {})
+    supervisor = Supervisor([spec], grace_s=0.5, backoff_min_s=0.1, backoff_max_s=1, kill_margin_s=0.5)
+    thread = run_in_thread(supervisor)
+    wait_for(lambda: Path(f"{out}.ready").exists(), 20, "the child to be ready")
+    started = time.monotonic()
+    supervisor.request_stop()
+    thread.join(20)
+    assert not thread.is_alive()
+    assert supervisor.children[0].process is not None and supervisor.children[0].process.returncode == -9
+    assert time.monotonic() - started < 15
