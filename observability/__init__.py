@@ -1,0 +1,1 @@
+"""Telemetry set-up and Grafana dashboards (built in a later issue)."""
