@@ -15,7 +15,9 @@ import time
 
 import dramatiq
 
-from node.context import current_job_id, node
+from node.context import node
+from node.job import current_job
+from node.job_options import InvalidJob
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ def estimate_pi(seed: int, samples: int) -> tuple[float, int]:
     return 4.0 * hits / samples, hits
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=3)
+@dramatiq.actor(queue_name=QUEUE)
 def simulate(seed: int, samples: int = 1_000_000) -> None:
     """Estimate π from ``samples`` seeded draws and store the result.
 
@@ -41,10 +43,11 @@ def simulate(seed: int, samples: int = 1_000_000) -> None:
         seed: Generator seed; equal seeds give bit-identical results.
         samples: Number of points drawn (must be positive).
     """
-    if not isinstance(samples, int) or samples <= 0:
-        raise ValueError(f"samples must be a positive integer, got {samples!r}")
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples <= 0:
+        raise InvalidJob(f"samples must be a positive integer, got {samples!r}")
     context = node()
-    job_id = current_job_id()
+    job = current_job()
+    job_id = job.job_id
     started = time.time()
     estimate, hits = estimate_pi(seed, samples)
     result = {
@@ -58,5 +61,5 @@ def simulate(seed: int, samples: int = 1_000_000) -> None:
         "pid": os.getpid(),
         "seconds": round(time.time() - started, 3),
     }
-    context.storage.put(f"jobs/{job_id}/artifacts/result.json", json.dumps(result).encode())
+    job.artifacts.put("result.json", json.dumps(result).encode())
     logger.info("Job %s: pi ~ %.6f from %d samples in %.2fs", job_id, estimate, samples, result["seconds"])

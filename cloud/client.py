@@ -7,6 +7,7 @@ import importlib
 import dramatiq
 
 from node.broker import QuorumRabbitmqBroker
+from node.middleware import JobSubmission
 from node.settings import Settings
 
 
@@ -21,6 +22,7 @@ def connect(settings: Settings) -> QuorumRabbitmqBroker:
         delivery_limit=settings.delivery_limit,
         queue_prefix=settings.queue_prefix,
         heartbeat_s=settings.heartbeat_s,
+        middleware=[JobSubmission()],
     )
     dramatiq.set_broker(broker)
     for module in settings.actor_modules:

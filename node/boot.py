@@ -14,16 +14,16 @@ import sys
 from collections.abc import MutableMapping
 
 import dramatiq
-from dramatiq.middleware import AgeLimit, Callbacks, CurrentMessage, Pipelines, Retries
+from dramatiq.middleware import Callbacks, CurrentMessage, Pipelines
 
 from . import context
 from .broker import QuorumRabbitmqBroker
 from .errors import BurrowError
-from .middleware import Prefetch, StopConsumingOnShutdown
+from .middleware import JobLifecycle, JobSubmission, Preemption, Prefetch, StopConsumingOnShutdown
 from .process import die_with_parent
 from .settings import Settings
 from .slots import SlotLease, configured_slots
-from .storage import open_storage
+from .storage import Storage, open_storage
 
 logger = logging.getLogger("burrow.boot")
 
@@ -31,18 +31,21 @@ logger = logging.getLogger("burrow.boot")
 EXIT_BOOT_FAILED = 3
 
 
-def build_broker(settings: Settings) -> QuorumRabbitmqBroker:
+def build_broker(settings: Settings, *, storage: Storage, slot_id: str) -> QuorumRabbitmqBroker:
     """The node's broker with the node middleware stack.
 
-    Dramatiq's ``TimeLimit`` (10 minutes, and unable to interrupt C/CUDA code) and ``ShutdownNotifications``
-    (an async exception that may land after the work is done) are left out on purpose.
+    ``JobLifecycle`` replaces Dramatiq's ``Retries`` and ``AgeLimit`` (retries with cooldown through wait
+    queues, TTL, records, checkpoints). Dramatiq's ``TimeLimit`` (10 minutes, and unable to interrupt C/CUDA
+    code) and ``ShutdownNotifications`` (an async exception that may land after the work is done) are left
+    out on purpose: ``max_run_s`` and ``Preemption`` ask the job to stop cooperatively instead.
     """
     middleware = [
-        AgeLimit(),
         Callbacks(),
         Pipelines(),
         CurrentMessage(),
-        Retries(max_retries=3, min_backoff=1_000, max_backoff=300_000),
+        JobSubmission(),
+        JobLifecycle(storage=storage, node_id=settings.node_id, slot_id=slot_id),
+        Preemption(),
         Prefetch(prefetch=settings.prefetch),
         StopConsumingOnShutdown(),
     ]
@@ -81,7 +84,7 @@ def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroke
             access_key_id=settings.s3_access_key_id,
             secret_access_key=settings.s3_secret_access_key,
         )
-        broker = build_broker(settings)
+        broker = build_broker(settings, storage=storage, slot_id=lease.slot.id)
         dramatiq.set_broker(broker)
         context.install(context.NodeContext(settings=settings, storage=storage, slot=lease.slot))
         logger.info(

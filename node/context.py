@@ -1,14 +1,11 @@
-"""What a running actor can reach: this process's storage, its slot and the current job's id.
+"""What a worker process holds for its actors: settings, storage and slot (set up once by ``node.boot``).
 
-Set up once per worker process by ``node.boot``. (The full job context — checkpoints, progress, artifacts,
-``should_stop`` — grows here with the job-lifecycle middleware.)
+The per-job context — checkpoints, artifacts, progress, ``should_stop`` — is ``node.job.current_job()``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from dramatiq.middleware import CurrentMessage
 
 from .settings import Settings
 from .slots import Slot
@@ -39,11 +36,3 @@ def node() -> NodeContext:
     if _context is None:
         raise RuntimeError("no node context: this code runs only inside a worker started by node.actors")
     return _context
-
-
-def current_job_id() -> str:
-    """The running job's id: its ``job_id`` option if the submitter set one, else the message id."""
-    message = CurrentMessage.get_current_message()
-    if message is None:
-        raise RuntimeError("current_job_id() is only available while an actor runs")
-    return str(message.options.get("job_id") or message.message_id)

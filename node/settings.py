@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .errors import ConfigError
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
-DEFAULT_ACTOR_MODULES = ("actors.simulation",)
+DEFAULT_ACTOR_MODULES = ("actors.simulation", "actors.training", "actors.inference")
 
 
 def mask_url(url: str) -> str:

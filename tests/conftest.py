@@ -25,7 +25,7 @@ from node.settings import DEFAULT_AMQP_URL
 from node.storage import LocalStorage, Storage
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_ACTOR_MODULES = "actors.simulation,tests.workload"
+TEST_ACTOR_MODULES = "actors.simulation,actors.training,actors.inference,tests.workload"
 
 
 def docker_available() -> bool:
@@ -97,7 +97,10 @@ def queue_prefix(amqp_url: str) -> Iterator[str]:
     """A fresh queue-name prefix; the test's queues and exchanges are deleted afterwards."""
     prefix = f"test-{uuid.uuid4().hex[:10]}."
     yield prefix
-    delete_namespace(amqp_url, prefix, ["simulation", "tests", "tests.poison", "classic"])
+    delete_namespace(amqp_url, prefix, QUEUES)
+
+
+QUEUES = ["simulation", "training", "inference", "tests", "tests.poison", "tests.failing", "failed-jobs", "classic"]
 
 
 def delete_namespace(url: str, prefix: str, queues: list[str]) -> None:

@@ -19,7 +19,7 @@ def _trace(key: str, **data: object) -> None:
     node().storage.put(key, json.dumps({"pid": os.getpid(), "time": time.time(), **data}).encode())
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+@dramatiq.actor(queue_name=QUEUE)
 def tracked(job_key: str, work_s: float = 1.0) -> None:
     """Record the start (per pid), burn CPU for ``work_s`` seconds, record the result."""
     context = node()
@@ -31,8 +31,24 @@ def tracked(job_key: str, work_s: float = 1.0) -> None:
     _trace(f"results/{job_key}.json", slot=context.slot.id, total=total)
 
 
-@dramatiq.actor(queue_name="tests.poison", max_retries=0)
+@dramatiq.actor(queue_name="tests.poison")
 def crash_always(job_key: str) -> None:
     """Record the run, then die the way an OOM kill or a CUDA fault does."""
     _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dramatiq.actor(queue_name=QUEUE)
+def counted(job_key: str) -> None:
+    """Record one execution and store a result artifact."""
+    _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    from node.job import current_job
+
+    current_job().artifacts.put("done.json", b"{}")
+
+
+@dramatiq.actor(queue_name="tests.failing", max_failures=3, min_backoff_s=0.4, max_backoff_s=10.0)
+def always_fails(job_key: str) -> None:
+    """Record the run, then raise."""
+    _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    raise RuntimeError(f"{job_key} always fails")
