@@ -128,6 +128,7 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         self.queue_prefix = queue_prefix
         self.dead_letter_exchange = queue_prefix + DEAD_LETTER_EXCHANGE
         self._wait_buckets_declared: set[int] = set()
+        self._unannounced: set[str] = set()
 
     # -- names -------------------------------------------------------------------------------------------
 
@@ -223,13 +224,40 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         A delayed message goes to the smallest wait queue at least ``delay`` long, whose expiry sends it back
         to its work queue; ``eta`` is not set, so no worker holds it in memory.
         """
+        return self._publish(message, delay=delay, announce=True)
+
+    def send_elsewhere(self, message: Message) -> Message:
+        """Publish ``message`` to a queue that this process does not consume (e.g. ``failed-jobs``).
+
+        ``enqueue`` declares the queue on the broker object, and Dramatiq's worker starts consuming every
+        queue its broker declares; this declares the queue on the server only.
+        """
+        return self._publish(message, delay=None, announce=False)
+
+    def _ensure_unannounced(self, queue_name: str) -> None:
+        if queue_name in self.queues or queue_name in self._unannounced:
+            return
+        try:
+            self._declare_xq_queue(queue_name)
+            self._declare_queue(queue_name)
+        except pika.exceptions.ChannelClosedByBroker as e:
+            del self.channel
+            if e.reply_code == 406:
+                raise QueueMismatchError(f"queue {self.physical(queue_name)!r}: {e.reply_text}") from None
+            raise
+        self._unannounced.add(queue_name)
+
+    def _publish(self, message: Message, *, delay: int | None, announce: bool) -> Message:
         queue_name = q_name(message.queue_name)
         if message.options.get("eta") is not None:
             message = message.copy(options={k: v for k, v in message.options.items() if k != "eta"})
         bucket = wait_bucket_ms(delay) if delay else None
 
         def publish() -> None:
-            self.declare_queue(queue_name, ensure=True)
+            if announce:
+                self.declare_queue(queue_name, ensure=True)
+            else:
+                self._ensure_unannounced(queue_name)
             exchange = ""
             if bucket is not None:
                 self._declare_wait_bucket(bucket)
@@ -287,6 +315,7 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
                 last_error = e
                 del self.connection
                 self._wait_buckets_declared.clear()
+                self._unannounced.clear()
                 if isinstance(e, pika.exceptions.UnroutableError):
                     self.queues_pending.add(queue_name)
                 self.logger.debug("Publish failed (%s); reconnecting.", e)

@@ -16,15 +16,22 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import dramatiq
 import pika
 import pytest
 from dramatiq import Message
+from dramatiq.brokers.stub import StubBroker
 
 from node.broker import WAIT_BUCKETS_MS, QuorumRabbitmqBroker
+from node.middleware import JobSubmission
 from node.settings import DEFAULT_AMQP_URL
 from node.storage import LocalStorage, Storage
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Actor modules declare actors on import; in the test process they go on a stub broker that knows the job
+# options (the nodes under test run in their own processes with the real broker).
+dramatiq.set_broker(StubBroker(middleware=[JobSubmission()]))
 TEST_ACTOR_MODULES = "actors.simulation,actors.training,actors.inference,tests.workload"
 
 

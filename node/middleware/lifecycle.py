@@ -354,6 +354,8 @@ class JobLifecycle(dramatiq.Middleware):
         for entry in record["attempts"]:
             if entry["number"] == number and entry["outcome"] is None:
                 entry.update(outcome=outcome, ended_at=self.clock(), error=error)
+                if context is not None:
+                    entry["checkpoint"] = context.checkpoint.uploaded  # this attempt's last stored checkpoint
         if context is not None:
             if context.checkpoint.uploaded is not None:
                 record["checkpoint"] = context.checkpoint.uploaded
@@ -432,5 +434,5 @@ class JobLifecycle(dramatiq.Middleware):
             # No job options: the report is a job of the router's, not another attempt of this job.
             options={},
         )
-        broker.enqueue(report)
+        broker.send_elsewhere(report)
         logger.warning("Job %s gave up (%s); sent to %r.", options.job_id, reason, FAILED_JOBS_QUEUE)

@@ -1,0 +1,244 @@
+"""Acceptance: the job lifecycle against the real RabbitMQ, local storage and a real S3 endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+import uuid
+
+import pika
+import pytest
+from dramatiq import Message
+
+from actors.training import fingerprint, initial_state, train_steps
+from node.broker import QuorumRabbitmqBroker, death_reason
+from node.checkpoints import manifest_key
+from node.job_options import JobOptions
+from node.job_record import RecordStore
+from tests.conftest import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
+
+SEED, DIM = 11, 8
+
+
+def job_message(queue: str, actor: str, job_id: str, *, options: dict | None = None, **kwargs) -> Message:
+    return Message(
+        queue_name=queue,
+        actor_name=actor,
+        args=(),
+        kwargs=kwargs,
+        options={"job": JobOptions(job_id=job_id).to_options(), **(options or {})},
+    )
+
+
+def expected_fingerprint(steps: int) -> str:
+    return fingerprint(train_steps(initial_state(SEED, DIM), steps)["weights"])
+
+
+def artifact(storage, job_id: str, name: str = "result.json") -> dict | None:
+    info = storage.head(f"jobs/{job_id}/artifacts/{name}")
+    return json.loads(storage.get(info.key)[0]) if info else None
+
+
+def manifest(storage, job_id: str) -> dict | None:
+    info = storage.head(manifest_key(job_id))
+    return json.loads(storage.get(info.key)[0]) if info else None
+
+
+def runs(storage, job_key: str) -> list[dict]:
+    return sorted((json.loads(storage.get(k)[0]) for k in storage.list(f"runs/{job_key}/")), key=lambda r: r["time"])
+
+
+def test_sigkilled_training_resumes_from_its_last_checkpoint_with_a_bit_identical_result(broker, storage, start_node):
+    # Given a long training job on a two-worker node, checkpointing every 0.5 s
+    every_s, steps = 0.5, 400_000
+    start_node()
+    job_id = f"train-{uuid.uuid4().hex[:8]}"
+    broker.enqueue(
+        job_message("training", "train", job_id, options={"checkpoint_every_s": every_s}, seed=SEED, steps=steps)
+    )
+    wait_for(lambda: manifest(storage, job_id), 60, "the first checkpoint")
+
+    # When its process is SIGKILLed at a random point
+    time.sleep(random.uniform(0.0, 1.5))  # the random point of failure, not a synchronisation
+    records = RecordStore(storage)
+    victim = records.get(job_id)["attempts"][-1]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.time()
+    at_kill = manifest(storage, job_id)
+
+    # Then it completes on another process, resumed from the checkpoint it had when it died
+    result = wait_for(lambda: artifact(storage, job_id), 120, "the training result")
+    record = records.get(job_id)
+    assert [a["outcome"] for a in record["attempts"]] == ["crashed", "succeeded"]
+    assert record["attempts"][0]["pid"] == victim and record["attempts"][1]["pid"] != victim
+    assert record["status"] == "succeeded"
+    assert result["resumed_from"] == at_kill["meta"]["step"] > 0
+    # redoing at most one checkpoint interval of work (plus scheduling slack on a loaded 2-core machine)
+    assert killed_at - at_kill["taken_at"] <= every_s + 0.5
+    # and its result is bit-identical to an uninterrupted run
+    assert result["fingerprint"] == expected_fingerprint(steps)
+
+
+def test_sigterm_flushes_a_final_checkpoint_and_the_job_resumes_elsewhere_as_an_interruption(
+    broker, storage, start_node, tmp_path
+):
+    # Given two one-worker nodes and a long training job running on one of them
+    nodes = {
+        name: start_node("--processes", "1", env={"BURROW_NODE_ID": name, "BURROW_STATE_DIR": str(tmp_path / name)})
+        for name in ("node-a", "node-b")
+    }
+    steps = 600_000
+    job_id = f"train-{uuid.uuid4().hex[:8]}"
+    broker.enqueue(
+        job_message("training", "train", job_id, options={"checkpoint_every_s": 30.0}, seed=SEED, steps=steps)
+    )
+    records = RecordStore(storage)
+    first = wait_for(lambda: (records.get(job_id) or {}).get("attempts"), 60, "the job to start")[0]
+    time.sleep(1.0)  # let it compute a while: there is no checkpoint yet, so all of it is at stake
+
+    # When that node gets SIGTERM (a 5 s grace period)
+    sigterm_at = time.time()
+    assert nodes[first["node"]].stop(timeout_s=30) == 0
+
+    # Then the job resumes on the other node and completes
+    result = wait_for(lambda: artifact(storage, job_id), 120, "the training result")
+    record = records.get(job_id)
+    interrupted, resumed = record["attempts"]
+    assert interrupted["outcome"] == "interrupted" and interrupted["node"] == first["node"]
+    assert resumed["outcome"] == "succeeded" and resumed["node"] != first["node"]
+    assert not any(a["outcome"] in ("failed", "crashed") for a in record["attempts"])
+    # from the final checkpoint flushed after the signal: under 1 s of work lost
+    final = interrupted["checkpoint"]
+    assert final is not None and result["resumed_from"] == final["meta"]["step"] > 0
+    assert sigterm_at - final["taken_at"] < 1.0
+    assert result["fingerprint"] == expected_fingerprint(steps)
+
+
+def test_a_job_redelivered_after_it_succeeded_is_not_run_twice(broker, storage, start_node):
+    # Given a job that has completed
+    start_node("--processes", "1")
+    message = job_message("tests", "counted", "once", job_key="once")
+    broker.enqueue(message)
+    wait_for(lambda: artifact(storage, "once", "done.json") is not None, 60, "the job")
+
+    # When the broker delivers it again (as after an ack lost with its connection)
+    broker.enqueue(message)
+    broker.enqueue(job_message("tests", "counted", "sentinel", job_key="sentinel"))
+    wait_for(lambda: artifact(storage, "sentinel", "done.json") is not None, 60, "a job queued behind it")
+
+    # Then it was acked without running again
+    assert len(runs(storage, "once")) == 1
+    record = RecordStore(storage).get("once")
+    assert record["status"] == "succeeded" and len(record["attempts"]) == 1
+    assert broker.get_queue_message_counts("tests") == (0, 0, 0)
+
+
+def test_an_expired_job_never_runs_and_is_dead_lettered_as_expired(amqp_url, broker, queue_prefix, storage, start_node):
+    # Given a job whose expiry has passed by the time a node sees it
+    start_node("--processes", "1")
+    options = JobOptions(job_id="stale", expires_at=time.time() - 1).to_options()
+    broker.enqueue(
+        Message(
+            queue_name="tests", actor_name="counted", args=(), kwargs={"job_key": "stale"}, options={"job": options}
+        )
+    )
+
+    # Then it lands in the dead-letter queue with reason "expired", never having run
+    wait_for(lambda: broker.get_queue_message_counts("tests")[2] == 1, 60, "the expired job to dead-letter")
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    method, properties, body = connection.channel().basic_get(queue_prefix + "tests.XQ", auto_ack=True)
+    connection.close()
+    assert death_reason(properties.headers) == "expired"
+    assert Message.decode(body).options["job"]["job_id"] == "stale"
+    assert runs(storage, "stale") == []
+    assert RecordStore(storage).get("stale")["status"] == "expired"
+
+
+def test_an_actor_that_always_raises_cools_down_longer_each_time_then_lands_in_failed_jobs(
+    amqp_url, broker, queue_prefix, storage, start_node
+):
+    # Given an actor that always raises (max_failures=3, backoff 0.4 s doubling, with jitter)
+    start_node("--processes", "1")
+    broker.enqueue(job_message("tests.failing", "always_fails", "doomed", job_key="doomed"))
+
+    # When its failure budget is spent
+    wait_for(lambda: broker.get_queue_message_counts("failed-jobs")[0] == 1, 90, "the failed-jobs report")
+
+    # Then it ran 1 + 3 times, each cooldown at least as long as the one before and the last clearly longer
+    times = [r["time"] for r in runs(storage, "doomed")]
+    assert len(times) == 4
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert gaps[0] >= 0.2 and gaps[2] > gaps[0]
+    assert all(later >= earlier - 0.15 for earlier, later in zip(gaps, gaps[1:], strict=False))
+    # and the failed-jobs queue holds the job with its whole history
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    method, properties, body = connection.channel().basic_get(queue_prefix + "failed-jobs", auto_ack=True)
+    connection.close()
+    report = Message.decode(body)
+    assert report.actor_name == "route_failed_job"
+    assert report.kwargs["job"]["options"]["job"]["job_id"] == "doomed"
+    assert report.kwargs["job"]["options"]["job"]["failures"] == 4
+    assert len(report.kwargs["attempts"]) == 4 and "max_failures=3" in report.kwargs["reason"]
+    # and the record lists every attempt
+    record = RecordStore(storage).get("doomed")
+    assert record["status"] == "failed"
+    assert [a["outcome"] for a in record["attempts"]] == ["failed"] * 4
+    assert all("RuntimeError: doomed always fails" in a["error"] for a in record["attempts"])
+    assert broker.get_queue_message_counts("tests.failing") == (0, 0, 0)
+
+
+def test_s3_outage_during_checkpoints_does_not_stop_the_job_and_checkpoints_land_afterwards(
+    queue_prefix, amqp_url, start_node, tmp_path
+):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from node.storage import open_storage
+    from tests.rabbitmq_node import free_port
+
+    # Given a node whose storage is an S3 endpoint, running a long training job
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    bucket = f"outage-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    storage = open_storage(f"s3://{bucket}", endpoint_url=endpoint)
+    env = {
+        "BURROW_STORAGE_URL": f"s3://{bucket}",
+        "BURROW_S3_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    start_node("--processes", "1", env=env)
+    broker = QuorumRabbitmqBroker(url=amqp_url, queue_prefix=queue_prefix)
+    steps, job_id = 700_000, f"train-{uuid.uuid4().hex[:8]}"
+    broker.enqueue(
+        job_message("training", "train", job_id, options={"checkpoint_every_s": 0.3}, seed=SEED, steps=steps)
+    )
+    before = wait_for(lambda: manifest(storage, job_id), 60, "the first checkpoint")
+
+    # When the endpoint goes away for a while, mid-run, and comes back
+    server.stop()
+    time.sleep(2.5)  # the outage itself
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    back_at = time.time()
+    try:
+        # Then checkpoints land again, further along, and the job finishes in the same attempt
+        after = wait_for(
+            lambda: (m := manifest(storage, job_id)) and m["stored_at"] > back_at and m, 60, "a checkpoint after"
+        )
+        assert after["meta"]["step"] > before["meta"]["step"] and after["attempt"] == before["attempt"]
+        result = wait_for(lambda: artifact(storage, job_id), 120, "the training result")
+        record = RecordStore(storage).get(job_id)
+        assert [a["outcome"] for a in record["attempts"]] == ["succeeded"]
+        assert result["fingerprint"] == expected_fingerprint(steps)
+    finally:
+        broker.close()
+        server.stop()
