@@ -193,7 +193,7 @@ def test_an_actor_that_always_raises_cools_down_longer_each_time_then_lands_in_f
 
 
 def test_s3_outage_during_checkpoints_does_not_stop_the_job_and_checkpoints_land_afterwards(
-    queue_prefix, amqp_url, start_node, tmp_path
+    queue_prefix, amqp_url, start_node, monkeypatch
 ):
     import boto3
     from moto.server import ThreadedMotoServer
@@ -202,6 +202,8 @@ def test_s3_outage_during_checkpoints_does_not_stop_the_job_and_checkpoints_land
     from tests.rabbitmq_node import free_port
 
     # Given a node whose storage is an S3 endpoint, running a long training job
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
