@@ -1,0 +1,56 @@
+"""Job records: one owner of status transitions; concurrent updates never lose each other."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from node.job_record import InvalidTransition, JobStatus, RecordStore, set_status, transition
+
+
+def test_allowed_and_forbidden_transitions():
+    assert transition(None, JobStatus.RUNNING) is JobStatus.RUNNING
+    assert transition(JobStatus.RUNNING, JobStatus.SUCCEEDED) is JobStatus.SUCCEEDED
+    assert transition(JobStatus.FAILED, JobStatus.QUARANTINED) is JobStatus.QUARANTINED
+    for new in (JobStatus.RUNNING, JobStatus.FAILED, JobStatus.QUEUED):
+        with pytest.raises(InvalidTransition, match="from succeeded"):
+            transition(JobStatus.SUCCEEDED, new)
+    with pytest.raises(InvalidTransition):
+        transition(JobStatus.EXPIRED, JobStatus.RUNNING)
+
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_concurrent_writers_never_lose_an_update(backend, tmp_path, request):
+    from node.storage import open_storage
+
+    if backend == "file":
+        storage = open_storage((tmp_path / "s").as_uri())
+    else:
+        storage = open_storage(
+            f"s3://{request.getfixturevalue('s3_bucket')}", endpoint_url=request.getfixturevalue("s3_endpoint")
+        )
+    records = RecordStore(storage)
+
+    def add_attempts(worker: int) -> None:
+        for n in range(5):
+            records.update("job", lambda r, n=n: r["attempts"].append({"worker": worker, "n": n}))
+
+    threads = [threading.Thread(target=add_attempts, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    record = records.get("job")
+    assert sorted((a["worker"], a["n"]) for a in record["attempts"]) == [(w, n) for w in range(4) for n in range(5)]
+
+
+def test_set_status_is_the_only_door(tmp_path):
+    from node.storage import LocalStorage
+
+    records = RecordStore(LocalStorage(tmp_path))
+    records.update("j", lambda r: set_status(r, JobStatus.RUNNING))
+    records.update("j", lambda r: set_status(r, JobStatus.SUCCEEDED))
+    with pytest.raises(InvalidTransition):
+        records.update("j", lambda r: set_status(r, JobStatus.RUNNING))
+    assert records.get("j")["status"] == "succeeded"
