@@ -255,10 +255,10 @@ class JobLifecycle(dramatiq.Middleware):
         context = attempt.context
         if context.stop_reason == "fenced" or context.checkpoint.fenced:
             outcome = Outcome.FENCED
-        elif isinstance(exception, job_api.Preempted) or context.stop_reason == "preempted":
-            outcome = Outcome.INTERRUPTED
         elif context.stop_reason == "timeout":
             outcome = Outcome.TIMED_OUT
+        elif isinstance(exception, job_api.Preempted) or context.stop_reason == "preempted":
+            outcome = Outcome.INTERRUPTED
         else:
             outcome = Outcome.FAILED
         if outcome is not Outcome.FENCED and not context.checkpoint.flush(self.handback_flush_s):
@@ -266,10 +266,11 @@ class JobLifecycle(dramatiq.Middleware):
                 "Job %s: last checkpoint not stored in %.0fs.", attempt.options.job_id, self.handback_flush_s
             )
         options = self._count(attempt.options, outcome)
-        if isinstance(exception, InvalidJob):  # the actor says its input is bad: retrying cannot help
-            decision = Decision(Action.GIVE_UP, reason=f"invalid input: {exception}")
-        else:
-            decision = self._decide(broker, message, options, outcome, attempt.expires_at, self.clock())
+        if isinstance(exception, InvalidJob):
+            # The actor says its input is malformed: retrying cannot help, and the message must not vanish.
+            self._reject_malformed(broker, message, attempt, exception)
+            return
+        decision = self._decide(broker, message, options, outcome, attempt.expires_at, self.clock())
         error = f"{type(exception).__name__}: {exception}"[:2000]
         status = {
             Action.RETRY: JobStatus.QUEUED,
@@ -318,6 +319,26 @@ class JobLifecycle(dramatiq.Middleware):
         except Exception:
             # The job must not be acked without a successor: reject it so the broker dead-letters it.
             logger.exception("Could not re-publish job %s; dead-lettering the message instead.", options.job_id)
+            message.fail()
+
+    def _reject_malformed(
+        self, broker: dramatiq.Broker, message: Message, attempt: _Attempt, exception: InvalidJob
+    ) -> None:
+        detail = str(exception)[:2000]
+        logger.error("Job %s has malformed input (%s); dead-lettering it.", attempt.options.job_id, detail)
+
+        def close(record: dict[str, Any]) -> None:
+            self._close_attempt(record, attempt.number, Outcome.FAILED.value, f"InvalidJob: {detail}", attempt.context)
+            set_status(record, JobStatus.FAILED, reason=f"malformed input: {detail}")
+
+        try:
+            self._update_with_patience(attempt.options.job_id, close, patience_s=30)
+        except Exception:
+            logger.exception("Could not record the rejection of job %s.", attempt.options.job_id)
+        try:
+            broker.dead_letter(message.queue_name, message.encode(), reason="malformed", detail=detail)
+        except Exception:
+            logger.exception("Could not dead-letter job %s with a reason; rejecting it.", attempt.options.job_id)
             message.fail()
 
     def _decide(

@@ -244,3 +244,46 @@ def test_s3_outage_during_checkpoints_does_not_stop_the_job_and_checkpoints_land
     finally:
         broker.close()
         server.stop()
+
+
+def test_a_job_over_its_reservation_is_stopped_checkpointed_and_retried_as_a_failure(broker, storage, start_node):
+    # Given a training job allowed 1.5 s per attempt that needs several times that
+    start_node("--processes", "1")
+    steps, job_id = 300_000, f"train-{uuid.uuid4().hex[:8]}"
+    options = {
+        "checkpoint_every_s": 30.0,
+        "max_run_s": 1.5,
+        "max_failures": 10,
+        "min_backoff_s": 0.2,
+        "max_backoff_s": 0.5,
+    }
+    broker.enqueue(job_message("training", "train", job_id, options=options, seed=SEED, steps=steps))
+
+    # Then each attempt is stopped at its limit, checkpointed, counted as a failure and retried
+    result = wait_for(lambda: artifact(storage, job_id), 180, "the training result")
+    outcomes = [a["outcome"] for a in RecordStore(storage).get(job_id)["attempts"]]
+    assert outcomes[-1] == "succeeded" and len(outcomes) >= 2
+    assert set(outcomes[:-1]) == {"timed_out"}
+    # each stop kept its work: the final attempt resumed from the previous one's last checkpoint
+    assert result["resumed_from"] > 0
+    assert result["fingerprint"] == expected_fingerprint(steps)
+
+
+def test_inference_job_stores_its_completion_and_malformed_input_is_dead_lettered(
+    amqp_url, broker, queue_prefix, storage, start_node
+):
+    from actors.inference import complete
+
+    start_node("--processes", "1")
+    broker.enqueue(job_message("inference", "infer", "ok", prompt="the gpu", max_tokens=8))
+    broker.enqueue(job_message("inference", "infer", "bad", prompt="the gpu", max_tokens=0))
+
+    completion = wait_for(lambda: artifact(storage, "ok", "completion.json"), 60, "the completion")
+    assert completion["completion"] == " ".join(complete("the gpu", 8))
+    wait_for(lambda: broker.get_queue_message_counts("inference")[2] == 1, 60, "the malformed job to dead-letter")
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    method, properties, body = connection.channel().basic_get(queue_prefix + "inference.XQ", auto_ack=True)
+    connection.close()
+    assert death_reason(properties.headers) == "malformed"
+    assert "max_tokens must be an integer in 1..4096, got 0" in properties.headers["x-burrow-detail"]
+    assert RecordStore(storage).get("bad")["status"] == "failed"
