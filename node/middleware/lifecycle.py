@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 FAILED_JOBS_QUEUE = "failed-jobs"
 FAILED_JOBS_ACTOR = "route_failed_job"
+#: Delay before a job that could not even start (storage or broker trouble) is offered again.
+INFRA_RETRY_S = 30.0
 
 
 @dataclass
@@ -109,6 +112,24 @@ class JobLifecycle(dramatiq.Middleware):
     # -- before -------------------------------------------------------------------------------------------
 
     def before_process_message(self, broker: dramatiq.Broker, message: Message) -> None:
+        try:
+            self._before(broker, message)
+        except SkipMessage:
+            raise
+        except Exception as e:
+            # Storage or broker trouble before the job could start. Dramatiq would ack the message after an
+            # exception here, losing the job: put it back for later instead (not the job's fault, not counted).
+            logger.exception("Job %s could not start; putting it back in %.0fs.", message.message_id, INFRA_RETRY_S)
+            try:
+                broker.enqueue(self._next_message(message, None), delay=int(INFRA_RETRY_S * 1000))
+            except Exception:
+                logger.exception(
+                    "Could not put job %s back; rejecting it to the dead-letter queue.", message.message_id
+                )
+                message.fail()
+            raise SkipMessage(f"could not start: {e}") from None
+
+    def _before(self, broker: dramatiq.Broker, message: Message) -> None:
         try:
             options = JobOptions.from_options(message.options, message_id=message.message_id)
         except InvalidJob as e:
@@ -425,11 +446,13 @@ class JobLifecycle(dramatiq.Middleware):
             logger.exception("Could not mark job %s expired in its record.", options.job_id)
 
     @staticmethod
-    def _next_message(message: Message, options: JobOptions) -> Message:
+    def _next_message(message: Message, options: JobOptions | None) -> Message:
         # Same message id and body, updated counters; Dramatiq's own retry bookkeeping is dropped.
         original = message._message if hasattr(message, "_message") else message
         kept = {k: v for k, v in original.options.items() if k not in ("retries", "traceback", "eta")}
-        return original.copy(options={**kept, OPTION_KEY: options.to_options()})
+        if options is not None:
+            kept[OPTION_KEY] = options.to_options()
+        return dataclasses.replace(original, options=kept)
 
     def _publish_failed(
         self, broker: dramatiq.Broker, message: Message, options: JobOptions, reason: str, error: str | None = None
