@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from .errors import NodeError, PreconditionFailed
+from .policy import Outcome
 from .storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -128,3 +129,89 @@ class RecordStore:
                 logger.debug("Record %s changed under us (try %d); re-reading.", job_id, attempt + 1)
                 time.sleep(min(0.5, 0.01 * 2**attempt))
         raise PreconditionFailed(f"could not update {key} after {self.attempts} conflicting writes")
+
+    def update_patiently(
+        self, job_id: str, mutate: Callable[[dict[str, Any]], Any], *, patience_s: float = 120.0
+    ) -> tuple[dict[str, Any], Any]:
+        """``update``, retried with backoff through a storage outage of up to ``patience_s`` seconds.
+
+        For writes that must land before a message is acked (how an attempt ended).
+        """
+        deadline = time.monotonic() + patience_s
+        pause = 0.5
+        while True:
+            try:
+                return self.update(job_id, mutate)
+            except Exception as e:
+                if time.monotonic() + pause > deadline:
+                    raise
+                logger.warning("Record of job %s not written (%s); retrying in %.1fs.", job_id, e, pause)
+                time.sleep(pause)
+                pause = min(10.0, pause * 2)
+
+
+def begin_attempt(
+    record: dict[str, Any],
+    *,
+    node: str,
+    slot: str,
+    pid: int,
+    message_id: str,
+    delivery_count: int,
+    now: float,
+) -> tuple[int, Outcome | None] | None:
+    """Open a new attempt in ``record``; ``None`` if the job already succeeded (nothing to run).
+
+    An earlier attempt that never ended is closed first: as *crashed* if it ran on this node (its process
+    died: the job's fault, as far as anyone can tell) or *lost* if it ran elsewhere (the node vanished).
+    Returns the new attempt's number and how an unfinished earlier attempt was closed, if there was one.
+    """
+    if status_of(record) is JobStatus.SUCCEEDED:
+        return None
+    attempts = record["attempts"]
+    closed = None
+    if attempts and attempts[-1]["outcome"] is None:
+        closed = Outcome.CRASHED if attempts[-1]["node"] == node else Outcome.LOST
+        attempts[-1].update(
+            outcome=closed.value, ended_at=now, error="the attempt ended without a word (process or node died)"
+        )
+    attempts.append(
+        {
+            "number": len(attempts) + 1,
+            "node": node,
+            "slot": slot,
+            "pid": pid,
+            "message_id": message_id,
+            "delivery_count": delivery_count,
+            "started_at": now,
+            "ended_at": None,
+            "outcome": None,
+            "error": None,
+            "checkpoint": None,
+        }
+    )
+    set_status(record, JobStatus.RUNNING)
+    return len(attempts), closed
+
+
+def end_attempt(
+    record: dict[str, Any],
+    number: int,
+    *,
+    outcome: str,
+    error: str | None,
+    now: float,
+    checkpoint: dict[str, Any] | None = None,
+    progress: dict[str, Any] | None = None,
+    artifacts: dict[str, str] | None = None,
+) -> None:
+    """Close attempt ``number`` (if still open) and keep its checkpoint, progress and artifact pointers."""
+    for entry in record["attempts"]:
+        if entry["number"] == number and entry["outcome"] is None:
+            entry.update(outcome=outcome, ended_at=now, error=error, checkpoint=checkpoint)
+    if checkpoint is not None:
+        record["checkpoint"] = checkpoint
+    if progress is not None:
+        record["progress"] = progress
+    if artifacts:
+        record["artifacts"].update(artifacts)
