@@ -54,3 +54,22 @@ def test_set_status_is_the_only_door(tmp_path):
     with pytest.raises(InvalidTransition):
         records.update("j", lambda r: set_status(r, JobStatus.RUNNING))
     assert records.get("j")["status"] == "succeeded"
+
+
+def test_begin_attempt_closes_an_attempt_that_died_without_a_word():
+    from node.job_record import begin_attempt, end_attempt, new_record
+    from node.policy import Outcome
+
+    record = new_record("j", actor="a", queue="q")
+    meta = {"slot": "cpu-0", "pid": 1, "message_id": "m", "delivery_count": 0}
+    assert begin_attempt(record, node="n1", now=1.0, **meta) == (1, None)
+    # the process died on n1; n1 sees the job again: a crash (a failure)
+    assert begin_attempt(record, node="n1", now=2.0, **meta) == (2, Outcome.CRASHED)
+    # n1 vanished; n2 sees it: lost (an interruption)
+    assert begin_attempt(record, node="n2", now=3.0, **meta) == (3, Outcome.LOST)
+    end_attempt(record, 3, outcome="succeeded", error=None, now=4.0, artifacts={"r": "jobs/j/artifacts/r"})
+    set_status(record, JobStatus.SUCCEEDED)
+    assert [a["outcome"] for a in record["attempts"]] == ["crashed", "lost", "succeeded"]
+    assert record["artifacts"] == {"r": "jobs/j/artifacts/r"}
+    # a succeeded job starts no new attempt
+    assert begin_attempt(record, node="n2", now=5.0, **meta) is None
