@@ -75,12 +75,44 @@ def cmd_queues(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_job(args: argparse.Namespace, settings: Settings) -> int:
+    """Print a job's record: status, every attempt, checkpoint and artifact pointers."""
+    from node.job_record import RecordStore
+    from node.storage import storage_from_settings
+
+    storage = storage_from_settings(settings)
+    record = RecordStore(storage).get(args.job_id)
+    if record is None:
+        print(f"burrow: no record for job {args.job_id!r} in {settings.storage_url}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    print(f"job {record['job_id']}  actor {record['actor']}  queue {record['queue']}  status {record['status']}")
+    if record.get("reason"):
+        print(f"reason   {record['reason']}")
+    if record.get("progress"):
+        print(f"progress {record['progress']['fraction']:.1%} {record['progress'].get('note', '')}")
+    for attempt in record["attempts"]:
+        took = f"{attempt['ended_at'] - attempt['started_at']:.1f}s" if attempt["ended_at"] else "running"
+        print(
+            f"  #{attempt['number']} {attempt['outcome'] or 'running':12} node {attempt['node']} "
+            f"slot {attempt['slot']} pid {attempt['pid']} {took}"
+            + (f"  {attempt['error']}" if attempt["error"] else "")
+        )
+    if record.get("checkpoint"):
+        print(f"checkpoint {record['checkpoint']['key']} (attempt {record['checkpoint']['attempt']})")
+    for name, key in sorted(record.get("artifacts", {}).items()):
+        print(f"artifact {name}: {key}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Start a node, send it demo simulations, print each result as it lands in storage, stop the node."""
     from cloud.client import connect
-    from node.storage import open_storage
+    from node.storage import storage_from_settings
 
-    storage = open_storage(settings.storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+    storage = storage_from_settings(settings)
     broker = connect(settings)
     simulate = broker.get_actor("simulate")
     print(f"broker  {settings.masked_amqp_url}\nstorage {settings.storage_url}")
@@ -130,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     queues = sub.add_parser("queues", help="ready and dead-lettered message counts per queue")
     queues.set_defaults(func=cmd_queues)
+
+    job = sub.add_parser("job", help="show a job's record (status, attempts, checkpoint, artifacts)")
+    job.add_argument("job_id")
+    job.add_argument("--json", action="store_true", help="print the raw record")
+    job.set_defaults(func=cmd_job)
 
     demo = sub.add_parser("demo", help="run a node on demo jobs and show them complete")
     demo.add_argument("--jobs", type=int, default=4)

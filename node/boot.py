@@ -23,7 +23,7 @@ from .middleware import JobLifecycle, JobSubmission, Preemption, Prefetch, StopC
 from .process import die_with_parent
 from .settings import Settings
 from .slots import SlotLease, configured_slots
-from .storage import Storage, open_storage
+from .storage import Storage, storage_from_settings
 
 logger = logging.getLogger("burrow.boot")
 
@@ -83,13 +83,7 @@ def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroke
             # Our parent is the dramatiq master the supervisor started; if it dies, drain and go.
             die_with_parent()
         lease = claim_slot(settings, environ)
-        storage = open_storage(
-            settings.storage_url,
-            endpoint_url=settings.s3_endpoint_url,
-            region=settings.s3_region,
-            access_key_id=settings.s3_access_key_id,
-            secret_access_key=settings.s3_secret_access_key,
-        )
+        storage = storage_from_settings(settings)
         broker = build_broker(settings, storage=storage, slot_id=lease.slot.id)
         dramatiq.set_broker(broker)
         context.install(context.NodeContext(settings=settings, storage=storage, slot=lease.slot))

@@ -24,3 +24,20 @@ def test_demo_runs_a_node_and_every_demo_job_completes(node_env, tmp_path):
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert completed.stdout.count(" done on cpu-") == 3
     assert "all demo jobs completed" in completed.stdout
+
+    # and an operator can read any of those jobs' records
+    job_id = next(line.split()[1] for line in completed.stdout.splitlines() if " done on cpu-" in line)
+    shown = subprocess.run(
+        [sys.executable, "-m", "cloud.cli", "job", job_id], env=node_env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"job {job_id}  actor simulate  queue simulation  status succeeded" in shown.stdout
+    assert "#1 succeeded" in shown.stdout and "artifact result.json" in shown.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "cloud.cli", "job", "no-such-job"],
+        env=node_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1 and "no record for job 'no-such-job'" in missing.stderr

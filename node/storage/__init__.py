@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError
 from .base import ObjectInfo, Storage
 from .local import LocalStorage
 
-__all__ = ["ObjectInfo", "Storage", "LocalStorage", "open_storage"]
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = ["ObjectInfo", "Storage", "LocalStorage", "open_storage", "storage_from_settings"]
+
+
+def storage_from_settings(settings: Settings) -> Storage:
+    """The backend a node's settings name (``BURROW_STORAGE_URL`` and the S3 variables)."""
+    return open_storage(
+        settings.storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key,
+    )
 
 
 def open_storage(
