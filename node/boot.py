@@ -49,7 +49,13 @@ def build_broker(settings: Settings, *, storage: Storage, slot_id: str) -> Quoru
         Pipelines(),
         CurrentMessage(),
         JobSubmission(),
-        JobLifecycle(storage=storage, node_id=settings.node_id, slot_id=slot_id),
+        JobLifecycle(
+            storage=storage,
+            node_id=settings.node_id,
+            slot_id=slot_id,
+            # The final checkpoint must be stored, and the job re-published and acked, within the grace period.
+            handback_flush_s=max(1.0, settings.grace_s / 2),
+        ),
         Preemption(),
         Prefetch(prefetch=settings.prefetch),
         StopConsumingOnShutdown(),
