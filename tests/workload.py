@@ -52,3 +52,28 @@ def always_fails(job_key: str) -> None:
     """Record the run, then raise."""
     _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}")
     raise RuntimeError(f"{job_key} always fails")
+
+
+class _DieBeforeAck(dramatiq.Middleware):
+    """Kills the worker after the job's record says *succeeded* but before the ack: a real redelivery."""
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        if message.actor_name != "dies_before_ack" or exception is not None:
+            return
+        marker = f"runs/{message.kwargs['job_key']}/died-before-ack"
+        if node().storage.head(marker) is None:
+            node().storage.put(marker, b"")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+# Dramatiq calls "after" hooks in reverse order: inserted before JobLifecycle, this runs after it.
+from node.middleware import JobLifecycle  # noqa: E402
+
+if any(isinstance(m, JobLifecycle) for m in dramatiq.get_broker().middleware):  # on nodes only
+    dramatiq.get_broker().add_middleware(_DieBeforeAck(), before=JobLifecycle)
+
+
+@dramatiq.actor(queue_name=QUEUE)
+def dies_before_ack(job_key: str) -> None:
+    """Record one execution; its process is then killed before the ack (see _DieBeforeAck)."""
+    _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}")

@@ -18,7 +18,7 @@ from dramatiq.middleware import SkipMessage
 from .. import job as job_api
 from .. import job_messages, policy
 from ..job_options import InvalidJob, JobOptions
-from ..job_record import JobStatus, RecordStore, begin_attempt, end_attempt, set_status, status_of
+from ..job_record import InvalidTransition, JobStatus, RecordStore, begin_attempt, end_attempt, set_status, status_of
 from ..policy import Action, Outcome
 from ..storage import Storage
 
@@ -148,6 +148,26 @@ class JobLifecycle(dramatiq.Middleware):
             self._expire(broker, message, options)
             raise SkipMessage("expired")
 
+        try:
+            started = self._begin(message, options, now)
+        except InvalidTransition as e:
+            # The record is final (expired, quarantined): this message is a stale copy; keep it, but aside.
+            logger.error("Dead-lettering a stale message for job %s: %s", options.job_id, e)
+            job_messages.dead_letter(broker, message, options, reason="stale", detail=str(e))
+            raise SkipMessage(str(e)) from None
+        if started is None:
+            logger.info("Job %s already succeeded; acking the redelivered message without running it.", options.job_id)
+            raise SkipMessage("already succeeded")
+        number, closed = started
+        if closed is not None:  # an earlier attempt died without a word: count it, maybe give up now
+            options = _counted(options, closed)
+            decision = self._decide(broker, message, options, closed, expires_at)
+            if decision.action is Action.GIVE_UP:
+                self._finish(broker, message, options, number, Outcome.FAILED, decision, decision.reason, None)
+                raise SkipMessage("gave up")
+        self._run_attempt(broker, message, options, number, expires_at)
+
+    def _begin(self, message: Message, options: JobOptions, now: float) -> tuple[int, Outcome | None] | None:
         _, started = self.records.update(
             options.job_id,
             lambda record: begin_attempt(
@@ -162,17 +182,11 @@ class JobLifecycle(dramatiq.Middleware):
             actor=message.actor_name,
             queue=message.queue_name,
         )
-        if started is None:
-            logger.info("Job %s already succeeded; acking the redelivered message without running it.", options.job_id)
-            raise SkipMessage("already succeeded")
-        number, closed = started
-        if closed is not None:  # an earlier attempt died without a word: count it, maybe give up now
-            options = _counted(options, closed)
-            decision = self._decide(broker, message, options, closed, expires_at)
-            if decision.action is Action.GIVE_UP:
-                self._finish(broker, message, options, number, Outcome.FAILED, decision, decision.reason, None)
-                raise SkipMessage("gave up")
+        return started
 
+    def _run_attempt(
+        self, broker: dramatiq.Broker, message: Message, options: JobOptions, number: int, expires_at: float | None
+    ) -> None:
         context = job_api.JobContext(
             options=options,
             attempt=number,

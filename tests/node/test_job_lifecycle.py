@@ -138,6 +138,23 @@ def test_a_job_redelivered_after_it_succeeded_is_not_run_twice(broker, storage, 
     assert broker.get_queue_message_counts("tests") == (0, 0, 0)
 
 
+def test_a_job_whose_ack_was_lost_with_its_process_is_not_run_again(broker, storage, start_node):
+    # Given a job whose worker dies right after recording success, before acking (a real redelivery)
+    start_node("--processes", "1")
+    broker.enqueue(job_message("tests", "dies_before_ack", "acked-late", job_key="acked-late"))
+
+    # When the broker redelivers it and the queue drains
+    wait_for(lambda: storage.head("runs/acked-late/died-before-ack"), 60, "the worker to die before the ack")
+    wait_for(lambda: broker.get_queue_message_counts("tests") == (0, 0, 0), 60, "the redelivery to be acked")
+    broker.enqueue(job_message("tests", "counted", "sentinel", job_key="sentinel"))
+    wait_for(lambda: artifact(storage, "sentinel", "done.json") is not None, 60, "a job queued behind it")
+
+    # Then it ran exactly once
+    assert len([r for r in storage.list("runs/acked-late/") if not r.endswith("died-before-ack")]) == 1
+    record = RecordStore(storage).get("acked-late")
+    assert record["status"] == "succeeded" and [a["outcome"] for a in record["attempts"]] == ["succeeded"]
+
+
 def test_an_expired_job_never_runs_and_is_dead_lettered_as_expired(amqp_url, broker, queue_prefix, storage, start_node):
     # Given a job whose expiry has passed by the time a node sees it
     start_node("--processes", "1")
