@@ -1,0 +1,38 @@
+"""The submit side: job identity and absolute expiry are fixed when a job is sent."""
+
+from __future__ import annotations
+
+import time
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+
+from node.job_options import JobOptions, new_job
+from node.middleware import JobSubmission
+
+
+def make_actor(broker, **options):
+    return dramatiq.actor(lambda: None, actor_name="job", queue_name="q", broker=broker, **options)
+
+
+def test_a_job_sent_plainly_gets_its_id_and_the_actors_ttl_as_absolute_expiry():
+    broker = StubBroker(middleware=[JobSubmission()])
+    actor = make_actor(broker, ttl_s=60.0)
+    before = time.time()
+    message = actor.send()
+    job = JobOptions.from_options(message.options, message_id="unused")
+    assert job.job_id == message.message_id
+    assert before + 59 <= job.expires_at <= time.time() + 60
+
+
+def test_explicit_job_options_are_kept():
+    broker = StubBroker(middleware=[JobSubmission()])
+    actor = make_actor(broker, ttl_s=60.0)
+    message = actor.send_with_options(job=new_job(ttl_s=5, now=1000.0, job_id="mine", model="llama-8b"))
+    job = JobOptions.from_options(message.options, message_id="unused")
+    assert (job.job_id, job.expires_at, job.model) == ("mine", 1005.0, "llama-8b")
+
+
+def test_an_actor_without_ttl_gets_no_expiry():
+    broker = StubBroker(middleware=[JobSubmission()])
+    assert JobOptions.from_options(make_actor(broker).send().options, message_id="x").expires_at is None
