@@ -20,6 +20,7 @@ from .. import job_messages, policy
 from ..job_options import InvalidJob, JobOptions
 from ..job_record import InvalidTransition, JobStatus, RecordStore, begin_attempt, end_attempt, set_status, status_of
 from ..policy import Action, Outcome
+from ..progress import ProgressReporter
 from ..storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class _Attempt:
     token: Any
     expires_at: float | None
     timer: threading.Timer | None
+    progress: ProgressReporter
 
 
 class JobLifecycle(dramatiq.Middleware):
@@ -67,6 +69,7 @@ class JobLifecycle(dramatiq.Middleware):
         node_id: This node's id (recorded per attempt; crash vs lost).
         slot_id: This worker's slot (recorded per attempt).
         handback_flush_s: How long an ending attempt waits for its last checkpoint upload.
+        progress_every_s: How often a running job's progress is written to its record.
         clock: Wall clock (Unix seconds).
         rng: Random source for backoff jitter.
     """
@@ -85,6 +88,7 @@ class JobLifecycle(dramatiq.Middleware):
         max_run_s: float | None = None,
         checkpoint_every_s: float = 60.0,
         handback_flush_s: float = 10.0,
+        progress_every_s: float = 10.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -102,6 +106,7 @@ class JobLifecycle(dramatiq.Middleware):
             "checkpoint_every_s": checkpoint_every_s,
         }
         self.handback_flush_s = handback_flush_s
+        self.progress_every_s = progress_every_s
         self.clock = clock
         self.rng = rng or random.Random()
         self._attempts: dict[str, _Attempt] = {}
@@ -202,8 +207,10 @@ class JobLifecycle(dramatiq.Middleware):
             timer = threading.Timer(float(max_run_s), context.request_stop, ("timeout",))
             timer.daemon = True
             timer.start()
+        progress = ProgressReporter(self.records, context, every_s=self.progress_every_s)
+        progress.start()
         token = job_api._enter(context)
-        self._attempts[message.message_id] = _Attempt(options, number, context, token, expires_at, timer)
+        self._attempts[message.message_id] = _Attempt(options, number, context, token, expires_at, timer, progress)
         logger.info("Job %s attempt %d started (%s).", options.job_id, number, message.actor_name)
 
     # -- after --------------------------------------------------------------------------------------------
@@ -216,6 +223,7 @@ class JobLifecycle(dramatiq.Middleware):
             return
         context = attempt.context
         job_api._leave(context, attempt.token)
+        attempt.progress.stop()
         if attempt.timer is not None:
             attempt.timer.cancel()
         try:
@@ -233,6 +241,7 @@ class JobLifecycle(dramatiq.Middleware):
         attempt = self._attempts.pop(message.message_id, None)
         if attempt is not None:  # a later middleware skipped it after the attempt began
             job_api._leave(attempt.context, attempt.token)
+            attempt.progress.stop()
             attempt.context.checkpoint.close()
             self._record_end(
                 attempt.options.job_id, attempt.number, Outcome.LOST, "skipped", JobStatus.QUEUED, None, None

@@ -73,3 +73,26 @@ def test_begin_attempt_closes_an_attempt_that_died_without_a_word():
     assert record["artifacts"] == {"r": "jobs/j/artifacts/r"}
     # a succeeded job starts no new attempt
     assert begin_attempt(record, node="n2", now=5.0, **meta) is None
+
+
+def test_running_progress_reaches_the_record(tmp_path):
+    from node.checkpoints import Checkpointer
+    from node.job import JobContext
+    from node.job_options import JobOptions
+    from node.progress import ProgressReporter
+    from node.storage import LocalStorage
+    from tests.conftest import wait_for
+
+    storage = LocalStorage(tmp_path)
+    records = RecordStore(storage)
+    context = JobContext(
+        options=JobOptions(job_id="p"), attempt=1, checkpoint=Checkpointer(storage, "p", 1), artifacts=None
+    )
+    reporter = ProgressReporter(records, context, every_s=0.05)
+    reporter.start()
+    context.progress(0.25, "warming up")
+    wait_for(lambda: (records.get("p") or {}).get("progress"), 5, "progress in the record")
+    context.progress(0.5)
+    wait_for(lambda: records.get("p")["progress"]["fraction"] == 0.5, 5, "newer progress")
+    reporter.stop()
+    assert records.get("p")["progress"]["fraction"] == 0.5
