@@ -44,6 +44,12 @@ def artifact(storage, job_id: str, name: str = "result.json") -> dict | None:
     return json.loads(storage.get(info.key)[0]) if info else None
 
 
+def completed(storage, job_id: str, name: str = "result.json") -> dict | None:
+    """The job's artifact once its record says *succeeded* (the record is written after the artifact)."""
+    record = RecordStore(storage).get(job_id)
+    return artifact(storage, job_id, name) if record and record["status"] == "succeeded" else None
+
+
 def manifest(storage, job_id: str) -> dict | None:
     info = storage.head(manifest_key(job_id))
     return json.loads(storage.get(info.key)[0]) if info else None
@@ -72,7 +78,7 @@ def test_sigkilled_training_resumes_from_its_last_checkpoint_with_a_bit_identica
     at_kill = manifest(storage, job_id)
 
     # Then it completes on another process, resumed from the checkpoint it had when it died
-    result = wait_for(lambda: artifact(storage, job_id), 120, "the training result")
+    result = wait_for(lambda: completed(storage, job_id), 120, "the training result")
     record = records.get(job_id)
     assert [a["outcome"] for a in record["attempts"]] == ["crashed", "succeeded"]
     assert record["attempts"][0]["pid"] == victim and record["attempts"][1]["pid"] != victim
@@ -106,7 +112,7 @@ def test_sigterm_flushes_a_final_checkpoint_and_the_job_resumes_elsewhere_as_an_
     assert nodes[first["node"]].stop(timeout_s=30) == 0
 
     # Then the job resumes on the other node and completes
-    result = wait_for(lambda: artifact(storage, job_id), 120, "the training result")
+    result = wait_for(lambda: completed(storage, job_id), 120, "the training result")
     record = records.get(job_id)
     interrupted, resumed = record["attempts"]
     assert interrupted["outcome"] == "interrupted" and interrupted["node"] == first["node"]
@@ -254,7 +260,7 @@ def test_s3_outage_during_checkpoints_does_not_stop_the_job_and_checkpoints_land
             lambda: (m := manifest(storage, job_id)) and m["stored_at"] > back_at and m, 60, "a checkpoint after"
         )
         assert after["meta"]["step"] > before["meta"]["step"] and after["attempt"] == before["attempt"]
-        result = wait_for(lambda: artifact(storage, job_id), 120, "the training result")
+        result = wait_for(lambda: completed(storage, job_id), 120, "the training result")
         record = RecordStore(storage).get(job_id)
         assert [a["outcome"] for a in record["attempts"]] == ["succeeded"]
         assert result["fingerprint"] == expected_fingerprint(steps)
@@ -277,7 +283,7 @@ def test_a_job_over_its_reservation_is_stopped_checkpointed_and_retried_as_a_fai
     broker.enqueue(job_message("training", "train", job_id, options=options, seed=SEED, steps=steps))
 
     # Then each attempt is stopped at its limit, checkpointed, counted as a failure and retried
-    result = wait_for(lambda: artifact(storage, job_id), 180, "the training result")
+    result = wait_for(lambda: completed(storage, job_id), 180, "the training result")
     outcomes = [a["outcome"] for a in RecordStore(storage).get(job_id)["attempts"]]
     assert outcomes[-1] == "succeeded" and len(outcomes) >= 2
     assert set(outcomes[:-1]) == {"timed_out"}
