@@ -65,10 +65,11 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_queues(args: argparse.Namespace, settings: Settings) -> int:
     from cloud.client import connect
+    from node.job_messages import FAILED_JOBS_QUEUE
 
     broker = connect(settings)
     print(f"{'queue':30} {'ready':>8} {'dead':>8}")
-    for name in sorted(broker.get_declared_queues()):
+    for name in [*sorted(broker.get_declared_queues()), FAILED_JOBS_QUEUE]:
         ready, _, dead = broker.get_queue_message_counts(name)
         print(f"{broker.physical(name):30} {ready:>8} {dead:>8}")
     broker.close()

@@ -41,3 +41,12 @@ def test_demo_runs_a_node_and_every_demo_job_completes(node_env, tmp_path):
         text=True,
     )
     assert missing.returncode == 1 and "no record for job 'no-such-job'" in missing.stderr
+
+    # and see the queues, the failed-jobs queue included
+    queues = subprocess.run(
+        [sys.executable, "-m", "cloud.cli", "queues"], env=node_env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert queues.returncode == 0, queues.stderr
+    prefix = node_env["BURROW_QUEUE_PREFIX"]
+    lines = {line.split()[0]: line.split()[1:] for line in queues.stdout.splitlines()[1:]}
+    assert lines[f"{prefix}simulation"] == ["0", "0"] and f"{prefix}failed-jobs" in lines
