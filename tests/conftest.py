@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -173,19 +174,27 @@ class NodeProcess:
     def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            # Its own session, so a test that fails mid-way can kill everything it started, orphans included.
+            self.process = subprocess.Popen(
+                argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout_s: float = 30) -> int:
+        """One SIGTERM to the main process, a grace period, then SIGKILL to whatever is left of its group."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait()
         return self.process.returncode
 
 
@@ -203,7 +212,8 @@ def start_node(node_env: dict[str, str], tmp_path: Path, request) -> Iterator[Ca
     yield start
     for node in started:
         node.stop()
-    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+    outcome = getattr(request.node, "rep_call", None)
+    if outcome is not None and outcome.failed:
         for node in started:
             sys.stderr.write(f"--- {node.log_path} ---\n{node.output()[-6000:]}\n")
 
