@@ -19,7 +19,6 @@ def train(seed: int, steps: int) -> None:
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import os
 import threading
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import _running
 from .checkpoints import Checkpointer
 from .errors import BurrowError
 from .job_options import JobOptions
@@ -133,17 +133,12 @@ class JobContext:
         return self._stop.wait(timeout_s)
 
     def progress(self, fraction: float, note: str = "") -> None:
-        """Report progress (0..1); kept in the job record when the attempt ends."""
+        """Report progress (0..1); written to the job record every few seconds and when the attempt ends."""
         self.progress_value = {"fraction": max(0.0, min(1.0, float(fraction))), "note": note, "at": time.time()}
 
     def hand_back(self) -> None:
         """Stop here and let the job re-run elsewhere from its last checkpoint (save one first)."""
         raise Preempted(self.stop_reason or "handed back")
-
-
-_current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("burrow_job", default=None)
-_running: set[JobContext] = set()
-_running_lock = threading.Lock()
 
 
 def current_job() -> JobContext:
@@ -152,29 +147,7 @@ def current_job() -> JobContext:
     Raises:
         RuntimeError: Called outside an actor run by a Burrow node.
     """
-    context = _current.get()
+    context = _running.current()
     if context is None:
         raise RuntimeError("current_job() is only available inside an actor run by a Burrow node")
     return context
-
-
-def _enter(context: JobContext) -> contextvars.Token:
-    with _running_lock:
-        _running.add(context)
-    return _current.set(context)
-
-
-def _leave(context: JobContext, token: contextvars.Token | None) -> None:
-    with _running_lock:
-        _running.discard(context)
-    if token is not None:
-        _current.reset(token)
-
-
-def stop_all(reason: str) -> int:
-    """Ask every running job in this process to stop; returns how many were asked."""
-    with _running_lock:
-        running = list(_running)
-    for context in running:
-        context.request_stop(reason)
-    return len(running)

@@ -15,8 +15,8 @@ import dramatiq
 from dramatiq import Message
 from dramatiq.middleware import SkipMessage
 
+from .. import _running, job_messages, policy
 from .. import job as job_api
-from .. import job_messages, policy
 from ..job_options import InvalidJob, JobOptions
 from ..job_record import InvalidTransition, JobStatus, RecordStore, begin_attempt, end_attempt, set_status, status_of
 from ..policy import Action, Outcome
@@ -209,7 +209,7 @@ class JobLifecycle(dramatiq.Middleware):
             timer.start()
         progress = ProgressReporter(self.records, context, every_s=self.progress_every_s)
         progress.start()
-        token = job_api._enter(context)
+        token = _running.enter(context)
         self._attempts[message.message_id] = _Attempt(options, number, context, token, expires_at, timer, progress)
         logger.info("Job %s attempt %d started (%s).", options.job_id, number, message.actor_name)
 
@@ -222,7 +222,7 @@ class JobLifecycle(dramatiq.Middleware):
         if attempt is None:
             return
         context = attempt.context
-        job_api._leave(context, attempt.token)
+        _running.leave(context, attempt.token)
         attempt.progress.stop()
         if attempt.timer is not None:
             attempt.timer.cancel()
@@ -240,7 +240,7 @@ class JobLifecycle(dramatiq.Middleware):
     def after_skip_message(self, broker: dramatiq.Broker, message: Message) -> None:
         attempt = self._attempts.pop(message.message_id, None)
         if attempt is not None:  # a later middleware skipped it after the attempt began
-            job_api._leave(attempt.context, attempt.token)
+            _running.leave(attempt.context, attempt.token)
             attempt.progress.stop()
             attempt.context.checkpoint.close()
             self._record_end(

@@ -8,7 +8,7 @@ import threading
 
 import dramatiq
 
-from .. import job as job_api
+from .. import _running
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class Preemption(dramatiq.Middleware):
         previous = signal.getsignal(signal.SIGTERM)
 
         def on_sigterm(signum, frame):
-            count = job_api.stop_all("preempted")
+            count = _running.stop_all("preempted")
             logger.info("SIGTERM: asked %d running job(s) to checkpoint and hand back.", count)
             if callable(previous):
                 previous(signum, frame)
@@ -36,4 +36,4 @@ class Preemption(dramatiq.Middleware):
         signal.signal(signal.SIGTERM, on_sigterm)
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        job_api.stop_all("preempted")
+        _running.stop_all("preempted")

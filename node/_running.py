@@ -1,0 +1,41 @@
+"""Runtime internals: which job contexts run in this process, and which one is the current thread's."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .job import JobContext
+
+_current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("burrow_job", default=None)
+_running: set[JobContext] = set()
+_lock = threading.Lock()
+
+
+def current() -> JobContext | None:
+    return _current.get()
+
+
+def enter(context: JobContext) -> contextvars.Token:
+    """Make ``context`` the current thread's job and count it as running."""
+    with _lock:
+        _running.add(context)
+    return _current.set(context)
+
+
+def leave(context: JobContext, token: contextvars.Token | None) -> None:
+    with _lock:
+        _running.discard(context)
+    if token is not None:
+        _current.reset(token)
+
+
+def stop_all(reason: str) -> int:
+    """Ask every running job in this process to stop; returns how many were asked."""
+    with _lock:
+        running = list(_running)
+    for context in running:
+        context.request_stop(reason)
+    return len(running)
