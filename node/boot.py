@@ -55,6 +55,8 @@ def build_broker(settings: Settings, *, storage: Storage, slot_id: str) -> Quoru
             slot_id=slot_id,
             # The final checkpoint must be stored, and the job re-published and acked, within the grace period.
             handback_flush_s=max(1.0, settings.grace_s / 2),
+            # A job past max_run_s gets the grace period to checkpoint and stop before its process is killed.
+            hard_stop_s=settings.grace_s,
         ),
         Preemption(),
         Prefetch(prefetch=settings.prefetch),

@@ -175,6 +175,10 @@ def begin_attempt(
         attempts[-1].update(
             outcome=closed.value, ended_at=now, error="the attempt ended without a word (process or node died)"
         )
+    elif attempts and attempts[-1].get("killed") == "uncounted":
+        # Killed for overrunning its reservation: the message came back by redelivery, with old counters.
+        closed = Outcome.TIMED_OUT
+        attempts[-1]["killed"] = "counted"
     attempts.append(
         {
             "number": len(attempts) + 1,
@@ -192,6 +196,13 @@ def begin_attempt(
     )
     set_status(record, JobStatus.RUNNING)
     return len(attempts), closed
+
+
+def mark_killed(record: dict[str, Any], number: int) -> None:
+    """Note that attempt ``number`` was killed by its node: the next attempt counts it as a failure."""
+    for entry in record["attempts"]:
+        if entry["number"] == number:
+            entry["killed"] = "uncounted"
 
 
 def end_attempt(

@@ -77,3 +77,16 @@ if any(isinstance(m, JobLifecycle) for m in dramatiq.get_broker().middleware):  
 def dies_before_ack(job_key: str) -> None:
     """Record one execution; its process is then killed before the ack (see _DieBeforeAck)."""
     _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}")
+
+
+@dramatiq.actor(queue_name=QUEUE, max_run_s=1.0)
+def hangs_once(job_key: str) -> None:
+    """First run: stuck in "C code" (a sleep that never checks should_stop). Later runs: done at once."""
+    from node.job import current_job
+
+    _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    marker = f"runs/{job_key}/hung"
+    if node().storage.head(marker) is None:
+        node().storage.put(marker, b"")
+        time.sleep(600)
+    current_job().artifacts.put("done.json", b"{}")

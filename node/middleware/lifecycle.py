@@ -18,13 +18,24 @@ from dramatiq.middleware import SkipMessage
 from .. import _running, job_messages, policy
 from .. import job as job_api
 from ..job_options import InvalidJob, JobOptions
-from ..job_record import InvalidTransition, JobStatus, RecordStore, begin_attempt, end_attempt, set_status, status_of
+from ..job_record import (
+    InvalidTransition,
+    JobStatus,
+    RecordStore,
+    begin_attempt,
+    end_attempt,
+    mark_killed,
+    set_status,
+    status_of,
+)
 from ..policy import Action, Outcome
 from ..progress import ProgressReporter
 from ..storage import Storage
 
 logger = logging.getLogger(__name__)
 
+#: Exit code of a worker process killed because its job overran its reservation and ignored the stop.
+EXIT_KILLED_OVERRUN = 4
 #: Delay before a job that could not even start (storage or broker trouble) is offered again.
 INFRA_RETRY_S = 30.0
 
@@ -44,7 +55,7 @@ class _Attempt:
     context: job_api.JobContext
     token: Any
     expires_at: float | None
-    timer: threading.Timer | None
+    timer: _Reservation | None
     progress: ProgressReporter
 
 
@@ -70,6 +81,8 @@ class JobLifecycle(dramatiq.Middleware):
         slot_id: This worker's slot (recorded per attempt).
         handback_flush_s: How long an ending attempt waits for its last checkpoint upload.
         progress_every_s: How often a running job's progress is written to its record.
+        hard_stop_s: How long a job past ``max_run_s`` may ignore ``should_stop`` before its process is killed
+            (``None``: never). Only a process exit frees a GPU held by a hung C/CUDA call.
         clock: Wall clock (Unix seconds).
         rng: Random source for backoff jitter.
     """
@@ -89,6 +102,7 @@ class JobLifecycle(dramatiq.Middleware):
         checkpoint_every_s: float = 60.0,
         handback_flush_s: float = 10.0,
         progress_every_s: float = 10.0,
+        hard_stop_s: float | None = 30.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -107,6 +121,7 @@ class JobLifecycle(dramatiq.Middleware):
         }
         self.handback_flush_s = handback_flush_s
         self.progress_every_s = progress_every_s
+        self.hard_stop_s = hard_stop_s
         self.clock = clock
         self.rng = rng or random.Random()
         self._attempts: dict[str, _Attempt] = {}
@@ -204,8 +219,7 @@ class JobLifecycle(dramatiq.Middleware):
         timer = None
         max_run_s = self.option(broker, message, "max_run_s")
         if max_run_s is not None:
-            timer = threading.Timer(float(max_run_s), context.request_stop, ("timeout",))
-            timer.daemon = True
+            timer = _Reservation(float(max_run_s), self.hard_stop_s, context, on_overrun=self._kill_overrun)
             timer.start()
         progress = ProgressReporter(self.records, context, every_s=self.progress_every_s)
         progress.start()
@@ -354,6 +368,39 @@ class JobLifecycle(dramatiq.Middleware):
             logger.exception("Could not re-publish job %s; dead-lettering the message instead.", options.job_id)
             message.fail()
 
+    def _kill_overrun(self, context: job_api.JobContext) -> None:
+        """The job ignored ``should_stop`` past its reservation: record it and end the process.
+
+        The broker then redelivers the job (spending one delivery, so a job that always hangs ends in the
+        dead-letter queue); the supervisor restarts the worker.
+        """
+        logger.error(
+            "Job %s attempt %d ignored its reservation stop for %ss; killing its worker process.",
+            context.job_id,
+            context.attempt,
+            self.hard_stop_s,
+        )
+
+        def killed(record: dict[str, Any]) -> None:
+            end_attempt(
+                record,
+                context.attempt,
+                outcome=Outcome.TIMED_OUT.value,
+                error=f"killed: still running {self.hard_stop_s}s after its max_run_s",
+                now=self.clock(),
+                checkpoint=context.checkpoint.uploaded,
+                progress=context.progress_value,
+            )
+            mark_killed(record, context.attempt)
+
+        try:
+            self.records.update_patiently(context.job_id, killed, patience_s=5)
+        except Exception:
+            logger.exception("Could not record the kill of job %s.", context.job_id)
+        finally:
+            logging.shutdown()
+            os._exit(EXIT_KILLED_OVERRUN)
+
     # -- records ------------------------------------------------------------------------------------------
 
     def _record_end(
@@ -394,6 +441,38 @@ class JobLifecycle(dramatiq.Middleware):
             self.records.update_patiently(options.job_id, expire, patience_s=30)
         except Exception:
             logger.exception("Could not mark job %s expired in its record.", options.job_id)
+
+
+class _Reservation:
+    """Asks a job to stop at ``max_run_s``; if it is still running ``hard_stop_s`` later, calls ``on_overrun``."""
+
+    def __init__(
+        self,
+        max_run_s: float,
+        hard_stop_s: float | None,
+        context: job_api.JobContext,
+        *,
+        on_overrun: Callable[[job_api.JobContext], None],
+    ) -> None:
+        self.context = context
+        self.hard_stop_s = hard_stop_s
+        self.on_overrun = on_overrun
+        self._cancelled = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(max_run_s,), name="reservation", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def _run(self, max_run_s: float) -> None:
+        if self._cancelled.wait(max_run_s):
+            return
+        self.context.request_stop("timeout")
+        if self.hard_stop_s is None or self._cancelled.wait(self.hard_stop_s):
+            return
+        self.on_overrun(self.context)
 
 
 def _outcome(context: job_api.JobContext, exception: BaseException) -> Outcome:

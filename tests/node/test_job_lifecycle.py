@@ -292,6 +292,23 @@ def test_a_job_over_its_reservation_is_stopped_checkpointed_and_retried_as_a_fai
     assert result["fingerprint"] == expected_fingerprint(steps)
 
 
+def test_a_job_that_ignores_its_reservation_stop_is_killed_with_its_process_and_counted_as_a_failure(
+    broker, storage, start_node
+):
+    # Given a job stuck in code that never checks should_stop, past its max_run_s (1 s) and the 5 s grace
+    start_node("--processes", "1")
+    broker.enqueue(job_message("tests", "hangs_once", "hung", job_key="hung"))
+
+    # Then its worker process is killed, the job comes back, and the next attempt completes
+    wait_for(lambda: completed(storage, "hung", "done.json") is not None, 90, "the job after the kill")
+    record = RecordStore(storage).get("hung")
+    killed, finished = record["attempts"]
+    assert killed["outcome"] == "timed_out" and killed["error"].startswith("killed:")
+    assert finished["outcome"] == "succeeded" and finished["pid"] != killed["pid"]
+    assert killed["killed"] == "counted"  # the next attempt counted it against max_failures
+    assert broker.get_queue_message_counts("tests") == (0, 0, 0)
+
+
 def test_inference_job_stores_its_completion_and_malformed_input_is_dead_lettered(
     amqp_url, broker, queue_prefix, storage, start_node
 ):

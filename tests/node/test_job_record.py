@@ -96,3 +96,17 @@ def test_running_progress_reaches_the_record(tmp_path):
     wait_for(lambda: records.get("p")["progress"]["fraction"] == 0.5, 5, "newer progress")
     reporter.stop()
     assert records.get("p")["progress"]["fraction"] == 0.5
+
+
+def test_an_attempt_killed_for_overrunning_is_counted_once_by_the_next():
+    from node.job_record import begin_attempt, end_attempt, mark_killed, new_record
+    from node.policy import Outcome
+
+    record = new_record("j", actor="a", queue="q")
+    meta = {"node": "n", "slot": "cpu-0", "pid": 1, "message_id": "m", "delivery_count": 0}
+    begin_attempt(record, now=1.0, **meta)
+    end_attempt(record, 1, outcome="timed_out", error="killed: …", now=2.0)
+    mark_killed(record, 1)
+    assert begin_attempt(record, now=3.0, **meta) == (2, Outcome.TIMED_OUT)
+    end_attempt(record, 2, outcome="failed", error="x", now=4.0)
+    assert begin_attempt(record, now=5.0, **meta) == (3, None)  # counted once only
