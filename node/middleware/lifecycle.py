@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from ..job_record import (
 )
 from ..policy import Action, Outcome
 from ..progress import ProgressReporter
+from ..reservation import Reservation
 from ..storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class _Attempt:
     context: job_api.JobContext
     token: Any
     expires_at: float | None
-    timer: _Reservation | None
+    timer: Reservation | None
     progress: ProgressReporter
 
 
@@ -219,7 +219,7 @@ class JobLifecycle(dramatiq.Middleware):
         timer = None
         max_run_s = self.option(broker, message, "max_run_s")
         if max_run_s is not None:
-            timer = _Reservation(float(max_run_s), self.hard_stop_s, context, on_overrun=self._kill_overrun)
+            timer = Reservation(float(max_run_s), self.hard_stop_s, context, on_overrun=self._kill_overrun)
             timer.start()
         progress = ProgressReporter(self.records, context, every_s=self.progress_every_s)
         progress.start()
@@ -441,38 +441,6 @@ class JobLifecycle(dramatiq.Middleware):
             self.records.update_patiently(options.job_id, expire, patience_s=30)
         except Exception:
             logger.exception("Could not mark job %s expired in its record.", options.job_id)
-
-
-class _Reservation:
-    """Asks a job to stop at ``max_run_s``; if it is still running ``hard_stop_s`` later, calls ``on_overrun``."""
-
-    def __init__(
-        self,
-        max_run_s: float,
-        hard_stop_s: float | None,
-        context: job_api.JobContext,
-        *,
-        on_overrun: Callable[[job_api.JobContext], None],
-    ) -> None:
-        self.context = context
-        self.hard_stop_s = hard_stop_s
-        self.on_overrun = on_overrun
-        self._cancelled = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(max_run_s,), name="reservation", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-
-    def _run(self, max_run_s: float) -> None:
-        if self._cancelled.wait(max_run_s):
-            return
-        self.context.request_stop("timeout")
-        if self.hard_stop_s is None or self._cancelled.wait(self.hard_stop_s):
-            return
-        self.on_overrun(self.context)
 
 
 def _outcome(context: job_api.JobContext, exception: BaseException) -> Outcome:
