@@ -170,18 +170,21 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
             except pika.exceptions.ChannelClosedByBroker as e:
                 del self.channel
                 if e.reply_code == 406:
-                    raise QueueMismatchError(
-                        f"queue {self.physical(canonical_queue_name)!r} already exists with other arguments "
-                        f"(a classic queue, or another delivery limit): {e.reply_text}. Queue arguments are "
-                        "frozen once declared: delete the queue or choose another name/prefix "
-                        "(BURROW_QUEUE_PREFIX); tune the delivery limit of an existing queue with a policy."
-                    ) from None
+                    raise self._mismatch(canonical_queue_name, e) from None
                 if attempt == 2:
                     raise ConnectionClosed(e) from None
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
                 del self.connection
                 if attempt == 2:
                     raise ConnectionClosed(e) from None
+
+    def _mismatch(self, queue_name: str, error: pika.exceptions.ChannelClosedByBroker) -> QueueMismatchError:
+        return QueueMismatchError(
+            f"queue {self.physical(queue_name)!r} already exists with other arguments "
+            f"(a classic queue, or another delivery limit): {error.reply_text}. Queue arguments are "
+            "frozen once declared: delete the queue or choose another name/prefix "
+            "(BURROW_QUEUE_PREFIX); tune the delivery limit of an existing queue with a policy."
+        )
 
     def _build_queue_arguments(self, queue_name: str) -> dict:
         return work_queue_arguments(
@@ -243,7 +246,7 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         except pika.exceptions.ChannelClosedByBroker as e:
             del self.channel
             if e.reply_code == 406:
-                raise QueueMismatchError(f"queue {self.physical(queue_name)!r}: {e.reply_text}") from None
+                raise self._mismatch(queue_name, e) from None
             raise
         self._unannounced.add(queue_name)
 
