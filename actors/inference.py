@@ -12,8 +12,7 @@ import random
 
 import dramatiq
 
-from node.job import current_job
-from node.job_options import InvalidJob
+from node.job import InvalidInput, current_job
 
 QUEUE = "inference"
 
@@ -70,12 +69,12 @@ def infer(prompt: str, max_tokens: int = 32, temperature: float = 1.0) -> None:
     """Complete ``prompt`` and store ``completion.json``.
 
     Raises:
-        InvalidJob: ``prompt`` is not a string or ``max_tokens`` is not in 1..4096 (not retried).
+        InvalidInput: ``prompt`` is not a string or ``max_tokens`` is not in 1..4096 (not retried).
     """
     if not isinstance(prompt, str):
-        raise InvalidJob(f"prompt must be a string, got {type(prompt).__name__}")
+        raise InvalidInput(f"prompt must be a string, got {type(prompt).__name__}")
     if not isinstance(max_tokens, int) or not 1 <= max_tokens <= 4096:
-        raise InvalidJob(f"max_tokens must be an integer in 1..4096, got {max_tokens!r}")
+        raise InvalidInput(f"max_tokens must be an integer in 1..4096, got {max_tokens!r}")
     job = current_job()
     tokens = complete(prompt, max_tokens, temperature)
     job.artifacts.put("completion.json", json.dumps({"prompt": prompt, "completion": " ".join(tokens)}).encode())

@@ -15,9 +15,7 @@ import time
 
 import dramatiq
 
-from node.context import node
-from node.job import current_job
-from node.job_options import InvalidJob
+from node.job import InvalidInput, current_job
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +42,7 @@ def simulate(seed: int, samples: int = 1_000_000) -> None:
         samples: Number of points drawn (must be positive).
     """
     if not isinstance(samples, int) or isinstance(samples, bool) or samples <= 0:
-        raise InvalidJob(f"samples must be a positive integer, got {samples!r}")
-    context = node()
+        raise InvalidInput(f"samples must be a positive integer, got {samples!r}")
     job = current_job()
     job_id = job.job_id
     started = time.time()
@@ -56,8 +53,8 @@ def simulate(seed: int, samples: int = 1_000_000) -> None:
         "samples": samples,
         "hits": hits,
         "estimate": estimate,
-        "node_id": context.settings.node_id,
-        "slot": context.slot.id if context.slot else None,
+        "node_id": job.node_id,
+        "slot": job.slot,
         "pid": os.getpid(),
         "seconds": round(time.time() - started, 3),
     }

@@ -22,7 +22,7 @@ from dramatiq.brokers.stub import StubBroker
 from node.middleware import JobSubmission
 dramatiq.set_broker(StubBroker(middleware=[JobSubmission()]))
 from actors.training import encode, initial_state, train_steps
-from node.checkpoints import Checkpointer
+from node.attempt.checkpoints import Checkpointer
 from node.storage import LocalStorage
 
 sys.setswitchinterval(float(sys.argv[1]))

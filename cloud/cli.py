@@ -1,4 +1,7 @@
-"""The ``burrow`` command: run a node, submit jobs, look at queues, run the demo."""
+"""The ``burrow`` command: run a node, submit jobs, look at queues and records, run the demo.
+
+Errors are one line on stderr (``burrow: error: …``) with exit code 2, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,14 @@ import subprocess
 import sys
 import time
 
+from dramatiq.errors import ActorNotFound, BrokerError
+
 from node.errors import BurrowError
+from node.retrying import Deadline, deadline_scope
 from node.settings import Settings
+
+#: How long a CLI command retries a publish through a broker outage before it reports the error.
+PUBLISH_PATIENCE_S = 10.0
 
 logger = logging.getLogger("burrow.cli")
 
@@ -22,50 +31,50 @@ def _setup_logging(verbose: bool = False) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="[%(asctime)s] [PID %(process)d] [%(name)s] [%(levelname)s] %(message)s",
     )
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # The CLI reports broker trouble in one line; pika's and Dramatiq's own logs would repeat it in fifty.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
+    logging.getLogger("dramatiq").setLevel(logging.CRITICAL if not verbose else logging.DEBUG)
+
+
+class UsageError(BurrowError):
+    """A command-line argument is wrong."""
 
 
 def cmd_node(args: argparse.Namespace, settings: Settings) -> int:
-    from node.supervisor import Supervisor, plan_slots, worker_specs
+    from node.supervisor.command import run_node
 
     if args.grace_s is not None:
         settings = Settings.from_env({**os.environ, "BURROW_GRACE_S": str(args.grace_s)})
-    slots = plan_slots(settings, os.environ, args.processes)
-    logger.info(
-        "Node %s: %d worker(s) on %s; broker %s",
-        settings.node_id,
-        len(slots),
-        ", ".join(s.id for s in slots),
-        settings.masked_amqp_url,
-    )
-    supervisor = Supervisor(
-        worker_specs(settings, slots, os.environ),
-        grace_s=settings.grace_s,
-        backoff_min_s=settings.restart_backoff_min_s,
-        backoff_max_s=settings.restart_backoff_max_s,
-    )
-    supervisor.install_signal_handlers()
-    return supervisor.run()
+    return run_node(settings, os.environ, processes=args.processes)
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     from cloud.client import connect
 
-    broker = connect(settings)
-    actor = broker.get_actor(args.actor)
-    kwargs = json.loads(args.kwargs)
+    try:
+        kwargs = json.loads(args.kwargs)
+    except ValueError as e:
+        raise UsageError(f"--kwargs is not JSON: {e}") from None
     if not isinstance(kwargs, dict):
-        raise SystemExit(f"--kwargs must be a JSON object, got {args.kwargs!r}")
-    for _ in range(args.count):
-        message = actor.send_with_options(kwargs=kwargs)
-        print(message.message_id)
-    broker.close()
+        raise UsageError(f"--kwargs must be a JSON object, got {args.kwargs!r}")
+    broker = connect(settings)
+    try:
+        try:
+            actor = broker.get_actor(args.actor)
+        except ActorNotFound:
+            known = ", ".join(sorted(broker.actors)) or "none"
+            raise UsageError(f"no actor {args.actor!r} (known: {known})") from None
+        for _ in range(args.count):
+            message = actor.send_with_options(kwargs=kwargs)
+            print(message.message_id)
+    finally:
+        broker.close()
     return 0
 
 
 def cmd_queues(args: argparse.Namespace, settings: Settings) -> int:
     from cloud.client import connect
-    from node.job_messages import FAILED_JOBS_QUEUE
+    from node.contract.queues import FAILED_JOBS_QUEUE
 
     broker = connect(settings)
     print(f"{'queue':30} {'ready':>8} {'dead':>8}")
@@ -78,8 +87,8 @@ def cmd_queues(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_job(args: argparse.Namespace, settings: Settings) -> int:
     """Print a job's record: status, every attempt, checkpoint and artifact pointers."""
-    from node.job_record import RecordStore
     from node.storage import storage_from_settings
+    from node.storage.records import RecordStore
 
     storage = storage_from_settings(settings)
     record = RecordStore(storage).get(args.job_id)
@@ -95,11 +104,12 @@ def cmd_job(args: argparse.Namespace, settings: Settings) -> int:
     if record.get("progress"):
         print(f"progress {record['progress']['fraction']:.1%} {record['progress'].get('note', '')}")
     for attempt in record["attempts"]:
-        took = f"{attempt['ended_at'] - attempt['started_at']:.1f}s" if attempt["ended_at"] else "running"
+        ended, started = attempt.get("ended_at"), attempt.get("started_at")
+        took = f"{ended - started:.1f}s" if ended and started else "" if ended else "running"
         print(
-            f"  #{attempt['number']} {attempt['outcome'] or 'running':12} node {attempt['node']} "
-            f"slot {attempt['slot']} pid {attempt['pid']} {took}"
-            + (f"  {attempt['error']}" if attempt["error"] else "")
+            f"  #{attempt['number']} {attempt['outcome'] or 'running':12} node {attempt.get('node', '?')} "
+            f"slot {attempt.get('slot', '?')} pid {attempt.get('pid', '?')} {took}"
+            + (f"  {attempt['error']}" if attempt.get("error") else "")
         )
     if record.get("checkpoint"):
         print(f"checkpoint {record['checkpoint']['key']} (attempt {record['checkpoint']['attempt']})")
@@ -112,8 +122,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Start a node, send it demo simulations, print each result as it lands in storage, stop the node."""
     from cloud.client import connect
     from node.storage import storage_from_settings
+    from node.storage.records import RecordStore
 
     storage = storage_from_settings(settings)
+    records = RecordStore(storage)
     broker = connect(settings)
     simulate = broker.get_actor("simulate")
     print(f"broker  {settings.masked_amqp_url}\nstorage {settings.storage_url}")
@@ -124,10 +136,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         deadline = time.monotonic() + args.timeout_s
         while pending and time.monotonic() < deadline and node.poll() is None:
             for job_id in list(pending):
-                info = storage.head(f"jobs/{job_id}/artifacts/result.json")
-                if info is not None:
-                    data, _ = storage.get(info.key)
-                    result = json.loads(data)
+                record = records.get(job_id)
+                if record is not None and record["status"] == "succeeded":
+                    result = json.loads(storage.get(record["artifacts"]["result.json"])[0])
                     print(
                         f"job {job_id} done on {result['slot']} (pid {result['pid']}): "
                         f"pi ~ {result['estimate']:.6f} from {result['samples']} samples"
@@ -183,10 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         settings = Settings.from_env()
-        return args.func(args, settings)
+        with deadline_scope(Deadline(PUBLISH_PATIENCE_S)):
+            return args.func(args, settings)
     except BurrowError as e:
         print(f"burrow: error: {e}", file=sys.stderr)
         return 2
+    except BrokerError as e:
+        print(f"burrow: error: RabbitMQ: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -5,18 +5,45 @@ from __future__ import annotations
 import importlib
 
 import dramatiq
+import pika
+import pika.exceptions
 
 from node.broker import QuorumRabbitmqBroker
 from node.middleware import JobSubmission
-from node.settings import Settings
+from node.settings import Settings, mask_url
+
+from .errors import BrokerUnreachable
 
 
-def connect(settings: Settings) -> QuorumRabbitmqBroker:
+def check_reachable(settings: Settings, *, timeout_s: float = 5.0) -> None:
+    """Raise ``BrokerUnreachable`` unless one of ``AMQP_URL``'s brokers accepts a connection within ``timeout_s``."""
+    reasons = []
+    for url in settings.amqp_url.split(";"):
+        parameters = pika.URLParameters(url)
+        parameters.connection_attempts = 1
+        parameters.socket_timeout = timeout_s
+        parameters.blocked_connection_timeout = timeout_s
+        try:
+            pika.BlockingConnection(parameters).close()
+            return
+        except pika.exceptions.AMQPError as e:
+            reasons.append(f"{mask_url(url)}: {type(e).__name__} {e}".strip())
+        except OSError as e:
+            reasons.append(f"{mask_url(url)}: {e}")
+    raise BrokerUnreachable("cannot reach RabbitMQ (" + "; ".join(reasons) + ")")
+
+
+def connect(settings: Settings, *, check: bool = True) -> QuorumRabbitmqBroker:
     """Set the global Dramatiq broker and import the actor modules, so ``actor.send()`` works.
 
     The broker declares queues with the same arguments as the nodes (``BURROW_DELIVERY_LIMIT``,
     ``BURROW_QUEUE_PREFIX``): RabbitMQ refuses a queue redeclared with other arguments.
+
+    Raises:
+        BrokerUnreachable: ``check`` is on and no broker answered.
     """
+    if check:
+        check_reachable(settings)
     broker = QuorumRabbitmqBroker(
         url=settings.amqp_url,
         delivery_limit=settings.delivery_limit,

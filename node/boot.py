@@ -11,19 +11,21 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
 
 import dramatiq
 from dramatiq.middleware import Callbacks, CurrentMessage, Pipelines
 
 from . import context
+from .attempt.journal import Journal, process_start_time
 from .broker import QuorumRabbitmqBroker
 from .errors import BurrowError
-from .middleware import JobLifecycle, JobSubmission, Preemption, Prefetch, StopConsumingOnShutdown
-from .process import die_with_parent
+from .middleware import JobLifecycle, JobSubmission, Prefetch, Shutdown
 from .settings import Settings
-from .slots import SlotLease, configured_slots
 from .storage import Storage, storage_from_settings
+from .supervisor.process import die_with_parent
+from .supervisor.slots import SlotLease, configured_slots
 
 logger = logging.getLogger("burrow.boot")
 
@@ -36,7 +38,25 @@ SWITCH_INTERVAL_S = 0.0005
 EXIT_BOOT_FAILED = 3
 
 
-def build_broker(settings: Settings, *, storage: Storage, slot_id: str) -> QuorumRabbitmqBroker:
+def node_instance(environ: Mapping[str, str]) -> str:
+    """This node instance's id: the supervisor's (``BURROW_NODE_INSTANCE``), else the ``dramatiq`` master's.
+
+    It changes when the node restarts, which is how a redelivery tells "its process crashed here" (same
+    instance) from "the node went away" (see ``node.attempt.journal``).
+    """
+    if environ.get("BURROW_NODE_INSTANCE"):
+        return environ["BURROW_NODE_INSTANCE"]
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        boot_id = "noboot"
+    parent = os.getppid()
+    return f"{boot_id}-{parent}-{process_start_time(parent)}"
+
+
+def build_broker(
+    settings: Settings, *, storage: Storage, slot_id: str, instance: str = "", journal: Journal | None = None
+) -> QuorumRabbitmqBroker:
     """The node's broker with the node middleware stack.
 
     ``JobLifecycle`` replaces Dramatiq's ``Retries`` and ``AgeLimit`` (retries with cooldown through wait
@@ -52,15 +72,18 @@ def build_broker(settings: Settings, *, storage: Storage, slot_id: str) -> Quoru
         JobLifecycle(
             storage=storage,
             node_id=settings.node_id,
+            instance=instance,
             slot_id=slot_id,
+            journal=journal,
+            delivery_limit=settings.delivery_limit,
+            grace_s=settings.grace_s,
             # The final checkpoint must be stored, and the job re-published and acked, within the grace period.
             handback_flush_s=max(1.0, settings.grace_s / 2),
             # A job past max_run_s gets the grace period to checkpoint and stop before its process is killed.
             hard_stop_s=settings.grace_s,
         ),
-        Preemption(),
+        Shutdown(),
         Prefetch(prefetch=settings.prefetch),
-        StopConsumingOnShutdown(),
     ]
     return QuorumRabbitmqBroker(
         url=settings.amqp_url,
@@ -92,7 +115,9 @@ def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroke
             die_with_parent()
         lease = claim_slot(settings, environ)
         storage = storage_from_settings(settings)
-        broker = build_broker(settings, storage=storage, slot_id=lease.slot.id)
+        instance = node_instance(environ)
+        journal = Journal(settings.state_dir / "journal", lease.slot.id, instance)
+        broker = build_broker(settings, storage=storage, slot_id=lease.slot.id, instance=instance, journal=journal)
         dramatiq.set_broker(broker)
         context.install(context.NodeContext(settings=settings, storage=storage, slot=lease.slot))
         logger.info(

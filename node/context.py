@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .settings import Settings
-from .slots import Slot
 from .storage import Storage
+from .supervisor.slots import Slot
 
 
 @dataclass(frozen=True)

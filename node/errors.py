@@ -1,10 +1,27 @@
-"""Burrow's error tree.
+"""Burrow's error tree, in one place.
 
-``BurrowError`` is the root of every error Burrow raises on purpose; each package hangs its own subtree
-under it (``cloud`` will add ``CloudError``), so callers can catch exactly as much as they mean to.
+``BurrowError`` is the root of every error Burrow raises on purpose; ``cloud`` hangs ``CloudError`` under it.
+Callers catch exactly as much as they mean to; nothing here shadows a built-in name.
+
+    BurrowError
+    ├── NodeError            something is wrong on this node
+    │   ├── ConfigError      a setting is malformed (names the variable)
+    │   ├── SlotError        no GPU/CPU slot for this process
+    │   ├── QueueMismatchError  a queue exists with other arguments
+    │   ├── InvalidTransition   a job status change the lifecycle forbids
+    │   └── FencedOut        a newer attempt owns the job
+    ├── MalformedMessage     a message (or one of its fields) cannot be trusted; dead-lettered as ``malformed``
+    │   └── InvalidJob       its job options break the schema
+    ├── InvalidInput         an actor says its input is bad (public: ``node.job``); dead-lettered as ``malformed``
+    ├── Preempted            an actor handed its job back (public: ``node.job``)
+    └── StorageError         a storage backend failed
+        ├── ObjectNotFound
+        └── PreconditionFailed
 """
 
 from __future__ import annotations
+
+from dramatiq.errors import Retry
 
 
 class BurrowError(Exception):
@@ -33,6 +50,44 @@ class SlotError(NodeError):
 
 class QueueMismatchError(NodeError):
     """A queue already exists on the broker with arguments other than the ones Burrow declares."""
+
+
+class InvalidTransition(NodeError):
+    """A status change the job lifecycle does not allow (e.g. anything after *succeeded*)."""
+
+
+class FencedOut(NodeError):
+    """A newer attempt of this job exists: this attempt must stop and may not write the job's state."""
+
+
+class MalformedMessage(BurrowError):
+    """A message cannot be trusted: it is dead-lettered once with reason ``malformed`` and this text.
+
+    Attributes:
+        field: The offending field, as a path (``options.job.job_id``, ``kwargs``); empty if the whole body.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}" if field else problem)
+        self.field = field
+
+
+class InvalidJob(MalformedMessage):
+    """A message's job options break the schema."""
+
+    def __init__(self, problem: str, field: str = "options.job") -> None:
+        super().__init__(field, problem)
+
+
+class InvalidInput(BurrowError):
+    """Raised by an actor whose arguments are unusable: retrying cannot help, so the job is dead-lettered."""
+
+
+class Preempted(BurrowError, Retry):
+    """Raised by ``hand_back()``: the job stops here and is re-run elsewhere from its checkpoint.
+
+    A subclass of Dramatiq's ``Retry`` only so that Dramatiq does not log a normal hand-back as an error.
+    """
 
 
 class StorageError(BurrowError):

@@ -8,6 +8,7 @@ the variable.  Secrets are read from the environment only and never appear in ``
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tempfile
 from collections.abc import Mapping
@@ -19,6 +20,8 @@ from .errors import ConfigError
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_ACTOR_MODULES = ("actors.simulation", "actors.training", "actors.inference")
+#: How CUDA names a GPU or MIG instance besides its index, e.g. ``GPU-8f6b…`` or ``MIG-GPU-…/1/0``.
+_GPU_UUID = re.compile(r"(GPU|MIG)-[0-9A-Za-z/-]+")
 
 
 def mask_url(url: str) -> str:
@@ -195,6 +198,11 @@ class _Reader:
             raise ConfigError(name, f"{value!r} has an empty entry; expected 'auto', 'none' or e.g. '0,1,2'")
         if len(set(ids)) != len(ids):
             raise ConfigError(name, f"{value!r} lists a GPU twice")
+        for part in ids:
+            if not (part.isdigit() or _GPU_UUID.fullmatch(part)):
+                raise ConfigError(
+                    name, f"{part!r} is not a GPU index or UUID; expected 'auto', 'none', '0,1,2' or 'GPU-<uuid>'"
+                )
         return ids
 
     def modules(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:

@@ -23,7 +23,8 @@ import pytest
 from dramatiq import Message
 from dramatiq.brokers.stub import StubBroker
 
-from node.broker import WAIT_BUCKETS_MS, QuorumRabbitmqBroker
+from node.broker import QuorumRabbitmqBroker
+from node.contract.queues import WAIT_BUCKETS_MS
 from node.middleware import JobSubmission
 from node.settings import DEFAULT_AMQP_URL
 from node.storage import LocalStorage, Storage

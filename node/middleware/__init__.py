@@ -1,9 +1,8 @@
-"""Node middleware: one concern per module, each a ``dramatiq.Middleware``."""
+"""Node middleware: Dramatiq hooks only, one concern per module, each a ``dramatiq.Middleware``."""
 
-from .drain import StopConsumingOnShutdown
 from .lifecycle import JobLifecycle
-from .preemption import Preemption
 from .prefetch import Prefetch
+from .shutdown import Shutdown
 from .submission import JobSubmission
 
-__all__ = ["JobLifecycle", "JobSubmission", "Prefetch", "Preemption", "StopConsumingOnShutdown"]
+__all__ = ["JobLifecycle", "JobSubmission", "Prefetch", "Shutdown"]

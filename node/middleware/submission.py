@@ -5,15 +5,18 @@ from __future__ import annotations
 import dramatiq
 from dramatiq import Message
 
-from ..job_options import JOB_ACTOR_OPTIONS, OPTION_KEY, JobOptions
+from ..contract.envelope import check_arguments
+from ..contract.job_options import JOB_ACTOR_OPTIONS, OPTION_KEY, JobOptions, check_actor_options
 
 
 class JobSubmission(dramatiq.Middleware):
-    """Declares the job actor options and stamps every new job with its identity and absolute expiry.
+    """Declares the job actor options, checks a job at submission and stamps it with its identity and expiry.
 
-    A message sent without job options gets ``job_id`` = its message id and, if the actor (or the message)
-    has ``ttl_s``, ``expires_at`` = now + ttl, so expiry is fixed at submission and survives retries and
-    re-dispatch. A message that already carries job options (a retry, or ``new_job(...)``) is left alone.
+    ``actor.send(...)`` raises ``MalformedMessage`` when the arguments do not fit the actor's signature or a
+    lifecycle option is malformed, so a bad call fails in the caller instead of on a node. A message sent
+    without job options gets ``job_id`` = its message id and, if the actor (or the message) has ``ttl_s``,
+    ``expires_at`` = now + ttl, so expiry is fixed at submission and survives retries and re-dispatch. A
+    message that already carries job options (a retry, or ``new_job(...)``) keeps them (they are checked).
     """
 
     @property
@@ -21,13 +24,18 @@ class JobSubmission(dramatiq.Middleware):
         return set(JOB_ACTOR_OPTIONS)
 
     def before_enqueue(self, broker: dramatiq.Broker, message: Message, delay: int | None) -> None:
+        try:
+            actor = broker.get_actor(message.actor_name)
+        except dramatiq.errors.ActorNotFound:
+            actor = None
+        check_actor_options(message.options)
         if OPTION_KEY in message.options:
+            JobOptions.from_options(message.options, message_id=message.message_id)
             return
+        if actor is not None:
+            check_arguments(actor.fn, message.args, message.kwargs)
         ttl_s = message.options.get("ttl_s")
-        if ttl_s is None:
-            try:
-                ttl_s = broker.get_actor(message.actor_name).options.get("ttl_s")
-            except dramatiq.errors.ActorNotFound:
-                ttl_s = None
+        if ttl_s is None and actor is not None:
+            ttl_s = actor.options.get("ttl_s")
         expires_at = message.message_timestamp / 1000 + float(ttl_s) if ttl_s is not None else None
         message.options[OPTION_KEY] = JobOptions(job_id=message.message_id, expires_at=expires_at).to_options()

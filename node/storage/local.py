@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import ObjectNotFound, PreconditionFailed
 from .base import ObjectInfo, Storage
 
+_ETAG_XATTR = "user.burrow.etag"
+#: Conditional writes lock one of this many stripe files (by key hash), so lock files never pile up.
+LOCK_STRIPES = 64
+
 
 class LocalStorage(Storage):
-    """Objects are files under ``root``; writes are atomic (temp file + rename).
+    """Objects are files under ``root``; every write is atomic and durable (temp file, fsync, rename, fsync
+    of the directory).
 
-    Conditional writes hold a per-key ``flock`` around check-and-replace, so they are safe between processes
-    on one machine (which is all a local directory can serve). An ETag is the file's identity from ``stat``
-    (inode, modification time, size): every write replaces the file with a new inode, so it changes on every
-    write, and reading it costs one system call (checkpoint uploads run beside a CPU-bound job that holds
-    the GIL, where every extra I/O call costs a thread switch).
+    Conditional writes hold an ``flock`` (one of ``LOCK_STRIPES`` stripe files) around check-and-replace, so
+    they are safe between processes on one machine, which is all a local directory can serve.
+
+    The ETag of an object is a random token stored with the file as an extended attribute, written before
+    the rename: it can never repeat, unlike inode numbers and modification times (ext4 reuses inodes, and a
+    coarse clock repeats mtimes). On a filesystem without user extended attributes the ETag is a hash of the
+    content (S3's own rule).
 
     Parameters:
         root: The directory holding the objects; created if missing.
@@ -30,6 +40,7 @@ class LocalStorage(Storage):
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self._xattrs = True
 
     def __repr__(self) -> str:
         return f"LocalStorage({str(self.root)!r})"
@@ -41,64 +52,80 @@ class LocalStorage(Storage):
     def _locked(self, key: str) -> Iterator[None]:
         locks = self.root / ".locks"
         locks.mkdir(parents=True, exist_ok=True)
-        name = hashlib.sha256(key.encode()).hexdigest()
-        with open(locks / name, "a+") as handle:
+        stripe = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=2).digest(), "big") % LOCK_STRIPES
+        with open(locks / f"{stripe:02d}", "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
 
-    @staticmethod
-    def _etag(stat: os.stat_result) -> str:
-        return f"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{stat.st_size:x}"
+    def _etag_of(self, target: int | str, read: Callable[[], bytes]) -> str:
+        if self._xattrs:
+            try:
+                return os.getxattr(target, _ETAG_XATTR).decode()
+            except OSError as e:
+                if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                    self._xattrs = False
+                elif e.errno != errno.ENODATA:
+                    raise
+        return hashlib.blake2b(read(), digest_size=16).hexdigest()  # no token: a file written by other means
 
-    def _info(self, key: str, path: Path) -> ObjectInfo:
-        stat = path.stat()
-        return ObjectInfo(key=key, etag=self._etag(stat), size=stat.st_size)
-
-    def _write_atomically(self, path: Path, write) -> None:
+    def _write_atomically(self, path: Path, write: Callable[[BinaryIO], None]) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
                 write(handle)
                 handle.flush()
+                etag = uuid.uuid4().hex
+                if self._xattrs:
+                    try:
+                        os.setxattr(handle.fileno(), _ETAG_XATTR, etag.encode())
+                    except OSError as e:
+                        if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                            raise
+                        self._xattrs = False
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)  # the rename itself must survive a power cut
+        finally:
+            os.close(directory)
+        return etag if self._xattrs else self._etag_of(str(path), path.read_bytes)
 
     def put(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> ObjectInfo:
         path = self._path(key)
         if if_match is None and not if_none_match:
-            self._write_atomically(path, lambda h: h.write(data))
-            return self._info(key, path)
+            return ObjectInfo(key=key, etag=self._write_atomically(path, lambda h: h.write(data)), size=len(data))
         with self._locked(key):
             current = self.head(key)
             if if_none_match and current is not None:
                 raise PreconditionFailed(f"{key!r} already exists")
             if if_match is not None and (current is None or current.etag != if_match):
                 raise PreconditionFailed(f"{key!r} changed since etag {if_match!r} was read")
-            self._write_atomically(path, lambda h: h.write(data))
-            return self._info(key, path)
+            return ObjectInfo(key=key, etag=self._write_atomically(path, lambda h: h.write(data)), size=len(data))
 
     def get(self, key: str) -> tuple[bytes, ObjectInfo]:
         path = self._path(key)
         try:
             with open(path, "rb") as handle:
-                stat = os.fstat(handle.fileno())
                 data = handle.read()
-        except (FileNotFoundError, IsADirectoryError):
+                etag = self._etag_of(handle.fileno(), lambda: data)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFound(key) from None
-        return data, ObjectInfo(key=key, etag=self._etag(stat), size=len(data))
+        return data, ObjectInfo(key=key, etag=etag, size=len(data))
 
     def head(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
         try:
-            stat = self._path(key).stat()
-        except (FileNotFoundError, NotADirectoryError):
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                etag = self._etag_of(handle.fileno(), handle.read)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
-        if not stat.st_mode & 0o100000:  # not a regular file
-            return None
-        return ObjectInfo(key=key, etag=self._etag(stat), size=stat.st_size)
+        return ObjectInfo(key=key, etag=etag, size=size)
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -120,13 +147,23 @@ class LocalStorage(Storage):
     def upload_file(self, key: str, path: str | Path) -> ObjectInfo:
         target = self._path(key)
         with open(path, "rb") as source:
-            self._write_atomically(target, lambda h: shutil.copyfileobj(source, h, 1 << 20))
-        return self._info(key, target)
+            etag = self._write_atomically(target, lambda h: shutil.copyfileobj(source, h, 1 << 20))
+        return ObjectInfo(key=key, etag=etag, size=target.stat().st_size)
 
     def download_file(self, key: str, path: str | Path) -> ObjectInfo:
         source = self._path(key)
-        if not source.is_file():
+        info = self.head(key)
+        if info is None:
             raise ObjectNotFound(key)
-        with open(source, "rb") as handle:
-            self._write_atomically(Path(path), lambda h: shutil.copyfileobj(handle, h, 1 << 20))
-        return self._info(key, source)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with open(source, "rb") as handle, os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(handle, out, 1 << 20)
+            os.replace(tmp, target)
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return info

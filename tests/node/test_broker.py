@@ -9,7 +9,8 @@ import pika
 import pytest
 from dramatiq import Message
 
-from node.broker import QuorumRabbitmqBroker, death_reason, wait_bucket_ms
+from node.broker import QuorumRabbitmqBroker
+from node.contract.queues import death_reason, wait_bucket_ms
 from node.errors import QueueMismatchError
 from tests.conftest import send, wait_for
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from node.checkpoints import Checkpointer, manifest_key
+from node.attempt.checkpoints import Checkpointer, manifest_key
 from node.storage import Storage, open_storage
 
 pytestmark = pytest.mark.timeout(60)

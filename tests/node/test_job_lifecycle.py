@@ -14,10 +14,11 @@ import pytest
 from dramatiq import Message
 
 from actors.training import fingerprint, initial_state, train_steps
-from node.broker import QuorumRabbitmqBroker, death_reason
-from node.checkpoints import manifest_key
-from node.job_options import JobOptions
-from node.job_record import RecordStore
+from node.attempt.checkpoints import manifest_key
+from node.broker import QuorumRabbitmqBroker
+from node.contract.job_options import JobOptions
+from node.contract.queues import death_reason
+from node.storage.records import RecordStore
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]

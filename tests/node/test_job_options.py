@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.job_options import SCHEMA_VERSION, InvalidJob, JobOptions, new_job
+from node.contract.job_options import SCHEMA_VERSION, InvalidJob, JobOptions, new_job
 
 
 def test_a_message_without_job_options_is_a_job_with_its_own_id():
@@ -32,8 +32,11 @@ def test_round_trip_keeps_every_field():
     ("raw", "problem"),
     [
         ("not a dict", "must be an object"),
-        ({"job_id": ""}, "job_id must be"),
-        ({"job_id": "a/b"}, "without '/'"),
+        ({"job_id": ""}, "options.job.job_id: '' (0 characters) is not a usable job id"),
+        ({"job_id": "a/b"}, "'a/b' (3 characters) is not a usable job id"),
+        ({"job_id": "x" * 300}, "(300 characters) is not a usable job id"),
+        ({"job_id": "a\x00b"}, "is not a usable job id"),
+        ({"job_id": "\ud800"}, "is not a usable job id"),
         ({"job_type": "weekly"}, "job_type must be one of sync, polling, batch, stream"),
         ({"priority": "high"}, "priority must be one of urgent, bulk, test"),
         ({"failures": -1}, "failures must be a non-negative integer"),

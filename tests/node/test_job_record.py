@@ -1,4 +1,4 @@
-"""Job records: one owner of status transitions; concurrent updates never lose each other."""
+"""Job records: one owner of status transitions, idempotent and fenced attempts, no lost updates."""
 
 from __future__ import annotations
 
@@ -6,7 +6,20 @@ import threading
 
 import pytest
 
-from node.job_record import InvalidTransition, JobStatus, RecordStore, set_status, transition
+from node.contract.record import (
+    InvalidTransition,
+    JobStatus,
+    Outcome,
+    begin_attempt,
+    close_unexplained,
+    end_attempt,
+    mark_killed,
+    new_record,
+    set_status,
+    transition,
+)
+from node.storage import LocalStorage, open_storage
+from node.storage.records import RecordStore
 
 
 def test_allowed_and_forbidden_transitions():
@@ -22,8 +35,6 @@ def test_allowed_and_forbidden_transitions():
 
 @pytest.mark.parametrize("backend", ["file", "s3"])
 def test_concurrent_writers_never_lose_an_update(backend, tmp_path, request):
-    from node.storage import open_storage
-
     if backend == "file":
         storage = open_storage((tmp_path / "s").as_uri())
     else:
@@ -46,8 +57,6 @@ def test_concurrent_writers_never_lose_an_update(backend, tmp_path, request):
 
 
 def test_set_status_is_the_only_door(tmp_path):
-    from node.storage import LocalStorage
-
     records = RecordStore(LocalStorage(tmp_path))
     records.update("j", lambda r: set_status(r, JobStatus.RUNNING))
     records.update("j", lambda r: set_status(r, JobStatus.SUCCEEDED))
@@ -56,57 +65,72 @@ def test_set_status_is_the_only_door(tmp_path):
     assert records.get("j")["status"] == "succeeded"
 
 
-def test_begin_attempt_closes_an_attempt_that_died_without_a_word():
-    from node.job_record import begin_attempt, end_attempt, new_record
-    from node.policy import Outcome
-
-    record = new_record("j", actor="a", queue="q")
-    meta = {"slot": "cpu-0", "pid": 1, "message_id": "m", "delivery_count": 0}
-    assert begin_attempt(record, node="n1", now=1.0, **meta) == (1, None)
-    # the process died on n1; n1 sees the job again: a crash (a failure)
-    assert begin_attempt(record, node="n1", now=2.0, **meta) == (2, Outcome.CRASHED)
-    # n1 vanished; n2 sees it: lost (an interruption)
-    assert begin_attempt(record, node="n2", now=3.0, **meta) == (3, Outcome.LOST)
-    end_attempt(record, 3, outcome="succeeded", error=None, now=4.0, artifacts={"r": "jobs/j/artifacts/r"})
-    set_status(record, JobStatus.SUCCEEDED)
-    assert [a["outcome"] for a in record["attempts"]] == ["crashed", "lost", "succeeded"]
-    assert record["artifacts"] == {"r": "jobs/j/artifacts/r"}
-    # a succeeded job starts no new attempt
-    assert begin_attempt(record, node="n2", now=5.0, **meta) is None
+def attempt(attempt_id: str, node: str = "n1") -> dict:
+    return {"attempt_id": attempt_id, "node": node, "started_at": 1.0}
 
 
-def test_running_progress_reaches_the_record(tmp_path):
-    from node.checkpoints import Checkpointer
-    from node.job import JobContext
-    from node.job_options import JobOptions
-    from node.progress import ProgressReporter
-    from node.storage import LocalStorage
-    from tests.conftest import wait_for
+def test_begin_is_idempotent_a_replayed_write_finds_its_own_attempt():
+    record = new_record("j")
+    assert begin_attempt(record, attempt("a1")) == 1
+    assert begin_attempt(record, attempt("a1")) == 1  # the same begin again (a replayed conditional PUT)
+    assert [a["attempt_id"] for a in record["attempts"]] == ["a1"] and record["attempts"][0]["outcome"] is None
 
-    storage = LocalStorage(tmp_path)
-    records = RecordStore(storage)
-    context = JobContext(
-        options=JobOptions(job_id="p"), attempt=1, checkpoint=Checkpointer(storage, "p", 1), artifacts=None
+
+def test_unexplained_ends_are_crashed_here_killed_or_lost():
+    record = new_record("j")
+    for attempt_id in ("a1", "a2", "a3"):
+        begin_attempt(record, attempt(attempt_id))
+    mark_killed(record, "a2", "killed: overran")
+    closed = close_unexplained(record, now=5.0, crashed_here=frozenset({"a1"}))
+    assert [(c.attempt_id, c.outcome) for c in closed] == [
+        ("a1", Outcome.CRASHED),
+        ("a2", Outcome.TIMED_OUT),
+        ("a3", Outcome.LOST),
+    ]
+    assert all(a["ended_at"] == 5.0 for a in record["attempts"])
+
+
+def test_a_stale_attempt_closes_only_its_own_entry():
+    # Given attempt a1 (a node believed lost, still running) and a newer attempt a2
+    record = new_record("j")
+    begin_attempt(record, attempt("a1", "old"))
+    begin_attempt(record, attempt("a2", "new"))
+    record["checkpoint"] = {"key": "new-ckpt"}
+
+    # When the stale attempt ends with success, a checkpoint and artifacts
+    newest = end_attempt(
+        record,
+        "a1",
+        outcome=Outcome.SUCCEEDED,
+        error=None,
+        now=3.0,
+        status=JobStatus.SUCCEEDED,
+        checkpoint={"key": "old-ckpt"},
+        artifacts={"result.json": "jobs/j/artifacts/a1/result.json"},
     )
-    reporter = ProgressReporter(records, context, every_s=0.05)
-    reporter.start()
-    context.progress(0.25, "warming up")
-    wait_for(lambda: (records.get("p") or {}).get("progress"), 5, "progress in the record")
-    context.progress(0.5)
-    wait_for(lambda: records.get("p")["progress"]["fraction"] == 0.5, 5, "newer progress")
-    reporter.stop()
-    assert records.get("p")["progress"]["fraction"] == 0.5
+
+    # Then only its own entry changed: the job is still the newer attempt's
+    assert newest is False
+    assert record["status"] == "running" and record["checkpoint"] == {"key": "new-ckpt"}
+    assert record["artifacts"] == {} and record["attempts"][0]["outcome"] == "succeeded"
+    assert end_attempt(record, "a2", outcome=Outcome.SUCCEEDED, error=None, now=4.0, status=JobStatus.SUCCEEDED)
+    assert record["status"] == "succeeded"
 
 
-def test_an_attempt_killed_for_overrunning_is_counted_once_by_the_next():
-    from node.job_record import begin_attempt, end_attempt, mark_killed, new_record
-    from node.policy import Outcome
+def test_a_short_attempt_records_itself_at_its_end():
+    record = new_record("j")
+    assert end_attempt(
+        record, "a1", outcome=Outcome.SUCCEEDED, error=None, now=2.0, status=JobStatus.SUCCEEDED,
+        entry_if_missing=attempt("a1"),
+    )  # fmt: skip
+    assert [(a["number"], a["outcome"]) for a in record["attempts"]] == [(1, "succeeded")]
+    # and a copy arriving later cannot re-open a finished job
+    assert not end_attempt(record, "a9", outcome=Outcome.FAILED, error="x", now=3.0, entry_if_missing=attempt("a9"))
 
-    record = new_record("j", actor="a", queue="q")
-    meta = {"node": "n", "slot": "cpu-0", "pid": 1, "message_id": "m", "delivery_count": 0}
-    begin_attempt(record, now=1.0, **meta)
-    end_attempt(record, 1, outcome="timed_out", error="killed: …", now=2.0)
-    mark_killed(record, 1)
-    assert begin_attempt(record, now=3.0, **meta) == (2, Outcome.TIMED_OUT)
-    end_attempt(record, 2, outcome="failed", error="x", now=4.0)
-    assert begin_attempt(record, now=5.0, **meta) == (3, None)  # counted once only
+
+def test_an_unchanged_record_is_not_rewritten(tmp_path):
+    records = RecordStore(LocalStorage(tmp_path))
+    records.update("j", lambda r: begin_attempt(r, attempt("a1")))
+    _, etag = records.read("j")
+    records.update("j", lambda r: begin_attempt(r, attempt("a1")))
+    assert records.read("j")[1] == etag

@@ -8,54 +8,61 @@ from dramatiq import Message
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import SkipMessage
 
+from node.contract.record import JobStatus, set_status
 from node.errors import StorageError
 from node.middleware import JobLifecycle, JobSubmission
 from node.storage import LocalStorage
+from node.storage.records import RecordStore
 
 
 class BrokenStorage(LocalStorage):
-    def head(self, key):
+    def get(self, key):
         raise StorageError("endpoint unreachable")
-
-
-def test_a_job_that_cannot_start_because_storage_is_down_is_offered_again_later(tmp_path):
-    # Given a node whose storage is down
-    lifecycle = JobLifecycle(storage=BrokenStorage(tmp_path), node_id="n")
-    broker = StubBroker(middleware=[JobSubmission(), lifecycle])
-    broker.declare_actor(
-        dramatiq.Actor(lambda: None, broker=broker, actor_name="job", queue_name="q", priority=0, options={})
-    )
-    message = Message(queue_name="q", actor_name="job", args=(), kwargs={}, options={})
-
-    # When a job arrives
-    with pytest.raises(SkipMessage):
-        lifecycle.before_process_message(broker, message)
-
-    # Then it is put back with a delay (the stub's delay queue), not acked away
-    delayed = broker.queues["q.DQ"].get_nowait()
-    assert Message.decode(delayed).message_id == message.message_id
 
 
 class RecordingBroker(StubBroker):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.set_aside: list[tuple[str, str]] = []
+        self.published: list[tuple[Message, int | None]] = []
 
     def dead_letter(self, queue_name, body, *, reason, detail=""):
         self.set_aside.append((reason, detail))
 
+    def enqueue(self, message, *, delay=None):
+        self.published.append((message, delay))
+        return message
 
-def test_a_stale_copy_of_a_job_whose_record_is_final_is_dead_lettered_not_looped(tmp_path):
-    from node.job_record import JobStatus, RecordStore, set_status
 
-    # Given a job whose record says it expired
-    storage = LocalStorage(tmp_path)
-    RecordStore(storage).update("j", lambda r: set_status(r, JobStatus.EXPIRED))
+def make(storage) -> tuple[JobLifecycle, RecordingBroker]:
     lifecycle = JobLifecycle(storage=storage, node_id="n")
     broker = RecordingBroker(middleware=[JobSubmission(), lifecycle])
     broker.declare_actor(
         dramatiq.Actor(lambda: None, broker=broker, actor_name="job", queue_name="q", priority=0, options={})
     )
+    return lifecycle, broker
+
+
+def test_a_job_that_cannot_start_because_storage_is_down_is_offered_again_later(tmp_path):
+    # Given a node whose storage is down
+    lifecycle, broker = make(BrokenStorage(tmp_path))
+    message = Message(queue_name="q", actor_name="job", args=(), kwargs={}, options={})
+
+    # When a job arrives
+    with pytest.raises(SkipMessage):
+        lifecycle.before_process_message(broker, message)
+
+    # Then it is put back with a delay, not acked away, and nothing was counted against it
+    (copy, delay), *_ = broker.published
+    assert copy.message_id == message.message_id and delay == 30_000
+    assert copy.options["job"]["failures"] == 0
+
+
+def test_a_stale_copy_of_a_job_whose_record_is_final_is_dead_lettered_not_looped(tmp_path):
+    # Given a job whose record says it expired
+    storage = LocalStorage(tmp_path)
+    RecordStore(storage).update("j", lambda r: set_status(r, JobStatus.EXPIRED))
+    lifecycle, broker = make(storage)
 
     # When a copy of its message turns up
     message = Message(queue_name="q", actor_name="job", args=(), kwargs={}, options={"job": {"job_id": "j"}})
@@ -64,5 +71,25 @@ def test_a_stale_copy_of_a_job_whose_record_is_final_is_dead_lettered_not_looped
 
     # Then it is set aside with a reason, not re-offered forever
     assert [reason for reason, _ in broker.set_aside] == ["stale"]
-    assert "from expired to running" in broker.set_aside[0][1]
-    assert broker.queues.get("q.DQ") is None or broker.queues["q.DQ"].empty()
+    assert "already expired" in broker.set_aside[0][1]
+    assert broker.published == []
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"job": "x"}, "options.job"),
+        ({"job": {"job_id": "a" * 300}}, "options.job.job_id"),
+        ({"job": {"job_id": "a\x00b"}}, "options.job.job_id"),
+        ({"job": {"job_id": "\ud800"}}, "options.job.job_id"),
+        ({"max_failures": "three"}, "options.max_failures"),
+        ({"eta": "tomorrow"}, "options.eta"),
+    ],
+)
+def test_malformed_options_are_dead_lettered_naming_the_field(tmp_path, options, field):
+    lifecycle, broker = make(LocalStorage(tmp_path))
+    message = Message(queue_name="q", actor_name="job", args=(), kwargs={}, options=options)
+    with pytest.raises(SkipMessage):
+        lifecycle.before_process_message(broker, message)
+    assert [reason for reason, _ in broker.set_aside] == ["malformed"]
+    assert broker.set_aside[0][1].startswith(field)

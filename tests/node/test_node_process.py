@@ -11,7 +11,7 @@ import pika
 import pytest
 from dramatiq import Message
 
-from node.broker import death_reason
+from node.contract.queues import death_reason
 from tests.conftest import send, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]

@@ -1,25 +1,23 @@
-"""Pure lifecycle policy: backoff, expiry, decisions after an attempt."""
+"""The one decision point, without a broker: every "what happens next" for a job."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
-from node.policy import Action, Outcome, after_attempt, backoff_s, expiry, is_expired
+from node.attempt.policy import Action, Limits, backoff_s, decide, expiry, is_expired
+from node.contract.job_options import JobOptions
+from node.contract.queues import DeadLetterReason
+from node.contract.record import JobStatus, Outcome
 
 
 def test_backoff_grows_with_equal_jitter_and_caps():
-    rng = random.Random(1)
     for failures, step in [(1, 1.0), (2, 2.0), (3, 4.0), (10, 30.0)]:
-        delays = [backoff_s(failures, 1.0, 30.0, rng) for _ in range(200)]
-        assert all(step / 2 <= d <= step for d in delays)
-        assert max(delays) - min(delays) > step / 4  # really jittered
+        assert backoff_s(failures, 1.0, 30.0, 0.0) == step / 2
+        assert backoff_s(failures, 1.0, 30.0, 1.0) == step
     # never shorter than the previous retry could have been
-    assert min(backoff_s(3, 1.0, 30.0, rng) for _ in range(200)) >= max(
-        backoff_s(2, 1.0, 30.0, rng) for _ in range(200)
-    )
-    assert backoff_s(0, 1.0, 30.0) == 0.0
+    assert backoff_s(3, 1.0, 30.0, 0.0) >= backoff_s(2, 1.0, 30.0, 1.0)
+    assert backoff_s(0, 1.0, 30.0, 0.5) == 0.0
+    assert backoff_s(10_000, 1.0, 30.0, 0.5) == 22.5  # no overflow
 
 
 def test_expiry_prefers_the_message_then_the_actor_ttl():
@@ -29,34 +27,65 @@ def test_expiry_prefers_the_message_then_the_actor_ttl():
     assert is_expired(160.0, 160.0) and not is_expired(160.0, 159.9) and not is_expired(None, 1e12)
 
 
-LIMITS = {"max_failures": 3, "max_interruptions": 5, "now": 1000.0, "cooldown_s": 10.0}
+LIMITS = Limits(max_failures=3, max_interruptions=5, min_backoff_s=10.0, max_backoff_s=10.0, delivery_limit=3)
+
+
+def run(outcome, *, failures=0, interruptions=0, expires_at=None, status=JobStatus.RUNNING, **kw):
+    job = JobOptions(job_id="j", failures=failures, interruptions=interruptions, **kw.pop("job", {}))
+    return decide(
+        job, limits=LIMITS, status=status, outcome=outcome, now=1000.0, node_id="n1", expires_at=expires_at, **kw
+    )
 
 
 @pytest.mark.parametrize(
     ("outcome", "failures", "interruptions", "expires_at", "action"),
     [
-        (Outcome.FAILED, 1, 0, None, Action.RETRY),
-        (Outcome.FAILED, 3, 0, None, Action.RETRY),
-        (Outcome.FAILED, 4, 0, None, Action.GIVE_UP),
-        (Outcome.CRASHED, 4, 0, None, Action.GIVE_UP),
-        (Outcome.TIMED_OUT, 1, 0, None, Action.RETRY),
-        (Outcome.FAILED, 1, 0, 1005.0, Action.EXPIRE),  # would expire during the cooldown
-        (Outcome.INTERRUPTED, 0, 5, None, Action.HAND_BACK),
-        (Outcome.INTERRUPTED, 3, 5, None, Action.HAND_BACK),  # interruptions never spend the failure budget
-        (Outcome.LOST, 0, 6, None, Action.GIVE_UP),
-        (Outcome.INTERRUPTED, 0, 1, 999.0, Action.EXPIRE),
+        (Outcome.FAILED, 0, 0, None, Action.RETRY),
+        (Outcome.FAILED, 2, 0, None, Action.RETRY),
+        (Outcome.FAILED, 3, 0, None, Action.GIVE_UP),
+        (Outcome.CRASHED, 3, 0, None, Action.GIVE_UP),
+        (Outcome.TIMED_OUT, 0, 0, None, Action.RETRY),
+        (Outcome.FAILED, 0, 0, 1004.0, Action.DEAD_LETTER),  # would expire during the cooldown
+        (Outcome.INTERRUPTED, 0, 4, None, Action.HAND_BACK),
+        (Outcome.INTERRUPTED, 3, 4, None, Action.HAND_BACK),  # interruptions never spend the failure budget
+        (Outcome.LOST, 0, 5, None, Action.GIVE_UP),
+        (Outcome.INTERRUPTED, 0, 0, 999.0, Action.DEAD_LETTER),
         (Outcome.FENCED, 0, 0, None, Action.DROP),
+        (Outcome.SUCCEEDED, 0, 0, None, Action.SUCCEED),
+        (Outcome.INVALID_INPUT, 0, 0, None, Action.DEAD_LETTER),
+        (Outcome.NOT_STARTED, 0, 0, None, Action.RETRY),
     ],
 )
 def test_decision_after_an_attempt(outcome, failures, interruptions, expires_at, action):
-    decision = after_attempt(outcome, failures=failures, interruptions=interruptions, expires_at=expires_at, **LIMITS)
+    decision = run(outcome, failures=failures, interruptions=interruptions, expires_at=expires_at)
     assert decision.action is action
-    if action is Action.RETRY:
-        assert decision.delay_s == 10.0
-    if action is Action.HAND_BACK:
-        assert decision.delay_s == 0.0
 
 
-def test_success_needs_no_decision():
-    with pytest.raises(ValueError):
-        after_attempt(Outcome.SUCCEEDED, failures=0, interruptions=0, expires_at=None, **LIMITS)
+def test_counters_travel_in_the_decisions_job():
+    retry = run(Outcome.CRASHED, failures=1, jitter=1.0)
+    assert retry.job.failures == 2 and retry.delay_s == 10.0 and retry.status is JobStatus.QUEUED
+    handed = run(Outcome.INTERRUPTED, interruptions=1)
+    assert handed.job.interruptions == 2 and handed.job.avoid_nodes == ("n1",) and handed.delay_s == 0
+    lost = run(Outcome.LOST)
+    assert lost.job.interruptions == 1 and lost.job.avoid_nodes == ()  # a lost node is not avoided
+    gave_up = run(Outcome.FAILED, failures=3)
+    assert gave_up.status is JobStatus.FAILED and "max_failures=3" in gave_up.reason
+    not_started = run(Outcome.NOT_STARTED, failures=1)
+    assert not_started.job.failures == 1  # nobody's fault: not counted
+
+
+def test_arrival_decisions():
+    assert run(None).action is Action.RUN
+    assert run(None, status=JobStatus.SUCCEEDED).action is Action.ACK
+    stale = run(None, status=JobStatus.EXPIRED)
+    assert stale.action is Action.DEAD_LETTER and stale.dead_letter_reason is DeadLetterReason.STALE
+    expired = run(None, expires_at=1000.0)
+    assert expired.dead_letter_reason is DeadLetterReason.EXPIRED and expired.status is JobStatus.EXPIRED
+    assert run(None, delivery_count=3).action is Action.GIVE_UP  # the broker's last delivery
+    assert run(None, live_duplicate=True).action is Action.RETRY
+    settle = run(None, job={"unrecorded_success": "a1"})
+    assert settle.action is Action.SETTLE and settle.status is JobStatus.SUCCEEDED
+    # a node the job should avoid leaves it to others once, then may take it
+    avoided = run(None, job={"avoid_nodes": ("n1", "n2")})
+    assert avoided.action is Action.RETRY and avoided.job.avoid_nodes == ("n2",)
+    assert run(None, job={"avoid_nodes": ("n2",)}).action is Action.RUN

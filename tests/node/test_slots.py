@@ -7,7 +7,7 @@ import os
 import pytest
 
 from node.errors import SlotError
-from node.slots import Slot, SlotLease, check_capacity, discover_gpus, node_slots
+from node.supervisor.slots import Slot, SlotLease, check_capacity, discover_gpus, node_slots
 
 
 def test_gpu_discovery_precedence():

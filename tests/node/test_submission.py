@@ -7,7 +7,7 @@ import time
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
 
-from node.job_options import JobOptions, new_job
+from node.contract.job_options import JobOptions, new_job
 from node.middleware import JobSubmission
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from node.settings import Settings
-from node.slots import node_slots
 from node.supervisor import ChildSpec, Supervisor, restart_delay, worker_specs
+from node.supervisor.slots import node_slots
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(60)

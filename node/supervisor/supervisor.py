@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ..settings import Settings
 from .process import die_with_parent
-from .settings import Settings
 from .slots import Slot, check_capacity, configured_slots
 
 logger = logging.getLogger("burrow.supervisor")

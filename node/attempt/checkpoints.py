@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import NodeError, ObjectNotFound, PreconditionFailed
-from .storage import Storage
+from ..errors import FencedOut, NodeError, ObjectNotFound, PreconditionFailed
+from ..storage import Storage
 
 logger = logging.getLogger(__name__)
 
-
-class FencedOut(NodeError):
-    """A newer attempt of this job has written a checkpoint: this attempt must stop."""
+#: How often ``load`` re-reads the manifest when the blob it names vanished (an older attempt replaced it).
+LOAD_TRIES = 5
 
 
 def manifest_key(job_id: str) -> str:
@@ -58,6 +57,8 @@ class Checkpointer:
         job_id: The job.
         attempt: This attempt's number (1, 2, …); the fence.
         on_fenced: Called (from the upload thread) when a newer attempt is found to own the job.
+        claim: Called once before the first upload; returns the attempt's definitive number (an attempt that
+            has not written its record yet does so then, so its fence is known to everyone).
         retry_min_s: First pause after a failed upload.
         retry_max_s: Longest pause between upload retries.
     """
@@ -69,6 +70,7 @@ class Checkpointer:
         attempt: int,
         *,
         on_fenced: Callable[[], None] = lambda: None,
+        claim: Callable[[], int] | None = None,
         retry_min_s: float = 0.5,
         retry_max_s: float = 10.0,
     ) -> None:
@@ -76,12 +78,14 @@ class Checkpointer:
         self.job_id = job_id
         self.attempt = attempt
         self.on_fenced = on_fenced
+        self.claim = claim
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
         self.fenced = False
         self.last_error: str | None = None
         self.uploaded: dict[str, Any] | None = None  # the manifest this attempt last published
         self.last_save_at: float | None = None
+        self.last_save_monotonic: float | None = None
         self._seq = 0
         self._pending: _Snapshot | None = None
         self._busy = False
@@ -100,19 +104,34 @@ class Checkpointer:
 
     def load(self) -> bytes | None:
         """The newest checkpoint saved as bytes, or ``None`` if the job has none yet."""
-        manifest = self.latest()
-        if manifest is None:
-            return None
-        if manifest["kind"] != "bytes":
-            raise NodeError(f"checkpoint of {self.job_id} is a {manifest['kind']}; use load_to(path)")
-        return self.storage.get(manifest["key"])[0]
+        for tries_left in reversed(range(LOAD_TRIES)):
+            manifest = self.latest()
+            if manifest is None:
+                return None
+            if manifest["kind"] != "bytes":
+                raise NodeError(f"checkpoint of {self.job_id} is a {manifest['kind']}; use load_to(path)")
+            try:
+                return self.storage.get(manifest["key"])[0]
+            except ObjectNotFound:
+                if not tries_left:
+                    raise
+                # An older attempt still running published a newer blob and deleted this one: read again.
+        raise AssertionError("unreachable")
 
     def load_to(self, path: str | os.PathLike[str]) -> Path | None:
         """Restore the newest checkpoint (file or directory) at ``path``; ``None`` if there is none."""
-        manifest = self.latest()
-        if manifest is None:
-            return None
-        target = Path(path)
+        for tries_left in reversed(range(LOAD_TRIES)):
+            manifest = self.latest()
+            if manifest is None:
+                return None
+            try:
+                return self._restore(manifest, Path(path))
+            except ObjectNotFound:
+                if not tries_left:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _restore(self, manifest: dict[str, Any], target: Path) -> Path:
         if manifest["kind"] == "dir":
             with tempfile.TemporaryDirectory() as tmp:
                 archive = Path(tmp) / "checkpoint.tar"
@@ -137,6 +156,7 @@ class Checkpointer:
         self._seq += 1
         snapshot = self._snapshot(self._seq, state, meta)
         self.last_save_at = snapshot.taken_at
+        self.last_save_monotonic = time.monotonic()
         with self._cond:
             if self._closed or self.fenced:
                 snapshot.discard()
@@ -221,6 +241,9 @@ class Checkpointer:
             pause = min(self.retry_max_s, pause * 2)
 
     def _upload(self, snapshot: _Snapshot) -> None:
+        if self.claim is not None:
+            self.attempt = self.claim()
+            self.claim = None
         current = self.latest()
         self._check_fence(current)
         suffix = ".tar" if snapshot.kind == "dir" else ""

@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .job import JobContext
+    from .context import AttemptContext as JobContext
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("burrow_job", default=None)
 _running: set[JobContext] = set()
 _lock = threading.Lock()
+_shutdown_began_at: float | None = None
+
+
+def shutdown_began() -> None:
+    """Note that this process is shutting down (SIGTERM): ending attempts must fit in the grace period."""
+    global _shutdown_began_at
+    if _shutdown_began_at is None:
+        _shutdown_began_at = time.monotonic()
+
+
+def shutdown_began_at() -> float | None:
+    """When (``time.monotonic()``) this process began shutting down, or ``None``."""
+    return _shutdown_began_at
 
 
 def current() -> JobContext | None:

@@ -17,7 +17,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SlotError
+from ..errors import SlotError
 
 logger = logging.getLogger(__name__)
 

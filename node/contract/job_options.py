@@ -9,12 +9,14 @@ avoid, and the W3C trace context. Everything else about a job lives in its recor
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import NodeError
+from ..errors import InvalidJob, MalformedMessage
 
 SCHEMA_VERSION = 1
 OPTION_KEY = "job"
@@ -27,9 +29,55 @@ JOB_ACTOR_OPTIONS = frozenset(
 JOB_TYPES = ("sync", "polling", "batch", "stream")
 PRIORITIES = ("urgent", "bulk", "test")
 
+#: A job id is also a storage key segment and a log field: printable ASCII, no '/', at most 128 characters.
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=@+-]{0,127}")
 
-class InvalidJob(NodeError):
-    """A message's job options are malformed; the message is dead-lettered with this text as the reason."""
+__all__ = [
+    "JOB_ACTOR_OPTIONS",
+    "JOB_ID_PATTERN",
+    "JOB_TYPES",
+    "OPTION_KEY",
+    "PRIORITIES",
+    "SCHEMA_VERSION",
+    "InvalidJob",
+    "JobOptions",
+    "check_actor_options",
+    "check_job_id",
+    "new_job",
+]
+
+
+def check_job_id(job_id: object) -> str:
+    """Return ``job_id`` if it is usable as a storage key segment, else raise ``InvalidJob`` saying why."""
+    if not isinstance(job_id, str):
+        raise InvalidJob(f"must be a string, got {type(job_id).__name__}", "options.job.job_id")
+    if not JOB_ID_PATTERN.fullmatch(job_id):
+        shown = job_id if len(job_id) <= 40 else job_id[:40] + "…"
+        raise InvalidJob(
+            f"{shown!r} ({len(job_id)} characters) is not a usable job id: 1-128 of A-Z a-z 0-9 . _ : = @ + -, "
+            "starting with a letter or digit",
+            "options.job.job_id",
+        )
+    return job_id
+
+
+def _number(name: str, value: object, *, integer: bool = False, minimum: float = 0, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value < minimum:
+        kind = "an integer" if integer else "a number"
+        raise MalformedMessage(f"options.{name}", f"must be {kind} >= {minimum}, got {value!r}")
+
+
+def check_actor_options(options: Mapping[str, Any]) -> None:
+    """Check the lifecycle options a message may carry itself (``ttl_s`` …); raise ``MalformedMessage``."""
+    for name in ("ttl_s", "max_run_s", "checkpoint_every_s", "min_backoff_s", "max_backoff_s"):
+        if name in options:
+            _number(name, options[name])
+    for name in ("max_failures", "max_interruptions"):
+        if name in options:
+            _number(name, options[name], integer=True)
 
 
 @dataclass(frozen=True)
@@ -47,6 +95,8 @@ class JobOptions:
         interruptions: Attempts interrupted (preemption, lost node) so far.
         avoid_nodes: Node ids that should not run this job again.
         trace: W3C trace context (``traceparent``, ``tracestate``).
+        unrecorded_success: The id of an attempt that succeeded (artifacts stored) but whose record could not
+            be written; the next delivery records the success without running the job again.
         version: Schema version of this dict.
     """
 
@@ -60,29 +110,37 @@ class JobOptions:
     interruptions: int = 0
     avoid_nodes: tuple[str, ...] = ()
     trace: dict[str, str] = field(default_factory=dict)
+    unrecorded_success: str | None = None
     version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
+        check_job_id(self.job_id)
         problems = []
-        if not isinstance(self.job_id, str) or not self.job_id or "/" in self.job_id or self.job_id in (".", ".."):
-            problems.append(f"job_id must be a non-empty string without '/', got {self.job_id!r}")
         if self.job_type not in JOB_TYPES:
             problems.append(f"job_type must be one of {', '.join(JOB_TYPES)}, got {self.job_type!r}")
         if self.priority not in PRIORITIES:
             problems.append(f"priority must be one of {', '.join(PRIORITIES)}, got {self.priority!r}")
         if not isinstance(self.model, str) or not isinstance(self.subcloud, str):
             problems.append("model and subcloud must be strings")
-        if self.expires_at is not None and not isinstance(self.expires_at, int | float):
+        if self.expires_at is not None and (
+            isinstance(self.expires_at, bool)
+            or not isinstance(self.expires_at, int | float)
+            or not math.isfinite(self.expires_at)
+        ):
             problems.append(f"expires_at must be Unix seconds, got {self.expires_at!r}")
         for name in ("failures", "interruptions"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 problems.append(f"{name} must be a non-negative integer, got {value!r}")
-        if not all(isinstance(n, str) for n in self.avoid_nodes):
+        if not isinstance(self.avoid_nodes, tuple) or not all(isinstance(n, str) for n in self.avoid_nodes):
             problems.append("avoid_nodes must be a list of node ids")
-        if not isinstance(self.trace, dict):
-            problems.append("trace must be an object")
-        if self.version != SCHEMA_VERSION:
+        if not isinstance(self.trace, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.trace.items()
+        ):
+            problems.append("trace must be an object of strings")
+        if self.unrecorded_success is not None and not isinstance(self.unrecorded_success, str):
+            problems.append("unrecorded_success must be an attempt id")
+        if isinstance(self.version, bool) or self.version != SCHEMA_VERSION:
             problems.append(f"unsupported job schema version {self.version!r} (this node reads {SCHEMA_VERSION})")
         if problems:
             raise InvalidJob("; ".join(problems))
@@ -98,9 +156,9 @@ class JobOptions:
         if raw is None:
             return cls(job_id=message_id)
         if not isinstance(raw, Mapping):
-            raise InvalidJob(f"options.{OPTION_KEY} must be an object, got {type(raw).__name__}")
+            raise InvalidJob(f"must be an object, got {type(raw).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
+        unknown = sorted(str(k) for k in set(raw) - known)
         if unknown:
             raise InvalidJob(f"unknown job option(s): {', '.join(unknown)}")
         values = dict(raw)

@@ -9,9 +9,7 @@ interruptible GPU nodes we need instead:
   ``x-burrow-reason`` header when Burrow dead-letters a message itself);
 * delays handled by the broker (fixed-TTL wait queues that dead-letter back to the target), so no worker holds
   a delayed message unacked and a crash never spends a delayed message's delivery count;
-* the delivery count visible to middleware (``message.delivery_count``);
-* publisher confirms, a configurable heartbeat, and a consumer that stops pulling work as soon as shutdown
-  begins (see ``request_cancel``).
+* publisher confirms, a configurable heartbeat, and the consumer of ``node.broker.consumer``.
 
 The physical queue names may carry a prefix (``queue_prefix``) so several deployments or test runs can share
 one vhost; Dramatiq and the actors only ever see the logical names.
@@ -20,83 +18,30 @@ one vhost; Dramatiq and the actors only ever see the logical names.
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
-from typing import Any
 
 import pika
 import pika.exceptions
-from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import q_name, xq_name
-from dramatiq.errors import ConnectionClosed, DecodeError
+from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
-from .errors import QueueMismatchError
-
-DEAD_LETTER_EXCHANGE = "burrow.dead-letter"
-REASON_HEADER = "x-burrow-reason"
-DETAIL_HEADER = "x-burrow-detail"
-
-#: Fixed delays (milliseconds) with one wait queue each.  One queue per bucket because per-message expiry in
-#: a shared queue blocks head-of-line: a short delay would wait behind a long one.
-WAIT_BUCKETS_MS: tuple[int, ...] = (
-    100, 250, 500, 1_000, 2_000, 5_000, 10_000, 15_000, 30_000, 60_000, 120_000, 300_000, 600_000,
-    900_000, 1_800_000, 3_600_000, 7_200_000, 21_600_000, 43_200_000, 86_400_000,
-)  # fmt: skip
+from ..contract.queues import (
+    DEAD_LETTER_EXCHANGE,
+    DETAIL_HEADER,
+    REASON_HEADER,
+    wait_bucket_ms,
+    wait_queue_arguments,
+    wait_queue_name,
+    work_queue_arguments,
+)
+from ..errors import QueueMismatchError
+from ..retrying import current_deadline
+from .consumer import QuorumConsumer
 
 #: Publishing retries through a broker restart: attempts and the pause before each retry.
 PUBLISH_RETRY_DELAYS_S: tuple[float, ...] = (0, 0.1, 0.25, 0.5, 1, 2, 3, 5, 5, 5, 5, 5)
-
-
-def wait_bucket_ms(delay_ms: int) -> int:
-    """Return the wait bucket for a delay: the smallest bucket at least ``delay_ms`` long (capped at the largest)."""
-    index = bisect_left(WAIT_BUCKETS_MS, max(0, delay_ms))
-    return WAIT_BUCKETS_MS[min(index, len(WAIT_BUCKETS_MS) - 1)]
-
-
-def work_queue_arguments(*, dead_letter_exchange: str, dead_letter_queue: str, delivery_limit: int) -> dict:
-    """Arguments for a work queue: quorum, bounded redeliveries, at-least-once dead-lettering."""
-    return {
-        "x-queue-type": "quorum",
-        "x-delivery-limit": delivery_limit,
-        "x-dead-letter-exchange": dead_letter_exchange,
-        "x-dead-letter-routing-key": dead_letter_queue,
-        # At-least-once dead-lettering needs reject-publish; without it a dead letter can be lost in transit.
-        "x-dead-letter-strategy": "at-least-once",
-        "x-overflow": "reject-publish",
-    }
-
-
-def wait_queue_arguments(bucket_ms: int) -> dict:
-    """Arguments for a wait queue: messages expire after ``bucket_ms`` and go back by their own routing key."""
-    return {
-        "x-queue-type": "quorum",
-        "x-message-ttl": bucket_ms,
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-strategy": "at-least-once",
-        "x-overflow": "reject-publish",
-    }
-
-
-def death_reason(headers: dict[str, Any] | None) -> str | None:
-    """Why a dead letter died: Burrow's own reason header, else the broker's newest ``x-death`` reason.
-
-    ``x-death`` lists the newest death first; a wait queue's ``expired`` entry is skipped since passing a
-    wait queue is how delays work, not a death.
-    """
-    headers = headers or {}
-    reason = headers.get(REASON_HEADER)
-    if reason:
-        return _text(reason)
-    for death in headers.get("x-death") or []:
-        if ".wait." in _text(death.get("queue", "")) and _text(death.get("reason", "")) == "expired":
-            continue
-        return _text(death.get("reason"))
-    return None
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class QuorumRabbitmqBroker(RabbitmqBroker):
@@ -137,7 +82,7 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         return self.queue_prefix + queue_name
 
     def wait_queue_name(self, bucket_ms: int) -> str:
-        return f"{self.queue_prefix}burrow.wait.{bucket_ms}ms"
+        return wait_queue_name(self.queue_prefix, bucket_ms)
 
     @property
     def consumer_class(self):
@@ -282,6 +227,22 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         self._with_reconnect(publish, queue_name)
         return message
 
+    def publish_raw(self, queue_name: str, body: bytes) -> None:
+        """Publish ``body`` as it is to work queue ``queue_name`` (hands back a message taken during a drain)."""
+        queue_name = q_name(queue_name)
+
+        def publish() -> None:
+            self.declare_queue(queue_name, ensure=True)
+            self.channel.basic_publish(
+                exchange="",
+                routing_key=self.physical(queue_name),
+                body=body,
+                properties=pika.BasicProperties(delivery_mode=2, content_type="application/json"),
+                mandatory=self.confirm_delivery,
+            )
+
+        self._with_reconnect(publish, queue_name)
+
     def dead_letter(self, queue_name: str, body: bytes, *, reason: str, detail: str = "") -> None:
         """Put ``body`` into ``queue_name``'s dead-letter queue with ``reason`` (and ``detail``) in its headers.
 
@@ -297,7 +258,7 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
                 routing_key=self.physical(xq_name(queue_name)),
                 body=body,
                 properties=pika.BasicProperties(
-                    delivery_mode=2, headers={REASON_HEADER: reason, DETAIL_HEADER: detail[:4000]}
+                    delivery_mode=2, headers={REASON_HEADER: str(reason), DETAIL_HEADER: detail[:4000]}
                 ),
                 mandatory=self.confirm_delivery,
             )
@@ -307,7 +268,10 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
     def _with_reconnect(self, operation, queue_name: str) -> None:
         # Dramatiq's enqueue retries immediately; a broker restart takes seconds, so retry with pauses.
         last_error: Exception | None = None
-        for pause in PUBLISH_RETRY_DELAYS_S:
+        deadline = current_deadline()
+        for number, pause in enumerate(PUBLISH_RETRY_DELAYS_S):
+            if number and deadline is not None and deadline.remaining() < pause:
+                break  # the caller's time is up (e.g. the SIGTERM grace): fail now rather than overrun it
             time.sleep(pause)
             try:
                 operation()
@@ -350,86 +314,3 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
                 self.channel.queue_purge(self.physical(name))
             except pika.exceptions.AMQPChannelError:
                 del self.channel
-
-
-class DeliveredMessage(_RabbitmqMessage):
-    """A delivered message plus what RabbitMQ said about the delivery.
-
-    Attributes:
-        redelivered: The broker delivered it before (to this or another consumer).
-        delivery_count: Earlier deliveries that did not end in an ack (0 on the first delivery).
-        headers: The AMQP headers as received.
-    """
-
-    def __init__(self, redelivered: bool, tag: int, message: Message, delivery_count: int, headers: dict):
-        super().__init__(redelivered, tag, message)
-        self.delivery_count = delivery_count
-        self.headers = headers
-
-
-class QuorumConsumer(_RabbitmqConsumer):
-    """Consumes a quorum queue, exposing ``x-delivery-count`` and dead-lettering undecodable messages.
-
-    ``request_cancel()`` (thread-safe) stops the flow of new deliveries while the connection keeps being
-    serviced, so the job still running can be acked and heartbeats keep flowing during a graceful drain.
-    """
-
-    def __init__(self, broker: QuorumRabbitmqBroker, queue_name: str, prefetch: int, timeout: int) -> None:
-        self.logical_queue_name = queue_name
-        self.timeout_s = timeout / 1000
-        self._cancel_requested = False
-        self._cancelled = False
-        super().__init__(broker, broker.physical(queue_name), prefetch, timeout)
-
-    def request_cancel(self) -> None:
-        """Ask the consumer to stop taking deliveries (acted on in the consumer thread)."""
-        self._cancel_requested = True
-
-    def __next__(self):
-        if self._cancel_requested:
-            return self._idle_after_cancel()
-        try:
-            method, properties, body = next(self.iterator)
-            if method is None:
-                return None
-        except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
-            if getattr(e, "reply_code", None) == 404:
-                self.broker.queues_pending.add(q_name(self.logical_queue_name))
-            raise ConnectionClosed(e) from None
-
-        headers = dict(properties.headers or {})
-        try:
-            message = Message.decode(body)
-        except DecodeError as e:
-            self._dead_letter_undecodable(method.delivery_tag, body, e)
-            return None
-
-        self.known_tags.add(method.delivery_tag)
-        return DeliveredMessage(
-            method.redelivered,
-            method.delivery_tag,
-            message,
-            delivery_count=int(headers.get("x-delivery-count") or 0),
-            headers=headers,
-        )
-
-    def _idle_after_cancel(self):
-        try:
-            if not self._cancelled:
-                self._cancelled = True
-                requeued = self.channel.cancel()
-                self.logger.info("Stopped taking new jobs (%d prefetched message(s) returned).", requeued)
-            self.connection.process_data_events(time_limit=self.timeout_s)
-        except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
-            raise ConnectionClosed(e) from None
-        return None
-
-    def _dead_letter_undecodable(self, tag: int, body: bytes, error: Exception) -> None:
-        self.logger.error("Dead-lettering a malformed message on %r: %s", self.queue_name, error)
-        try:
-            self.broker.dead_letter(self.logical_queue_name, body, reason="malformed", detail=str(error))
-            self.channel.basic_ack(tag)
-        except Exception:
-            # Could not publish with a reason: let the broker dead-letter it ("rejected") rather than lose it.
-            self.logger.warning("Falling back to a plain reject for the malformed message.", exc_info=True)
-            self.channel.basic_nack(tag, requeue=False)

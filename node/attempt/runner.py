@@ -1,0 +1,524 @@
+"""One attempt of one job, from the message's arrival to its ack: read the record, ask ``policy.decide``, do it.
+
+Arrival: the record is read once (a short job writes nothing yet). A redelivered message means an earlier
+attempt ended without an ack: the node's journal and the record say how (crashed here, killed for overrun,
+or lost), the record is closed accordingly, and the job goes on with its counters updated in a *new* message
+(the broker's delivery count starts again), so a crash loop reaches ``max_failures`` like any failure.
+
+End: the checkpoint is flushed, the decision taken, the record written (one conditional write, fenced: an
+older attempt only closes its own entry), then the job routed. All of it shares one deadline, which during a
+shutdown is what is left of the grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+from dramatiq import Message
+from dramatiq.middleware import SkipMessage
+
+from ..contract.job_options import JobOptions
+from ..contract.record import (
+    JobStatus,
+    Outcome,
+    begin_attempt,
+    close_unexplained,
+    end_attempt,
+    mark_killed,
+    newest_attempt_id,
+    set_status,
+    status_of,
+)
+from ..errors import FencedOut, InvalidInput, InvalidTransition, Preempted
+from ..retrying import Deadline, deadline_scope, retry
+from ..storage import Storage
+from ..storage.records import RecordStore
+from . import running
+from .context import Artifacts, AttemptContext, JobCheckpoint
+from .journal import Evidence, Journal
+from .monitor import Monitor
+from .policy import Action, Decision, Limits, decide
+from .routing import route
+
+logger = logging.getLogger(__name__)
+
+#: Exit code of a worker process killed because its job overran its reservation and ignored the stop.
+EXIT_KILLED_OVERRUN = 4
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """An arriving job's options as the lifecycle resolved them (message option → actor option → default)."""
+
+    job: JobOptions
+    limits: Limits
+    expires_at: float | None
+    max_run_s: float | None
+    checkpoint_every_s: float
+
+
+class Attempt:
+    """A running attempt: its context, and what the monitor and the end of the attempt need."""
+
+    def __init__(
+        self,
+        runner: AttemptRunner,
+        message: Message,
+        settings: JobSettings,
+        context: AttemptContext,
+        known: tuple[dict[str, Any] | None, str | None],
+    ) -> None:
+        self.runner = runner
+        self.message = message
+        self.settings = settings
+        self.context = context
+        self.known: tuple[dict[str, Any] | None, str | None] | None = known  # the record as read on arrival
+        self.started_at = runner.clock()
+        self.started_monotonic = time.monotonic()
+        self.max_run_s = settings.max_run_s
+        self.recorded = False
+        self.lock = threading.Lock()
+        self.token: Any = None
+        self._progress_written: dict[str, Any] | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.context.job_id
+
+    def entry(self) -> dict[str, Any]:
+        """This attempt's entry in the record."""
+        return {
+            "attempt_id": self.context.attempt_id,
+            "node": self.runner.node_id,
+            "instance": self.runner.instance,
+            "slot": self.runner.slot_id,
+            "pid": os.getpid(),
+            "message_id": self.message.message_id,
+            "delivery_count": getattr(self.message, "delivery_count", 0),
+            "started_at": self.started_at,
+        }
+
+    def request_stop(self, reason: str) -> None:
+        self.context.request_stop(reason)
+
+    def claim(self) -> int:
+        """Record this attempt now (before its first checkpoint: the checkpoint fence is its number)."""
+        with self.lock:
+            if not self.recorded:
+                self.write_record()
+        if self.context.stop_reason == "fenced":
+            raise FencedOut(f"job {self.job_id} is already final; attempt {self.context.attempt_id} may not write")
+        return self.context.attempt
+
+    def write_record(self) -> None:
+        """Write this attempt's entry (and progress) into the record (call with ``lock`` held)."""
+        progress = self.context.progress_value
+
+        def begin(record: dict[str, Any]) -> int:
+            number = begin_attempt(record, self.entry())
+            if progress is not None and newest_attempt_id(record) == self.context.attempt_id:
+                record["progress"] = progress
+            return number
+
+        try:
+            _, number = self.runner.records.update(
+                self.job_id, begin, actor=self.message.actor_name, queue=self.message.queue_name, known=self.known
+            )
+        except InvalidTransition as e:
+            self.recorded = True
+            self.context.request_stop("fenced")
+            logger.warning("Job %s attempt %s cannot be recorded: %s", self.job_id, self.context.attempt_id, e)
+            return
+        self.known = None
+        self.recorded = True
+        self.context.attempt = number
+        self._progress_written = progress
+
+    def write_progress(self) -> None:
+        progress = self.context.progress_value
+        if progress is None or progress == self._progress_written:
+            return
+
+        def update(record: dict[str, Any]) -> None:
+            if newest_attempt_id(record) == self.context.attempt_id:
+                record["progress"] = progress
+
+        self.runner.records.update(self.job_id, update)
+        self._progress_written = progress
+
+
+class AttemptRunner:
+    """Runs attempts for the ``JobLifecycle`` middleware (see the module docstring).
+
+    Parameters:
+        storage: Where records, checkpoints and artifacts live.
+        node_id: This node's id.
+        instance: This node instance (changes when the node restarts; see ``node.attempt.journal``).
+        slot_id: This worker's slot.
+        journal: This worker's journal (``None``: no local evidence, every unexplained end is *lost*).
+        grace_s: The SIGTERM grace period: a shutdown's attempt ends must fit in it.
+        end_budget_s: Time allowed to end an attempt (flush, record, publish) outside a shutdown.
+        handback_flush_s: Longest wait for the last checkpoint upload when an attempt ends.
+        record_after_s: Running time after which an attempt is recorded (earlier if it checkpoints).
+        progress_every_s: Interval between progress writes.
+        hard_stop_s: How long past ``max_run_s`` a job may ignore ``should_stop`` before its process is killed.
+        clock: Wall clock (Unix seconds).
+        rng: Random source for backoff jitter.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        node_id: str,
+        instance: str = "",
+        slot_id: str = "",
+        journal: Journal | None = None,
+        grace_s: float = 25.0,
+        end_budget_s: float = 120.0,
+        handback_flush_s: float = 10.0,
+        record_after_s: float = 2.0,
+        progress_every_s: float = 10.0,
+        hard_stop_s: float | None = 30.0,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.storage = storage
+        self.records = RecordStore(storage)
+        self.node_id = node_id
+        self.instance = instance
+        self.slot_id = slot_id
+        self.journal = journal
+        self.grace_s = grace_s
+        self.end_budget_s = end_budget_s
+        self.handback_flush_s = handback_flush_s
+        self.hard_stop_s = hard_stop_s
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.monitor = Monitor(
+            record_after_s=record_after_s,
+            progress_every_s=progress_every_s,
+            hard_stop_s=hard_stop_s,
+            on_overrun=self._kill_overrun,
+        )
+        self._local = threading.local()
+
+    def budget(self) -> Deadline:
+        """The time an ending attempt has: what is left of the grace period once shutdown began."""
+        began = running.shutdown_began_at()
+        if began is None:
+            return Deadline(self.end_budget_s)
+        return Deadline(max(1.0, 0.8 * self.grace_s - (time.monotonic() - began)))
+
+    # -- arrival ------------------------------------------------------------------------------------------
+
+    def arrive(self, broker: dramatiq.Broker, message: Message, settings: JobSettings) -> None:
+        """Start an attempt, or carry out what else the job needs and raise ``SkipMessage`` (the ack)."""
+        job = settings.job
+        try:
+            record, etag = self.records.read(job.job_id)
+            evidence, outcome = self._unexplained(message, job, record)
+        except Exception as e:
+            logger.warning("Job %s could not start (%s); offering it again later.", job.job_id, e)
+            self._carry_out(broker, message, self._decide(settings, None, Outcome.NOT_STARTED))
+            raise SkipMessage(f"could not start: {e}") from None
+        status = status_of(record)
+        decision = self._decide(
+            settings,
+            status,
+            outcome,
+            delivery_count=getattr(message, "delivery_count", 0),
+            live_duplicate=bool(evidence.running),
+        )
+        if decision.action is Action.RUN:
+            self._start(message, settings, (record, etag))
+            return
+        if outcome is not None or decision.status is not None or decision.action is Action.SETTLE:
+            self._record_arrival(message, settings, decision, evidence, (record, etag))
+        if self.journal is not None and outcome is not None:
+            self.journal.forget(job.job_id)
+        logger.info("Job %s: %s (%s).", job.job_id, decision.action.value, decision.reason)
+        self._carry_out(broker, message, decision, attempts=(record or {}).get("attempts"))
+        raise SkipMessage(decision.reason)
+
+    def _unexplained(
+        self, message: Message, job: JobOptions, record: dict[str, Any] | None
+    ) -> tuple[Evidence, Outcome | None]:
+        """How the job's previous attempt ended, when this delivery says it ended without an ack."""
+        redelivered = bool(getattr(message, "redelivered", False)) or getattr(message, "delivery_count", 0) > 0
+        if not redelivered or status_of(record) is JobStatus.SUCCEEDED:
+            return Evidence(), None
+        evidence = self.journal.evidence(job.job_id) if self.journal is not None else Evidence()
+        if evidence.running:
+            return evidence, None
+        open_entries = [a for a in (record or {}).get("attempts", []) if a["outcome"] is None]
+        if evidence.killed or any(a.get("killed") for a in open_entries):
+            return evidence, Outcome.TIMED_OUT
+        if evidence.crashed:
+            return evidence, Outcome.CRASHED
+        return evidence, Outcome.LOST
+
+    def _decide(
+        self,
+        settings: JobSettings,
+        status: JobStatus | None,
+        outcome: Outcome | None,
+        *,
+        delivery_count: int = 0,
+        live_duplicate: bool = False,
+        job: JobOptions | None = None,
+    ) -> Decision:
+        return decide(
+            job or settings.job,
+            limits=settings.limits,
+            status=status,
+            outcome=outcome,
+            now=self.clock(),
+            node_id=self.node_id,
+            expires_at=settings.expires_at,
+            delivery_count=delivery_count,
+            live_duplicate=live_duplicate,
+            jitter=self.rng.random(),
+        )
+
+    def _record_arrival(
+        self,
+        message: Message,
+        settings: JobSettings,
+        decision: Decision,
+        evidence: Evidence,
+        known: tuple[dict[str, Any] | None, str | None],
+    ) -> None:
+        now = self.clock()
+        job = settings.job
+
+        def update(record: dict[str, Any]) -> None:
+            for entry in evidence.entries:  # attempts that died before they were recorded
+                if not any(a.get("attempt_id") == entry.attempt_id for a in record["attempts"]):
+                    begin_attempt(
+                        record,
+                        {
+                            "attempt_id": entry.attempt_id,
+                            "node": self.node_id,
+                            "instance": entry.instance,
+                            "pid": entry.pid,
+                            "started_at": entry.started_at,
+                        },
+                    )
+            close_unexplained(record, now=now, crashed_here=evidence.crashed, killed_here=evidence.killed)
+            if decision.action is Action.SETTLE:
+                attempt_id = job.unrecorded_success or ""
+                keys = {
+                    k.rsplit("/", 1)[-1]: k for k in self.storage.list(f"jobs/{job.job_id}/artifacts/{attempt_id}/")
+                }
+                end_attempt(
+                    record,
+                    attempt_id,
+                    outcome=Outcome.SUCCEEDED,
+                    error=None,
+                    now=now,
+                    status=JobStatus.SUCCEEDED,
+                    artifacts=keys,
+                    entry_if_missing={"node": self.node_id, "started_at": now},
+                )
+            elif decision.status is not None and status_of(record) is not decision.status:
+                set_status(record, decision.status, reason=decision.reason)
+
+        try:
+            self.records.update(job.job_id, update, actor=message.actor_name, queue=message.queue_name, known=known)
+        except Exception:
+            logger.exception("Could not record what happened to job %s.", job.job_id)
+            if decision.action is Action.SETTLE:
+                raise
+
+    # -- running ------------------------------------------------------------------------------------------
+
+    def _start(self, message: Message, settings: JobSettings, known: tuple[dict[str, Any] | None, str | None]) -> None:
+        job = settings.job
+        attempt_id = uuid.uuid4().hex
+        record = known[0]
+        number = max((a["number"] for a in record["attempts"]), default=0) + 1 if record else 1
+        checkpoint = JobCheckpoint(self.storage, job.job_id, number, every_s=settings.checkpoint_every_s)
+        context = AttemptContext(
+            options=job,
+            attempt=number,
+            attempt_id=attempt_id,
+            checkpoint=checkpoint,
+            artifacts=Artifacts(self.storage, job.job_id, attempt_id),
+            node_id=self.node_id,
+            slot=self.slot_id,
+        )
+        attempt = Attempt(self, message, settings, context, known)
+        checkpoint.claim = attempt.claim
+        checkpoint.on_fenced = lambda: context.request_stop("fenced")
+        if self.journal is not None:
+            self.journal.started(job.job_id, attempt_id, started_at=attempt.started_at)
+        attempt.token = running.enter(context)
+        self._local.attempt = attempt
+        self.monitor.watch(attempt)
+        logger.info("Job %s attempt %d started (%s).", job.job_id, number, message.actor_name)
+
+    # -- end ----------------------------------------------------------------------------------------------
+
+    def finish(self, broker: dramatiq.Broker, message: Message, exception: BaseException | None) -> None:
+        """End the running attempt of ``message`` (from ``after_process_message``)."""
+        attempt: Attempt | None = getattr(self._local, "attempt", None)
+        if attempt is None or attempt.message.message_id != message.message_id:
+            return
+        self._local.attempt = None
+        self.monitor.forget(attempt)  # first: no reservation kill and no record write from here on
+        context = attempt.context
+        running.leave(context, attempt.token)
+        with deadline_scope(self.budget()) as deadline:
+            try:
+                self._end(broker, message, attempt, exception, deadline)
+            finally:
+                context.checkpoint.close()
+                if self.journal is not None:
+                    self.journal.finished()
+
+    def skipped(self, broker: dramatiq.Broker, message: Message) -> None:
+        """A later middleware skipped a message after its attempt began: end it as not started."""
+        attempt: Attempt | None = getattr(self._local, "attempt", None)
+        if attempt is not None and attempt.message.message_id == message.message_id:
+            self.finish(broker, message, _NotStarted())
+
+    def _end(
+        self,
+        broker: dramatiq.Broker,
+        message: Message,
+        attempt: Attempt,
+        exception: BaseException | None,
+        deadline: Deadline,
+    ) -> None:
+        context = attempt.context
+        outcome = _outcome(context, exception)
+        flush_s = min(self.handback_flush_s, deadline.remaining() / 2)
+        if outcome not in (Outcome.FENCED, Outcome.SUCCEEDED, Outcome.NOT_STARTED) and not context.checkpoint.flush(
+            flush_s
+        ):
+            logger.warning("Job %s: last checkpoint not stored in time.", context.job_id)
+        decision = self._decide(attempt.settings, JobStatus.RUNNING, outcome, job=context.options)
+        error = None if exception is None else f"{type(exception).__name__}: {exception}"[:2000]
+        now = self.clock()
+
+        def end(record: dict[str, Any]) -> bool:
+            return end_attempt(
+                record,
+                context.attempt_id,
+                outcome=outcome,
+                error=error,
+                now=now,
+                status=decision.status,
+                reason=decision.reason,
+                checkpoint=context.checkpoint.uploaded,
+                progress=context.progress_value,
+                artifacts=context.artifacts.keys if outcome is Outcome.SUCCEEDED else None,
+                entry_if_missing=attempt.entry(),
+            )
+
+        record: dict[str, Any] | None = None
+        try:
+            record, newest = retry(
+                lambda: self.records.update(
+                    context.job_id, end, actor=message.actor_name, queue=message.queue_name, known=attempt.known
+                ),
+                deadline=deadline,
+                what=f"Recording the end of job {context.job_id}",
+            )
+            if not newest and decision.action is not Action.DROP:
+                decision = Decision(Action.DROP, decision.job, reason="a newer attempt owns the job")
+        except Exception as e:
+            logger.error("Could not record the end of job %s attempt %d: %s", context.job_id, context.attempt, e)
+            if decision.action is Action.SUCCEED:
+                # The results are stored; only the record is missing. The next delivery records the success.
+                decision = Decision(
+                    Action.RETRY,
+                    decision.job.replace(unrecorded_success=context.attempt_id),
+                    reason="success not recorded yet",
+                    delay_s=5.0,
+                )
+        level = logging.INFO if outcome in (Outcome.SUCCEEDED, Outcome.INTERRUPTED) else logging.WARNING
+        logger.log(
+            level,
+            "Job %s attempt %d %s: %s (%s).",
+            context.job_id,
+            context.attempt,
+            outcome.value,
+            decision.action.value,
+            decision.reason,
+        )
+        self._carry_out(broker, message, decision, error=error, attempts=(record or {}).get("attempts"))
+
+    def _carry_out(
+        self,
+        broker: dramatiq.Broker,
+        message: Message,
+        decision: Decision,
+        *,
+        error: str | None = None,
+        attempts: list[dict[str, Any]] | None = None,
+    ) -> None:
+        try:
+            route(broker, message, decision, node_id=self.node_id, error=error, attempts=attempts)
+        except Exception:
+            # Never ack a job without a successor: reject it, so the broker dead-letters it.
+            logger.exception(
+                "Could not send job %s on (%s); rejecting the message.", decision.job.job_id, decision.action.value
+            )
+            message.fail()
+
+    def _kill_overrun(self, attempt: Attempt) -> None:  # type: ignore[override]
+        """The job ignored ``should_stop`` past its reservation: note it, then end the process."""
+        context = attempt.context
+        error = f"killed: still running {self.hard_stop_s}s after its max_run_s ({attempt.max_run_s}s)"
+        logger.error(
+            "Job %s attempt %d ignored its reservation stop; killing its worker process.",
+            context.job_id,
+            context.attempt,
+        )
+        try:
+            if self.journal is not None:
+                self.journal.started(context.job_id, context.attempt_id, killed=error, started_at=attempt.started_at)
+
+            def killed(record: dict[str, Any]) -> None:
+                if not any(a.get("attempt_id") == context.attempt_id for a in record["attempts"]):
+                    begin_attempt(record, attempt.entry())
+                mark_killed(record, context.attempt_id, error)
+
+            retry(lambda: self.records.update(context.job_id, killed), deadline=Deadline(5), what="Recording a kill")
+        except Exception:
+            logger.exception("Could not record the kill of job %s.", context.job_id)
+        finally:
+            logging.shutdown()
+            os._exit(EXIT_KILLED_OVERRUN)
+
+
+class _NotStarted(Exception):
+    """Stands for "skipped by another middleware" when an attempt is ended from ``after_skip_message``."""
+
+
+def _outcome(context: AttemptContext, exception: BaseException | None) -> Outcome:
+    """How an attempt ended, judged by its exception and why it was asked to stop (if it was)."""
+    if context.stop_reason == "fenced" or context.checkpoint.fenced:
+        return Outcome.FENCED
+    if exception is None:
+        return Outcome.SUCCEEDED
+    if isinstance(exception, _NotStarted):
+        return Outcome.NOT_STARTED
+    if isinstance(exception, InvalidInput):
+        return Outcome.INVALID_INPUT
+    if context.stop_reason == "timeout":
+        return Outcome.TIMED_OUT
+    if isinstance(exception, Preempted) or context.stop_reason == "preempted":
+        return Outcome.INTERRUPTED
+    return Outcome.FAILED

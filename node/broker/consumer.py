@@ -1,0 +1,174 @@
+"""The quorum-queue consumer: what a node trusts of a delivery, and how it stops taking work.
+
+Extends Dramatiq's private ``_RabbitmqConsumer`` (Dramatiq is pinned exactly for this):
+
+* every delivery's envelope is decoded and checked (``node.contract.envelope``) *before* Dramatiq sees it; a
+  message that fails — not JSON, a field of the wrong type, a ``queue_name`` other than the queue it came
+  from, an unknown actor, arguments that do not fit the actor — is dead-lettered once as ``malformed`` with a
+  detail naming the field, and acked. Nothing raises out of ``__next__``, so no consumer thread crash-loops;
+* ``options.eta`` is honoured through the broker's wait queues instead of Dramatiq's in-memory delay queue,
+  which would hold the message unacked (and, with prefetch 1, block the queue) until then;
+* ``x-delivery-count`` and ``redelivered`` are exposed to middleware (``DeliveredMessage``);
+* ``request_cancel()`` (thread-safe) stops the flow of deliveries during a drain; a message that arrives
+  after it is handed back untouched (published again, then acked: no delivery count spent) and the
+  connection keeps being serviced, so the running job's ack and heartbeats still flow.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import pika
+import pika.exceptions
+from dramatiq.brokers.rabbitmq import _RabbitmqConsumer, _RabbitmqMessage
+from dramatiq.common import q_name
+from dramatiq.errors import ActorNotFound, ConnectionClosed
+from dramatiq.message import Message
+
+from ..contract.envelope import check_arguments, check_fields, decode_fields
+from ..contract.queues import DeadLetterReason
+from ..errors import MalformedMessage
+
+if TYPE_CHECKING:
+    from .quorum import QuorumRabbitmqBroker
+
+logger = logging.getLogger(__name__)
+
+#: An ``eta`` closer than this is simply run now.
+ETA_SLACK_MS = 50
+
+
+class DeliveredMessage(_RabbitmqMessage):
+    """A delivered message plus what RabbitMQ said about the delivery.
+
+    Attributes:
+        redelivered: The broker delivered it before (to this or another consumer).
+        delivery_count: Earlier deliveries that did not end in an ack (0 on the first delivery).
+        headers: The AMQP headers as received.
+    """
+
+    def __init__(self, redelivered: bool, tag: int, message: Message, delivery_count: int, headers: dict):
+        super().__init__(redelivered, tag, message)
+        self.delivery_count = delivery_count
+        self.headers = headers
+
+
+class QuorumConsumer(_RabbitmqConsumer):
+    """Consumes one quorum work queue for a Dramatiq worker (see the module docstring)."""
+
+    def __init__(self, broker: QuorumRabbitmqBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        self.logical_queue_name = q_name(queue_name)
+        self.timeout_s = timeout / 1000
+        self._cancel_requested = False
+        self._cancelled = False
+        super().__init__(broker, broker.physical(queue_name), prefetch, timeout)
+
+    def request_cancel(self) -> None:
+        """Stop taking deliveries (acted on in the consumer thread within one consumer timeout)."""
+        self._cancel_requested = True
+
+    def __next__(self):
+        if self._cancel_requested:
+            return self._idle_after_cancel()
+        try:
+            method, properties, body = next(self.iterator)
+        except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+            if getattr(e, "reply_code", None) == 404:
+                self.broker.queues_pending.add(self.logical_queue_name)
+            raise ConnectionClosed(e) from None
+        if method is None:
+            return None
+        if self._cancel_requested:  # arrived while shutdown began: not ours to run
+            self._hand_back_untouched(method.delivery_tag, body)
+            return self._idle_after_cancel()
+        try:
+            return self._admit(method, properties, body)
+        except ConnectionClosed:
+            raise
+        except MalformedMessage as e:
+            self._dead_letter(method.delivery_tag, body, str(e))
+        except Exception as e:  # whatever else a hostile body provokes: it must not crash this thread
+            self._dead_letter(method.delivery_tag, body, f"unreadable message: {type(e).__name__}: {e}")
+        return None
+
+    def _admit(self, method: Any, properties: Any, body: bytes) -> DeliveredMessage | None:
+        fields = decode_fields(body)
+        check_fields(fields, delivered_on=self.logical_queue_name)
+        try:
+            actor = self.broker.get_actor(fields["actor_name"])
+        except ActorNotFound:
+            raise MalformedMessage("actor_name", f"no actor {fields['actor_name']!r} on this node") from None
+        check_arguments(actor.fn, fields["args"], fields["kwargs"])
+        message = Message(**{**fields, "args": tuple(fields["args"])})
+        eta = message.options.get("eta")
+        if eta is not None:
+            message = message.copy(options={k: v for k, v in message.options.items() if k != "eta"})
+            delay_ms = int(eta - time.time() * 1000)
+            if delay_ms > ETA_SLACK_MS:
+                logger.info(
+                    "Message %s asks to run in %.1fs: waiting in the broker.", message.message_id, delay_ms / 1000
+                )
+                self.broker.enqueue(message, delay=delay_ms)
+                self._ack_now(method.delivery_tag)
+                return None
+        headers = dict(properties.headers or {})
+        self.known_tags.add(method.delivery_tag)
+        count = headers.get("x-delivery-count") or 0
+        return DeliveredMessage(
+            method.redelivered,
+            method.delivery_tag,
+            message,
+            delivery_count=count if isinstance(count, int) else 0,
+            headers=headers,
+        )
+
+    def _ack_now(self, tag: int) -> None:
+        try:
+            self.channel.basic_ack(tag)
+        except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+            raise ConnectionClosed(e) from None
+
+    def _dead_letter(self, tag: int, body: bytes, detail: str) -> None:
+        logger.error("Dead-lettering a malformed message on %r: %s", self.queue_name, detail)
+        try:
+            self.broker.dead_letter(self.logical_queue_name, body, reason=DeadLetterReason.MALFORMED, detail=detail)
+        except Exception:
+            # Could not publish with a reason: let the broker dead-letter it ("rejected") rather than lose it.
+            logger.warning("Falling back to a plain reject for the malformed message.", exc_info=True)
+            try:
+                self.channel.basic_nack(tag, requeue=False)
+            except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+                raise ConnectionClosed(e) from None
+            return
+        self._ack_now(tag)
+
+    def _hand_back_untouched(self, tag: int, body: bytes) -> None:
+        try:
+            self.broker.publish_raw(self.logical_queue_name, body)
+        except Exception:
+            logger.warning("Could not hand back a message taken during shutdown; requeueing it.", exc_info=True)
+            try:
+                self.channel.basic_nack(tag, requeue=True)
+            except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+                raise ConnectionClosed(e) from None
+            return
+        self._ack_now(tag)
+
+    def _idle_after_cancel(self):
+        try:
+            if not self._cancelled:
+                self._cancelled = True
+                # Deliveries already buffered in pika would be rejected with requeue by cancel() (spending a
+                # delivery each): hand them back untouched first.
+                for _ in range(self.channel.get_waiting_message_count()):
+                    method, _properties, body = next(self.iterator)
+                    if method is not None:
+                        self._hand_back_untouched(method.delivery_tag, body)
+                self.channel.cancel()
+                logger.info("Stopped taking new jobs from %r.", self.queue_name)
+            self.connection.process_data_events(time_limit=self.timeout_s)
+        except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+            raise ConnectionClosed(e) from None
+        return None

@@ -1,0 +1,224 @@
+"""The job record (``jobs/<job_id>/record.json``): its shape, one status enum, one owner of transitions.
+
+Every function here is pure: it changes the record dict it is given, nothing else, so it can run again after
+a conditional write lost a race (``node.storage.records.RecordStore`` retries them).
+
+Attempts are identified by an ``attempt_id`` made by the node that runs them, so opening or closing one is
+idempotent (a conditional PUT replayed after a lost response finds its own attempt already there). Only the
+*newest* attempt may change what belongs to the job as a whole (status, checkpoint pointer, artifacts,
+progress): an older attempt still running on a node believed lost is *fenced* and may only close its own entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Any
+
+from ..errors import InvalidTransition
+
+__all__ = [
+    "FAILURE_OUTCOMES",
+    "INTERRUPTION_OUTCOMES",
+    "InvalidTransition",
+    "JobStatus",
+    "Outcome",
+    "begin_attempt",
+    "close_unexplained",
+    "end_attempt",
+    "new_record",
+    "record_key",
+    "set_status",
+    "status_of",
+    "transition",
+]
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    QUARANTINED = "quarantined"
+
+
+class Outcome(Enum):
+    """How one attempt ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the actor raised
+    INVALID_INPUT = "invalid_input"  # the actor refused its arguments: never retried
+    TIMED_OUT = "timed_out"  # exceeded its reservation (max_run_s), stopped or killed
+    INTERRUPTED = "interrupted"  # preempted (SIGTERM) and handed back
+    CRASHED = "crashed"  # its process died while its node lived on (seen by the same node)
+    LOST = "lost"  # ended without a word and nobody saw why: a vanished or restarted node
+    FENCED = "fenced"  # a newer attempt of the same job took over
+    NOT_STARTED = "not_started"  # storage or broker trouble before the job could start (not counted)
+
+
+#: Outcomes that spend the failure budget; interruptions are capped separately.
+FAILURE_OUTCOMES = frozenset({Outcome.FAILED, Outcome.TIMED_OUT, Outcome.CRASHED})
+INTERRUPTION_OUTCOMES = frozenset({Outcome.INTERRUPTED, Outcome.LOST})
+
+_ALLOWED: dict[JobStatus | None, set[JobStatus]] = {
+    None: {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.EXPIRED, JobStatus.FAILED, JobStatus.SUCCEEDED},
+    JobStatus.QUEUED: {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.EXPIRED, JobStatus.FAILED, JobStatus.QUARANTINED},
+    JobStatus.RUNNING: {JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.EXPIRED},
+    # The router may re-dispatch a failed job, or quarantine it.
+    JobStatus.FAILED: {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.QUARANTINED, JobStatus.FAILED},
+    JobStatus.EXPIRED: {JobStatus.EXPIRED, JobStatus.QUARANTINED},
+    # An operator may requeue a quarantined job.
+    JobStatus.QUARANTINED: {JobStatus.QUEUED, JobStatus.QUARANTINED},
+    JobStatus.SUCCEEDED: {JobStatus.SUCCEEDED},
+}
+
+#: Statuses after which a copy of the job's message must not start it again.
+FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.EXPIRED, JobStatus.QUARANTINED})
+
+
+def transition(current: JobStatus | None, new: JobStatus) -> JobStatus:
+    """Return ``new`` if a job may go from ``current`` to it, else raise ``InvalidTransition``."""
+    if new not in _ALLOWED[current]:
+        raise InvalidTransition(f"job status cannot go from {current.value if current else 'none'} to {new.value}")
+    return new
+
+
+def record_key(job_id: str) -> str:
+    return f"jobs/{job_id}/record.json"
+
+
+def new_record(job_id: str, *, actor: str = "", queue: str = "") -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "actor": actor,
+        "queue": queue,
+        "status": None,
+        "attempts": [],
+        "checkpoint": None,
+        "artifacts": {},
+        "progress": None,
+        "reason": None,
+        "updated_at": None,
+    }
+
+
+def status_of(record: dict[str, Any] | None) -> JobStatus | None:
+    return JobStatus(record["status"]) if record and record.get("status") else None
+
+
+def set_status(record: dict[str, Any], new: JobStatus, *, reason: str | None = None) -> None:
+    """The only way a record's status changes."""
+    record["status"] = transition(status_of(record), new).value
+    if reason is not None:
+        record["reason"] = reason
+
+
+def _entry(record: dict[str, Any], attempt_id: str) -> dict[str, Any] | None:
+    return next((a for a in record["attempts"] if a.get("attempt_id") == attempt_id), None)
+
+
+def newest_attempt_id(record: dict[str, Any]) -> str | None:
+    return record["attempts"][-1].get("attempt_id") if record["attempts"] else None
+
+
+@dataclass(frozen=True)
+class Closed:
+    """An earlier attempt that ``close_unexplained`` closed, and how."""
+
+    attempt_id: str
+    outcome: Outcome
+
+
+def close_unexplained(
+    record: dict[str, Any],
+    *,
+    now: float,
+    crashed_here: frozenset[str] = frozenset(),
+    killed_here: frozenset[str] = frozenset(),
+) -> list[Closed]:
+    """Close every open attempt, each of which ended without a word, and say how each ended.
+
+    An attempt killed for overrunning its reservation *timed out*; one the node's own journal saw die on
+    this node (``crashed_here``) *crashed*; any other *lost* its node (an interruption, not the job's fault).
+    """
+    closed = []
+    for entry in record["attempts"]:
+        if entry["outcome"] is not None:
+            continue
+        if entry.get("killed") or entry.get("attempt_id") in killed_here:
+            outcome, error = Outcome.TIMED_OUT, entry.get("killed") or "killed: overran max_run_s"
+        elif entry.get("attempt_id") in crashed_here:
+            outcome, error = Outcome.CRASHED, "its process died on this node"
+        else:
+            outcome, error = Outcome.LOST, "ended without a word (its node vanished or restarted)"
+        entry.update(outcome=outcome.value, ended_at=now, error=error)
+        closed.append(Closed(entry.get("attempt_id", ""), outcome))
+    return closed
+
+
+def begin_attempt(record: dict[str, Any], attempt: dict[str, Any]) -> int:
+    """Open ``attempt`` (a dict with at least ``attempt_id``, ``node``, ``started_at``); returns its number.
+
+    Idempotent: an attempt already present is left as it is. The status becomes *running* (raises
+    ``InvalidTransition`` when the record is final).
+    """
+    existing = _entry(record, attempt["attempt_id"])
+    if existing is not None:
+        return existing["number"]
+    set_status(record, JobStatus.RUNNING)
+    number = max((a["number"] for a in record["attempts"]), default=0) + 1
+    record["attempts"].append(
+        {"number": number, "ended_at": None, "outcome": None, "error": None, "checkpoint": None, **attempt}
+    )
+    return number
+
+
+def end_attempt(
+    record: dict[str, Any],
+    attempt_id: str,
+    *,
+    outcome: Outcome,
+    error: str | None,
+    now: float,
+    status: JobStatus | None = None,
+    reason: str | None = None,
+    checkpoint: dict[str, Any] | None = None,
+    progress: dict[str, Any] | None = None,
+    artifacts: dict[str, str] | None = None,
+    entry_if_missing: dict[str, Any] | None = None,
+) -> bool:
+    """Close attempt ``attempt_id`` and, if it is the newest attempt, apply what it means for the job.
+
+    ``entry_if_missing`` opens the attempt first when it was never written (a short job records itself only
+    at its end). Returns ``False`` when the attempt is *fenced* (a newer attempt exists): only its own entry
+    was closed, and the job's status, checkpoint, progress and artifacts were left to the newer attempt.
+    """
+    entry = _entry(record, attempt_id)
+    if entry is None and entry_if_missing is not None:
+        if status_of(record) in FINAL_STATUSES:
+            return False
+        begin_attempt(record, {**entry_if_missing, "attempt_id": attempt_id})
+        entry = _entry(record, attempt_id)
+    if entry is None:
+        return False
+    if entry["outcome"] is None:
+        entry.update(outcome=outcome.value, ended_at=now, error=error, checkpoint=checkpoint)
+    if newest_attempt_id(record) != attempt_id:
+        return False
+    if checkpoint is not None:
+        record["checkpoint"] = checkpoint
+    if progress is not None:
+        record["progress"] = progress
+    if artifacts:
+        record["artifacts"].update(artifacts)
+    if status is not None:
+        set_status(record, status, reason=reason)
+    return True
+
+
+def mark_killed(record: dict[str, Any], attempt_id: str, error: str) -> None:
+    """Note that ``attempt_id`` is being killed for overrunning its reservation (the next attempt closes it)."""
+    entry = _entry(record, attempt_id)
+    if entry is not None and entry["outcome"] is None:
+        entry["killed"] = error

@@ -1,0 +1,62 @@
+"""The ``burrow node`` command: plan the slots, hold the node's state directory, run the supervisor."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+
+from ..errors import NodeError
+from ..settings import Settings
+from .supervisor import Supervisor, plan_slots, worker_specs
+
+logger = logging.getLogger("burrow.node")
+
+
+def hold_state_dir(settings: Settings) -> int:
+    """Lock ``<state_dir>/node.lock`` for this supervisor's lifetime; a second node on it is refused.
+
+    Raises:
+        NodeError: Another ``burrow node`` holds the directory.
+    """
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(settings.state_dir / "node.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise NodeError(
+            f"another `burrow node` is running on state directory {settings.state_dir} "
+            "(BURROW_STATE_DIR); stop it, or give this node a directory of its own"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def run_node(settings: Settings, environ: Mapping[str, str], *, processes: int | None = None) -> int:
+    """Run this machine's workers until SIGTERM/SIGINT; returns the exit code."""
+    hold_state_dir(settings)
+    # A new node instance: evidence left by the previous one's workers says "interrupted", not "crashed".
+    shutil.rmtree(settings.state_dir / "journal", ignore_errors=True)
+    slots = plan_slots(settings, environ, processes)
+    instance = uuid.uuid4().hex[:12]
+    logger.info(
+        "Node %s (instance %s): %d worker(s) on %s; broker %s",
+        settings.node_id,
+        instance,
+        len(slots),
+        ", ".join(s.id for s in slots),
+        settings.masked_amqp_url,
+    )
+    supervisor = Supervisor(
+        worker_specs(settings, slots, {**environ, "BURROW_NODE_INSTANCE": instance}),
+        grace_s=settings.grace_s,
+        backoff_min_s=settings.restart_backoff_min_s,
+        backoff_max_s=settings.restart_backoff_max_s,
+    )
+    supervisor.install_signal_handlers()
+    return supervisor.run()
