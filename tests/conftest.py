@@ -128,8 +128,19 @@ def delete_namespace(url: str, prefix: str, queues: list[str]) -> None:
 def broker(amqp_url: str, queue_prefix: str) -> Iterator[QuorumRabbitmqBroker]:
     """A client broker in the test's namespace (the test process imports no actor module)."""
     broker = QuorumRabbitmqBroker(url=amqp_url, queue_prefix=queue_prefix, delivery_limit=3)
+    # A consumer admits only messages for actors it knows, with arguments that fit them.
+    dramatiq.actor(_tracked_stub, actor_name="tracked", queue_name="tests", broker=broker)
+    dramatiq.actor(_crash_stub, actor_name="crash_always", queue_name="tests.poison", broker=broker)
     yield broker
     broker.close()
+
+
+def _tracked_stub(job_key: str = "", work_s: float = 1.0) -> None:
+    """Stands for ``tests.workload.tracked`` on a test's client broker."""
+
+
+def _crash_stub(job_key: str = "", how: str = "sigkill") -> None:
+    """Stands for ``tests.workload.crash_always`` on a test's client broker."""
 
 
 def send(broker: QuorumRabbitmqBroker, queue_name: str, actor_name: str, **kwargs: object) -> Message:

@@ -31,10 +31,12 @@ def tracked(job_key: str, work_s: float = 1.0) -> None:
     _trace(f"results/{job_key}.json", slot=context.slot.id, total=total)
 
 
-@dramatiq.actor(queue_name="tests.poison")
-def crash_always(job_key: str) -> None:
-    """Record the run, then die the way an OOM kill or a CUDA fault does."""
+@dramatiq.actor(queue_name="tests.poison", max_failures=3, min_backoff_s=0.1, max_backoff_s=0.4)
+def crash_always(job_key: str, how: str = "sigkill") -> None:
+    """Record the run, then die the way an OOM kill or a CUDA fault does (or ``os._exit``)."""
     _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    if how == "exit":
+        os._exit(13)
     os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -11,7 +11,7 @@ import pika
 import pytest
 from dramatiq import Message
 
-from node.contract.queues import death_reason
+from node.storage.records import RecordStore
 from tests.conftest import send, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -60,23 +60,32 @@ def test_sigkilled_job_is_redelivered_and_completes_on_another_process(broker, s
     assert broker.get_queue_message_counts("tests") == (0, 0, 0)
 
 
-def test_poison_message_is_dead_lettered_after_delivery_limit_and_node_keeps_serving(
-    amqp_url, broker, queue_prefix, storage, start_node
+@pytest.mark.parametrize("how", ["sigkill", "exit"])
+def test_a_crash_looping_job_reaches_failed_jobs_after_max_failures_with_its_record_closed(
+    amqp_url, broker, queue_prefix, storage, start_node, how
 ):
-    # Given a node under `burrow node` and a job that kills its worker process every time
+    # Given a node under `burrow node` and a job that kills its worker process every time (max_failures=3)
     start_node()
-    message = send(broker, "tests.poison", "crash_always", job_key="poison")
+    message = send(broker, "tests.poison", "crash_always", job_key="poison", how=how)
 
-    # When it has crashed its way through the delivery limit (3 redeliveries: 4 runs)
-    wait_for(lambda: broker.get_queue_message_counts("tests.poison")[2] == 1, 120, "the poison job to dead-letter")
+    # When it has crashed its way through its failure budget
+    wait_for(lambda: broker.get_queue_message_counts("failed-jobs")[0] == 1, 120, "the failed-jobs report")
 
-    # Then it sits in the dead-letter queue with a readable reason, after exactly limit+1 runs
-    assert len(runs(storage, "poison")) == broker.delivery_limit + 1
+    # Then it ran 1 + max_failures times, each crash counted once, and was reported with its history
+    assert len(runs(storage, "poison")) == 4
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    method, properties, body = connection.channel().basic_get(queue_prefix + "tests.poison.XQ", auto_ack=False)
-    connection.close()  # unacked: the message stays for inspection
-    assert death_reason(properties.headers) == "delivery_limit"
-    assert Message.decode(body).message_id == message.message_id
+    method, properties, body = connection.channel().basic_get(queue_prefix + "failed-jobs", auto_ack=True)
+    connection.close()
+    report = Message.decode(body)
+    assert report.kwargs["job"]["message_id"] == message.message_id
+    assert report.kwargs["job"]["options"]["job"]["failures"] == 4
+    assert "crashed 4 times (max_failures=3)" in report.kwargs["reason"]
+    # and its record is failed with every attempt closed as crashed
+    record = RecordStore(storage).get(message.message_id)
+    assert record["status"] == "failed"
+    assert [a["outcome"] for a in record["attempts"]] == ["crashed"] * 4
+    # and nothing is left in the work queue or its dead-letter queue
+    assert broker.get_queue_message_counts("tests.poison") == (0, 0, 0)
 
     # And the node keeps serving other jobs
     send(broker, "tests", "tracked", job_key="after-poison", work_s=0.1)
