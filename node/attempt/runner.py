@@ -12,6 +12,7 @@ shutdown is what is left of the grace period.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -409,6 +410,8 @@ class AttemptRunner:
             logger.warning("Job %s: last checkpoint not stored in time.", context.job_id)
         decision = self._decide(attempt.settings, JobStatus.RUNNING, outcome, job=context.options)
         error = None if exception is None else f"{type(exception).__name__}: {exception}"[:2000]
+        if outcome is Outcome.INVALID_INPUT:
+            decision = dataclasses.replace(decision, reason=f"invalid input: {exception}"[:2000])
         now = self.clock()
 
         def end(record: dict[str, Any]) -> bool:

@@ -81,6 +81,11 @@ def test_without_gpus_workers_take_cpu_slots_and_run_jobs(broker, storage, start
     from tests.conftest import send
 
     message = send(broker, "simulation", "simulate", seed=7, samples=20_000)
-    key = f"jobs/{message.message_id}/artifacts/result.json"
-    wait_for(lambda: storage.head(key), 60, "the simulation result")
-    assert json.loads(storage.get(key)[0])["slot"] in {"cpu-0", "cpu-1"}
+    from node.storage.records import RecordStore
+
+    record = wait_for(
+        lambda: (r := RecordStore(storage).get(message.message_id)) and r["status"] == "succeeded" and r,
+        60,
+        "the simulation result",
+    )
+    assert json.loads(storage.get(record["artifacts"]["result.json"])[0])["slot"] in {"cpu-0", "cpu-1"}

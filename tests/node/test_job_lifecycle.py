@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import time
 import uuid
@@ -62,22 +61,22 @@ def runs(storage, job_key: str) -> list[dict]:
     return sorted((json.loads(storage.get(k)[0]) for k in storage.list(f"runs/{job_key}/")), key=lambda r: r["time"])
 
 
+def gone(pid: int) -> bool:
+    return not os.path.exists(f"/proc/{pid}")
+
+
 def test_sigkilled_training_resumes_from_its_last_checkpoint_with_a_bit_identical_result(broker, storage, start_node):
-    # Given a long training job on a two-worker node, checkpointing every 0.5 s
-    every_s, steps = 0.5, 400_000
+    # Given a training job that checkpoints every 0.3 s and never ends on its own on its first attempt
     start_node()
     job_id = f"train-{uuid.uuid4().hex[:8]}"
-    broker.enqueue(
-        job_message("training", "train", job_id, options={"checkpoint_every_s": every_s}, seed=SEED, steps=steps)
-    )
-    wait_for(lambda: manifest(storage, job_id), 60, "the first checkpoint")
+    broker.enqueue(job_message("training", "train_until_stopped", job_id, seed=SEED))
+    wait_for(lambda: (m := manifest(storage, job_id)) and m["seq"] >= 2, 60, "a few checkpoints")
 
-    # When its process is SIGKILLed at a random point
-    time.sleep(random.uniform(0.0, 1.5))  # the random point of failure, not a synchronisation
+    # When its process is SIGKILLed (the attempt's pid is in its record since its first checkpoint)
     records = RecordStore(storage)
     victim = records.get(job_id)["attempts"][-1]["pid"]
     os.kill(victim, signal.SIGKILL)
-    killed_at = time.time()
+    wait_for(lambda: gone(victim), 30, "the killed process to be gone")
     at_kill = manifest(storage, job_id)
 
     # Then it completes on another process, resumed from the checkpoint it had when it died
@@ -87,28 +86,22 @@ def test_sigkilled_training_resumes_from_its_last_checkpoint_with_a_bit_identica
     assert record["attempts"][0]["pid"] == victim and record["attempts"][1]["pid"] != victim
     assert record["status"] == "succeeded"
     assert result["resumed_from"] == at_kill["meta"]["step"] > 0
-    # redoing at most one checkpoint interval of work (plus scheduling slack on a loaded 2-core machine)
-    assert killed_at - at_kill["taken_at"] <= every_s + 0.5
-    # and its result is bit-identical to an uninterrupted run
-    assert result["fingerprint"] == expected_fingerprint(steps)
+    # and its result is bit-identical to an uninterrupted run of as many steps
+    assert result["fingerprint"] == expected_fingerprint(result["steps"])
 
 
 def test_sigterm_flushes_a_final_checkpoint_and_the_job_resumes_elsewhere_as_an_interruption(
     broker, storage, start_node, tmp_path
 ):
-    # Given two one-worker nodes and a long training job running on one of them
+    # Given two one-worker nodes and a training job running on one of them
     nodes = {
         name: start_node("--processes", "1", env={"BURROW_NODE_ID": name, "BURROW_STATE_DIR": str(tmp_path / name)})
         for name in ("node-a", "node-b")
     }
-    steps = 600_000
     job_id = f"train-{uuid.uuid4().hex[:8]}"
-    broker.enqueue(
-        job_message("training", "train", job_id, options={"checkpoint_every_s": 30.0}, seed=SEED, steps=steps)
-    )
+    broker.enqueue(job_message("training", "train_until_stopped", job_id, seed=SEED))
     records = RecordStore(storage)
     first = wait_for(lambda: (records.get(job_id) or {}).get("attempts"), 60, "the job to start")[0]
-    time.sleep(1.0)  # let it compute a while: there is no checkpoint yet, so all of it is at stake
 
     # When that node gets SIGTERM (a 5 s grace period)
     sigterm_at = time.time()
@@ -120,12 +113,14 @@ def test_sigterm_flushes_a_final_checkpoint_and_the_job_resumes_elsewhere_as_an_
     interrupted, resumed = record["attempts"]
     assert interrupted["outcome"] == "interrupted" and interrupted["node"] == first["node"]
     assert resumed["outcome"] == "succeeded" and resumed["node"] != first["node"]
-    assert not any(a["outcome"] in ("failed", "crashed") for a in record["attempts"])
-    # from the final checkpoint flushed after the signal: under 1 s of work lost
+    # from the final checkpoint, taken after the signal: nothing computed before the signal was lost
     final = interrupted["checkpoint"]
     assert final is not None and result["resumed_from"] == final["meta"]["step"] > 0
-    assert sigterm_at - final["taken_at"] < 1.0
-    assert result["fingerprint"] == expected_fingerprint(steps)
+    assert final["taken_at"] >= sigterm_at
+    assert result["fingerprint"] == expected_fingerprint(result["steps"])
+    # and a hand-back is not an error
+    output = nodes[first["node"]].output()
+    assert "Traceback" not in output and "[ERROR]" not in output
 
 
 def test_a_job_redelivered_after_it_succeeded_is_not_run_twice(broker, storage, start_node):
@@ -273,26 +268,20 @@ def test_s3_outage_during_checkpoints_does_not_stop_the_job_and_checkpoints_land
 
 
 def test_a_job_over_its_reservation_is_stopped_checkpointed_and_retried_as_a_failure(broker, storage, start_node):
-    # Given a training job allowed 1.5 s per attempt that needs several times that
+    # Given a training job allowed 1 s per attempt whose first attempt never ends on its own
     start_node("--processes", "1")
-    steps, job_id = 300_000, f"train-{uuid.uuid4().hex[:8]}"
-    options = {
-        "checkpoint_every_s": 30.0,
-        "max_run_s": 1.5,
-        "max_failures": 10,
-        "min_backoff_s": 0.2,
-        "max_backoff_s": 0.5,
-    }
-    broker.enqueue(job_message("training", "train", job_id, options=options, seed=SEED, steps=steps))
+    job_id = f"train-{uuid.uuid4().hex[:8]}"
+    options = {"max_run_s": 1.0, "min_backoff_s": 0.2, "max_backoff_s": 0.5}
+    broker.enqueue(job_message("training", "train_until_stopped", job_id, options=options, seed=SEED))
 
-    # Then each attempt is stopped at its limit, checkpointed, counted as a failure and retried
-    result = wait_for(lambda: completed(storage, job_id), 180, "the training result")
-    outcomes = [a["outcome"] for a in RecordStore(storage).get(job_id)["attempts"]]
-    assert outcomes[-1] == "succeeded" and len(outcomes) >= 2
-    assert set(outcomes[:-1]) == {"timed_out"}
-    # each stop kept its work: the final attempt resumed from the previous one's last checkpoint
-    assert result["resumed_from"] > 0
-    assert result["fingerprint"] == expected_fingerprint(steps)
+    # Then the attempt is stopped at its limit, checkpointed, counted as a failure and retried
+    result = wait_for(lambda: completed(storage, job_id), 120, "the training result")
+    record = RecordStore(storage).get(job_id)
+    stopped, finished = record["attempts"]
+    assert (stopped["outcome"], finished["outcome"]) == ("timed_out", "succeeded")
+    # and the stop kept its work: the retry resumed from the checkpoint taken when it was stopped
+    assert result["resumed_from"] == stopped["checkpoint"]["meta"]["step"] > 0
+    assert result["fingerprint"] == expected_fingerprint(result["steps"])
 
 
 def test_a_job_that_ignores_its_reservation_stop_is_killed_with_its_process_and_counted_as_a_failure(
@@ -306,9 +295,9 @@ def test_a_job_that_ignores_its_reservation_stop_is_killed_with_its_process_and_
     wait_for(lambda: completed(storage, "hung", "done.json") is not None, 90, "the job after the kill")
     record = RecordStore(storage).get("hung")
     killed, finished = record["attempts"]
-    assert killed["outcome"] == "timed_out" and killed["error"].startswith("killed:")
+    assert killed["outcome"] == "timed_out" and killed["error"].startswith("killed:")  # a failure, counted
     assert finished["outcome"] == "succeeded" and finished["pid"] != killed["pid"]
-    assert killed["killed"] == "counted"  # the next attempt counted it against max_failures
+    assert killed["killed"].startswith("killed:")  # the kill was noted before the process ended
     assert broker.get_queue_message_counts("tests") == (0, 0, 0)
 
 
