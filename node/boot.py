@@ -77,6 +77,7 @@ def build_broker(
             journal=journal,
             delivery_limit=settings.delivery_limit,
             grace_s=settings.grace_s,
+            end_budget_s=settings.end_budget_s,
             # The final checkpoint must be stored, and the job re-published and acked, within the grace period.
             handback_flush_s=max(1.0, settings.grace_s / 2),
             # A job past max_run_s gets the grace period to checkpoint and stop before its process is killed.

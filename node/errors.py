@@ -22,6 +22,7 @@ Callers catch exactly as much as they mean to; nothing here shadows a built-in n
 from __future__ import annotations
 
 from dramatiq.errors import Retry
+from dramatiq.middleware import MiddlewareError
 
 
 class BurrowError(Exception):
@@ -60,8 +61,11 @@ class FencedOut(NodeError):
     """A newer attempt of this job exists: this attempt must stop and may not write the job's state."""
 
 
-class MalformedMessage(BurrowError):
+class MalformedMessage(BurrowError, MiddlewareError):
     """A message cannot be trusted: it is dead-lettered once with reason ``malformed`` and this text.
+
+    (A Dramatiq ``MiddlewareError`` too, so that raised at submission it reaches the caller of ``send()``
+    instead of being logged and ignored by Dramatiq.)
 
     Attributes:
         field: The offending field, as a path (``options.job.job_id``, ``kwargs``); empty if the whole body.

@@ -61,6 +61,8 @@ class Settings:
         queue_prefix: Prepended to every RabbitMQ queue name (``BURROW_QUEUE_PREFIX``), to share a vhost.
         state_dir: Machine-local directory for slot locks and process status (``BURROW_STATE_DIR``).
         grace_s: Time a worker gets to finish after SIGTERM (``BURROW_GRACE_S``).
+        end_budget_s: Time an ending attempt may spend storing its record and sending the job on, outside a
+            shutdown, before it gives up and re-offers the job (``BURROW_END_BUDGET_S``).
         restart_backoff_min_s: First delay before restarting a crashed worker (``BURROW_RESTART_BACKOFF_MIN_S``).
         restart_backoff_max_s: Largest such delay (``BURROW_RESTART_BACKOFF_MAX_S``).
         actor_modules: Modules ``node.actors`` imports (``BURROW_ACTOR_MODULES``, comma-separated).
@@ -83,6 +85,7 @@ class Settings:
     queue_prefix: str = ""
     state_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "burrow")
     grace_s: float = 25.0
+    end_budget_s: float = 120.0
     restart_backoff_min_s: float = 1.0
     restart_backoff_max_s: float = 60.0
     actor_modules: tuple[str, ...] = DEFAULT_ACTOR_MODULES
@@ -123,6 +126,7 @@ class Settings:
             queue_prefix=r.text("BURROW_QUEUE_PREFIX", ""),
             state_dir=Path(r.text("BURROW_STATE_DIR", str(defaults.state_dir))),
             grace_s=r.number("BURROW_GRACE_S", defaults.grace_s, minimum=0),
+            end_budget_s=r.number("BURROW_END_BUDGET_S", defaults.end_budget_s, minimum=0),
             restart_backoff_min_s=r.number("BURROW_RESTART_BACKOFF_MIN_S", 1.0, minimum=0),
             restart_backoff_max_s=r.number("BURROW_RESTART_BACKOFF_MAX_S", 60.0, minimum=0),
             actor_modules=r.modules("BURROW_ACTOR_MODULES", defaults.actor_modules),

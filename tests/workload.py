@@ -119,3 +119,31 @@ def train_until_stopped(seed: int, dim: int = 8, chunk: int = 200, extra_steps: 
     state = train_steps(state, extra_steps)
     result = {"steps": state["step"], "fingerprint": fingerprint(state["weights"]), "resumed_from": resumed_from}
     job.artifacts.put("result.json", json.dumps(result).encode())
+
+
+@dramatiq.actor(queue_name=QUEUE)
+def waits_for_file(job_key: str, path: str) -> None:
+    """Store the result, then return only once ``path`` exists on this machine (a test's cue)."""
+    from node.job import current_job
+
+    _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    current_job().artifacts.put("done.json", json.dumps({"job_key": job_key}).encode())
+    while not os.path.exists(path):
+        time.sleep(0.05)
+
+
+@dramatiq.actor(queue_name=QUEUE)
+def twin(job_key: str) -> None:
+    """Run as two live attempts of one job: the older one finishes only after the newer one succeeded."""
+    from node.job import current_job
+    from node.storage.records import RecordStore
+
+    job = current_job()
+    job.checkpoint.save(b"claimed")  # records the attempt: its number is now the job's fence
+    job.checkpoint.flush(60)
+    _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}", attempt=job.attempt)
+    if job.attempt == 1:
+        records = RecordStore(node().storage)
+        while (records.get(job.job_id) or {}).get("status") != "succeeded":
+            time.sleep(0.05)
+    job.artifacts.put("result.json", json.dumps({"attempt": job.attempt}).encode())

@@ -47,7 +47,7 @@ def route(
     if decision.action is Action.RETRY:
         broker.enqueue(copy, delay=max(1, int(decision.delay_s * 1000)))
     elif decision.action is Action.HAND_BACK:
-        broker.enqueue(copy)
+        broker.enqueue(copy, delay=int(decision.delay_s * 1000) or None)
     elif decision.action is Action.DEAD_LETTER:
         assert decision.dead_letter_reason is not None
         broker.dead_letter(

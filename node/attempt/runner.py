@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 
 #: Exit code of a worker process killed because its job overran its reservation and ignored the stop.
 EXIT_KILLED_OVERRUN = 4
+#: During a shutdown, a handed-back job re-enters its queue this long after SIGTERM at the earliest: by then
+#: every consumer of the node has stopped (they check every ``Prefetch`` consumer timeout).
+HANDBACK_HOLD_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -412,6 +415,11 @@ class AttemptRunner:
         error = None if exception is None else f"{type(exception).__name__}: {exception}"[:2000]
         if outcome is Outcome.INVALID_INPUT:
             decision = dataclasses.replace(decision, reason=f"invalid input: {exception}"[:2000])
+        began = running.shutdown_began_at()
+        if decision.action is Action.HAND_BACK and began is not None:
+            # Not back in the queue before every consumer of this draining node has stopped, or one of them
+            # would take it (and the broker would count a delivery when the drain returns it).
+            decision = dataclasses.replace(decision, delay_s=max(0.25, HANDBACK_HOLD_S - (time.monotonic() - began)))
         now = self.clock()
 
         def end(record: dict[str, Any]) -> bool:

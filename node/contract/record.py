@@ -202,10 +202,13 @@ def end_attempt(
         entry = _entry(record, attempt_id)
     if entry is None:
         return False
+    if newest_attempt_id(record) != attempt_id:
+        if entry["outcome"] is None:
+            superseded = f"superseded by attempt {record['attempts'][-1]['number']} (it ended {outcome.value})"
+            entry.update(outcome=Outcome.FENCED.value, ended_at=now, error=superseded, checkpoint=checkpoint)
+        return False
     if entry["outcome"] is None:
         entry.update(outcome=outcome.value, ended_at=now, error=error, checkpoint=checkpoint)
-    if newest_attempt_id(record) != attempt_id:
-        return False
     if checkpoint is not None:
         record["checkpoint"] = checkpoint
     if progress is not None:

@@ -16,7 +16,6 @@ from ..attempt.journal import Journal
 from ..attempt.policy import Limits, expiry
 from ..attempt.runner import AttemptRunner, JobSettings
 from ..contract.envelope import check_fields
-from ..contract.job_options import JobOptions
 from ..contract.queues import DeadLetterReason
 from ..errors import MalformedMessage
 from ..storage import Storage
@@ -43,6 +42,7 @@ class JobLifecycle(dramatiq.Middleware):
         journal: This worker's journal of running attempts, or ``None``.
         delivery_limit: The work queues' delivery limit (the broker's last delivery gives the job up).
         grace_s: The SIGTERM grace period.
+        end_budget_s: Time an ending attempt may take outside a shutdown (record write and publish).
         hard_stop_s: How long a job past ``max_run_s`` may ignore ``should_stop`` before its process is killed.
         record_after_s: Running time after which an attempt's record entry is written.
         progress_every_s: How often a running job's progress is written to its record.
@@ -68,6 +68,7 @@ class JobLifecycle(dramatiq.Middleware):
         max_run_s: float | None = None,
         checkpoint_every_s: float = 60.0,
         grace_s: float = 25.0,
+        end_budget_s: float = 120.0,
         hard_stop_s: float | None = 30.0,
         record_after_s: float = 2.0,
         progress_every_s: float = 10.0,
@@ -93,6 +94,7 @@ class JobLifecycle(dramatiq.Middleware):
             slot_id=slot_id,
             journal=journal,
             grace_s=grace_s,
+            end_budget_s=end_budget_s,
             hard_stop_s=hard_stop_s,
             record_after_s=record_after_s,
             progress_every_s=progress_every_s,
@@ -150,6 +152,3 @@ class JobLifecycle(dramatiq.Middleware):
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Message) -> None:
         self.runner.skipped(broker, message)
-
-
-__all__ = ["JobLifecycle", "JobOptions"]

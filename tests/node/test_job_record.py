@@ -112,7 +112,8 @@ def test_a_stale_attempt_closes_only_its_own_entry():
     # Then only its own entry changed: the job is still the newer attempt's
     assert newest is False
     assert record["status"] == "running" and record["checkpoint"] == {"key": "new-ckpt"}
-    assert record["artifacts"] == {} and record["attempts"][0]["outcome"] == "succeeded"
+    assert record["artifacts"] == {} and record["attempts"][0]["outcome"] == "fenced"
+    assert "superseded by attempt 2" in record["attempts"][0]["error"]
     assert end_attempt(record, "a2", outcome=Outcome.SUCCEEDED, error=None, now=4.0, status=JobStatus.SUCCEEDED)
     assert record["status"] == "succeeded"
 

@@ -46,6 +46,8 @@ def test_values_are_parsed():
         ("BURROW_GRACE_S", "soon", "a number"),
         ("BURROW_GPUS", "0,,1", "empty entry"),
         ("BURROW_GPUS", "1,1", "twice"),
+        ("BURROW_GPUS", "abc", "'abc' is not a GPU index or UUID"),
+        ("BURROW_END_BUDGET_S", "-1", "must be at least"),
         ("BURROW_NODE_ID", "a b", "letters, digits"),
         ("BURROW_ACTOR_MODULES", "actors/simulation", "module path"),
     ],

@@ -106,3 +106,23 @@ def test_open_storage_picks_backend_and_rejects_unknown(tmp_path, s3_endpoint):
         open_storage("ftp://host/path")
     with pytest.raises(ConfigError, match="names no bucket"):
         open_storage("s3:///prefix")
+
+
+def test_local_etags_never_repeat_and_lock_files_stay_bounded(tmp_path):
+    # Given a local store (ext4 reuses inode numbers, and a coarse clock repeats mtimes)
+    storage = LocalStorage(tmp_path / "store")
+    info = storage.put("jobs/1/record.json", b"same size")
+
+    # When one key is rewritten 2,000 times, each a conditional write on the previous ETag
+    etags = {info.etag}
+    for _ in range(2000):
+        info = storage.put("jobs/1/record.json", b"same size", if_match=info.etag)
+        etags.add(info.etag)
+
+    # Then every write had an ETag of its own, so no stale writer can ever win by coincidence
+    assert len(etags) == 2001
+    assert storage.head("jobs/1/record.json").etag == info.etag == storage.get("jobs/1/record.json")[1].etag
+    # and conditional writes to many keys leave a bounded number of lock files
+    for n in range(300):
+        storage.put(f"many/{n}/record.json", b"{}", if_none_match=True)
+    assert len(list((tmp_path / "store" / ".locks").iterdir())) <= 64

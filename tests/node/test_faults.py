@@ -1,0 +1,169 @@
+"""Fault injection: storage down at the worst moment, a replayed write, two live attempts, a drain."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import boto3
+import pika
+import pytest
+from dramatiq import Message
+from moto.server import ThreadedMotoServer
+
+from node.contract.job_options import JobOptions
+from node.contract.record import begin_attempt
+from node.storage import open_storage
+from node.storage.records import RecordStore
+from tests.conftest import wait_for
+from tests.rabbitmq_node import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def job_message(queue: str, actor: str, job_id: str, **kwargs) -> Message:
+    options = {"job": JobOptions(job_id=job_id).to_options()}
+    return Message(queue_name=queue, actor_name=actor, args=(), kwargs=kwargs, options=options)
+
+
+def runs(storage, job_key: str) -> list[dict]:
+    return [json.loads(storage.get(k)[0]) for k in storage.list(f"runs/{job_key}/")]
+
+
+@pytest.mark.slow
+def test_storage_down_while_the_success_is_recorded_loses_nothing_and_runs_nothing_twice(
+    amqp_url, broker, queue_prefix, start_node, tmp_path, monkeypatch
+):
+    # Given a node whose storage is an S3 endpoint, giving an ending attempt 2 s to record itself
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    bucket = f"down-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    storage = open_storage(f"s3://{bucket}", endpoint_url=endpoint)
+    env = {
+        "BURROW_STORAGE_URL": f"s3://{bucket}",
+        "BURROW_S3_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "BURROW_END_BUDGET_S": "2",
+    }
+    node = start_node("--processes", "1", env=env)
+    cue = tmp_path / "finish"
+    broker.enqueue(job_message("tests", "waits_for_file", "late-record", job_key="late-record", path=str(cue)))
+    wait_for(lambda: list(storage.list("jobs/late-record/artifacts/")), 60, "the job's result to be stored")
+
+    # When storage goes away just as the job finishes, and comes back after the node gave up recording
+    server.stop()
+    try:
+        cue.touch()
+        wait_for(lambda: "Could not record the end of job late-record" in node.output(), 60, "the failed record")
+    finally:
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+    try:
+        # Then the success is recorded by a later delivery, without running the job again
+        record = wait_for(
+            lambda: (r := RecordStore(storage).get("late-record")) and r["status"] == "succeeded" and r,
+            60,
+            "the success to be recorded",
+        )
+        assert [a["outcome"] for a in record["attempts"]] == ["succeeded"]
+        assert len(runs(storage, "late-record")) == 1
+        assert json.loads(storage.get(record["artifacts"]["done.json"])[0]) == {"job_key": "late-record"}
+        wait_for(lambda: broker.get_queue_message_counts("tests") == (0, 0, 0), 60, "an empty queue")
+    finally:
+        server.stop()
+
+
+class ReplayingStorage:
+    """Sends every conditional PUT twice, as botocore does when the first response is lost."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.replays = 0
+
+    def put(self, key, data, **conditions):
+        self.inner.put(key, data, **conditions)
+        if conditions:
+            self.replays += 1
+            return self.inner.put(key, data, **conditions)  # the replay: 412, the first one won
+        return None
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_replayed_conditional_put_does_not_close_the_attempt_it_opened(s3_bucket, s3_endpoint):
+    # Given a record store whose conditional writes are each replayed after they succeeded
+    storage = ReplayingStorage(open_storage(f"s3://{s3_bucket}", endpoint_url=s3_endpoint))
+    records = RecordStore(storage)
+
+    # When an attempt begins (and a second one after it)
+    records.update("j", lambda r: begin_attempt(r, {"attempt_id": "a1", "node": "n", "started_at": 1.0}))
+    records.update("j", lambda r: begin_attempt(r, {"attempt_id": "a2", "node": "n", "started_at": 2.0}))
+
+    # Then each replay found its own attempt already there: two attempts, both still open
+    assert storage.replays == 2
+    assert [(a["attempt_id"], a["outcome"]) for a in records.get("j")["attempts"]] == [("a1", None), ("a2", None)]
+
+
+@pytest.mark.slow
+def test_two_live_attempts_end_as_the_newer_one_left_them(broker, storage, start_node, tmp_path):
+    # Given two nodes, and two copies of one job (a node believed lost still runs the older attempt)
+    for name in ("node-a", "node-b"):
+        start_node("--processes", "1", env={"BURROW_NODE_ID": name, "BURROW_STATE_DIR": str(tmp_path / name)})
+    for _ in range(2):
+        broker.enqueue(job_message("tests", "twin", "twin", job_key="twin"))
+
+    # When the newer attempt succeeds first and the older one finishes after it
+    wait_for(lambda: len(runs(storage, "twin")) == 2, 60, "both attempts to run")
+    record = wait_for(
+        lambda: (r := RecordStore(storage).get("twin")) and all(a["outcome"] for a in r["attempts"]) and r,
+        60,
+        "both attempts to end",
+    )
+    wait_for(lambda: broker.get_queue_message_counts("tests") == (0, 0, 0), 60, "both copies acked")
+
+    # Then the job is the newer attempt's: its status, its artifacts; the older attempt only closed its entry
+    assert record["status"] == "succeeded"
+    assert [a["outcome"] for a in record["attempts"]] == ["fenced", "succeeded"]
+    assert json.loads(storage.get(record["artifacts"]["result.json"])[0]) == {"attempt": 2}
+    # and nothing was sent on by the stale attempt
+    assert broker.get_queue_message_counts("failed-jobs") == (0, 0, 0)
+    assert len(runs(storage, "twin")) == 2
+
+
+@pytest.mark.slow
+def test_a_drained_node_hands_each_job_back_once_and_takes_nothing_back(
+    amqp_url, broker, queue_prefix, storage, start_node
+):
+    # Given a two-worker node running two long jobs
+    node = start_node()
+    for job_id in ("long-1", "long-2"):
+        broker.enqueue(job_message("training", "train_until_stopped", job_id, seed=1))
+    records = RecordStore(storage)
+    for job_id in ("long-1", "long-2"):
+        wait_for(lambda job_id=job_id: (records.get(job_id) or {}).get("attempts"), 60, f"{job_id} to run")
+
+    # When the node is told to stop
+    assert node.stop(timeout_s=60) == 0
+
+    # Then each job was interrupted exactly once: handed back, and not taken again by a draining worker
+    for job_id in ("long-1", "long-2"):
+        assert [a["outcome"] for a in records.get(job_id)["attempts"]] == ["interrupted"]
+    wait_for(lambda: broker.get_queue_message_counts("training")[0] == 2, 60, "both jobs back in their queue")
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    waiting = []
+    for _ in range(2):
+        method, properties, body = channel.basic_get(queue_prefix + "training")
+        assert method is not None
+        waiting.append((Message.decode(body).options["job"], (properties.headers or {}).get("x-delivery-count", 0)))
+    connection.close()
+    assert sorted(job["job_id"] for job, _ in waiting) == ["long-1", "long-2"]
+    assert [(job["interruptions"], count) for job, count in waiting] == [(1, 0), (1, 0)]
+    assert "Traceback" not in node.output()

@@ -1,0 +1,62 @@
+"""The `burrow` command as a new user meets it: bad input and a missing broker are one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.rabbitmq_node import free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def burrow(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cloud.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=90
+    )
+
+
+def one_line_error(completed: subprocess.CompletedProcess, *expected: str) -> str:
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("burrow: error: "), completed.stderr
+    for text in expected:
+        assert text in lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [["submit", "simulate"], ["queues"]])
+def test_an_unreachable_broker_is_one_line_naming_the_masked_url(node_env, command):
+    env = {**node_env, "AMQP_URL": f"amqp://guest:s3cret@127.0.0.1:{free_port()}/%2F"}
+    line = one_line_error(burrow(*command, env=env), "cannot reach RabbitMQ", "guest:***@127.0.0.1")
+    assert "s3cret" not in line
+
+
+@pytest.mark.integration
+def test_bad_submissions_are_refused_before_publishing(node_env, broker):
+    one_line_error(burrow("submit", "simulate", "--kwargs", "{not json", env=node_env), "--kwargs is not JSON")
+    one_line_error(burrow("submit", "nope", env=node_env), "no actor 'nope'", "simulate")
+    one_line_error(
+        burrow("submit", "simulate", "--kwargs", '{"seed": 1, "colour": "red"}', env=node_env),
+        "args/kwargs: do not fit simulate()",
+        "colour",
+    )
+    assert broker.get_queue_message_counts("simulation") == (0, 0, 0)
+
+
+def test_a_bad_setting_stops_burrow_node_with_one_line(node_env):
+    one_line_error(burrow("node", env={**node_env, "BURROW_GPUS": "abc"}), "BURROW_GPUS", "'abc'")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_second_node_on_the_same_state_directory_is_refused(node_env, start_node, tmp_path):
+    first = start_node("--processes", "1")
+    from tests.conftest import wait_for
+
+    wait_for(lambda: (tmp_path / "state" / "node.lock").exists(), 60, "the first node")
+    one_line_error(burrow("node", "--processes", "1", env=node_env), "another `burrow node` is running")
+    assert first.process.poll() is None
