@@ -43,6 +43,8 @@ def route(
 
     The other actions publish nothing (the message is simply acked).
     """
+    if decision.action not in (Action.RETRY, Action.HAND_BACK, Action.DEAD_LETTER, Action.GIVE_UP):
+        return
     copy = next_message(message, decision.job)
     if decision.action is Action.RETRY:
         broker.enqueue(copy, delay=max(1, int(decision.delay_s * 1000)))

@@ -47,7 +47,10 @@ class DeliveredMessage(_RabbitmqMessage):
         redelivered: The broker delivered it before (to this or another consumer).
         delivery_count: Earlier deliveries that did not end in an ack (0 on the first delivery).
         headers: The AMQP headers as received.
+        envelope_checked: Always true: the consumer checked the envelope (the lifecycle need not again).
     """
+
+    envelope_checked = True
 
     def __init__(self, redelivered: bool, tag: int, message: Message, delivery_count: int, headers: dict):
         super().__init__(redelivered, tag, message)

@@ -41,6 +41,7 @@ class LocalStorage(Storage):
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._xattrs = True
+        self._locks_ready = False
 
     def __repr__(self) -> str:
         return f"LocalStorage({str(self.root)!r})"
@@ -51,7 +52,9 @@ class LocalStorage(Storage):
     @contextmanager
     def _locked(self, key: str) -> Iterator[None]:
         locks = self.root / ".locks"
-        locks.mkdir(parents=True, exist_ok=True)
+        if not self._locks_ready:
+            locks.mkdir(parents=True, exist_ok=True)
+            self._locks_ready = True
         stripe = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=2).digest(), "big") % LOCK_STRIPES
         with open(locks / f"{stripe:02d}", "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)

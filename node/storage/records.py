@@ -15,6 +15,22 @@ from .base import Storage
 logger = logging.getLogger(__name__)
 
 
+def _fingerprint(record: dict[str, Any]) -> tuple:
+    """A cheap summary that changes whenever a record operation changes the record."""
+    attempts = record["attempts"]
+    last = attempts[-1] if attempts else {}
+    return (
+        record.get("status"),
+        record.get("reason"),
+        len(attempts),
+        tuple((a.get("outcome"), a.get("killed")) for a in attempts),
+        last.get("ended_at"),
+        repr(record.get("checkpoint")),
+        repr(record.get("progress")),
+        len(record.get("artifacts") or {}),
+    )
+
+
 class RecordStore:
     """Reads and updates job records.
 
@@ -38,6 +54,13 @@ class RecordStore:
             return None, None
         return json.loads(data), info.etag
 
+    def _read_private(self, job_id: str, known: tuple[dict[str, Any] | None, str | None] | None):
+        if known is None:
+            return self.read(job_id)
+        record, etag = known
+        # ``known`` may be shared with its reader: mutate a copy (records are small JSON documents).
+        return (json.loads(json.dumps(record)) if record is not None else None), etag
+
     def get(self, job_id: str) -> dict[str, Any] | None:
         return self.read(job_id)[0]
 
@@ -58,16 +81,15 @@ class RecordStore:
         """
         key = record_key(job_id)
         for attempt in range(self.conflicts):
-            record, etag = known if known is not None and attempt == 0 else self.read(job_id)
-            record = json.loads(json.dumps(record)) if record is not None else None  # mutate a private copy
+            record, etag = self._read_private(job_id, known if attempt == 0 else None)
             if record is None:
                 record = new_record(job_id, actor=actor, queue=queue)
-            before = json.dumps(record, sort_keys=True)
+            before = record.get("updated_at"), _fingerprint(record)
             value = mutate(record)
-            if etag is not None and json.dumps(record, sort_keys=True) == before:
-                return record, value
+            if etag is not None and (record.get("updated_at"), _fingerprint(record)) == before:
+                return record, value  # nothing changed (e.g. a replayed begin): nothing to write
             record["updated_at"] = time.time()
-            body = json.dumps(record, indent=1).encode()
+            body = json.dumps(record, separators=(",", ":")).encode()
             try:
                 if etag is None:
                     self.storage.put(key, body, if_none_match=True)

@@ -1,0 +1,219 @@
+"""What a short job costs: drain rate of no-op jobs through plain Dramatiq, the bare Burrow broker, and the full
+node stack (local storage and an S3 endpoint), with the same `dramatiq` processes and threads, in one run.
+
+Each configuration: the queue is filled with N no-op messages while no worker runs, then `dramatiq` workers
+start and the broker's ready count is polled; the rate is N / (time from the first message taken to the
+queue being empty). Ratios are against plain Dramatiq and against the bare Burrow broker measured here.
+
+    python bench/job_cost.py [--jobs 3000] [--processes 2] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pika
+from dramatiq import Message
+
+ROOT = Path(__file__).resolve().parent.parent
+URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+PLAIN = """
+import os, dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+broker = RabbitmqBroker(url=os.environ["AMQP_URL"])
+dramatiq.set_broker(broker)
+@dramatiq.actor(queue_name=os.environ["BENCH_QUEUE"])
+def noop(n=0):
+    pass
+"""
+
+BARE = """
+import os, dramatiq
+from node.broker import QuorumRabbitmqBroker
+from node.middleware import Prefetch
+broker = QuorumRabbitmqBroker(url=os.environ["AMQP_URL"], queue_prefix=os.environ["BURROW_QUEUE_PREFIX"],
+                              middleware=[Prefetch(prefetch=int(os.environ.get("BURROW_PREFETCH", "1")))])
+dramatiq.set_broker(broker)
+@dramatiq.actor(queue_name=os.environ["BENCH_QUEUE"])
+def noop(n=0):
+    pass
+"""
+
+ACTORS = """
+import os, dramatiq
+@dramatiq.actor(queue_name=os.environ["BENCH_QUEUE"])
+def noop(n=0):
+    pass
+"""
+
+
+def ready(channel, queue: str) -> int:
+    return channel.queue_declare(queue, passive=True).method.message_count
+
+
+def fill(queue: str, jobs: int) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(URL))
+    channel = connection.channel()
+    now = int(time.time() * 1000)
+    logical = queue.rsplit(".", 1)[-1] if "." in queue else queue
+    for n in range(jobs):
+        body = Message(queue_name=logical, actor_name="noop", args=(), kwargs={"n": n}, options={},
+                       message_timestamp=now).encode()  # fmt: skip
+        channel.basic_publish("", queue, body)
+    while ready(channel, queue) < jobs:
+        time.sleep(0.05)
+    connection.close()
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Kill the workers and their children (a graceful Dramatiq shutdown can take long; nothing is left to do)."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def measure(name: str, module_source: str, env: dict[str, str], queue: str, jobs: int, argv_extra: list[str]) -> float:
+    workdir = Path(tempfile.mkdtemp(prefix="burrow-bench-"))
+    (workdir / "bench_target.py").write_text(module_source)
+    env = {**os.environ, **env, "PYTHONPATH": f"{workdir}:{ROOT}", "AMQP_URL": URL}
+    # Declare the queues (start the workers once, briefly), then fill while no worker runs.
+    target = env.pop("BENCH_TARGET", "bench_target")
+    argv = [sys.executable, "-m", "dramatiq", target, *argv_extra]
+    warm = subprocess.Popen(argv, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    connection = pika.BlockingConnection(pika.URLParameters(URL))
+    channel = connection.channel()
+    while True:
+        try:
+            channel.queue_declare(queue, passive=True)
+            break
+        except pika.exceptions.ChannelClosedByBroker:
+            channel = connection.channel()
+            time.sleep(0.1)
+    stop(warm)
+    fill(queue, jobs)
+    workers = subprocess.Popen(argv, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)  # fmt: skip
+    started = None
+    while True:
+        left = ready(channel, queue)
+        if started is None and left < jobs:
+            started = time.monotonic()
+        if left == 0:
+            break
+        time.sleep(0.005)
+    elapsed = time.monotonic() - started
+    stop(workers)
+    for suffix in ("", ".XQ", ".DQ"):
+        try:
+            channel.queue_delete(queue + suffix)
+        except pika.exceptions.ChannelClosedByBroker:
+            channel = connection.channel()
+    connection.close()
+    rate = jobs / elapsed
+    print(f"{name:55} {rate:8.0f} jobs/s", flush=True)
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=3000)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--short-prefetch", type=int, default=8, help="prefetch for the short-job configuration")
+    parser.add_argument("--short-threads", type=int, default=8, help="threads for the short-job configuration")
+    args = parser.parse_args()
+    same = ["--processes", str(args.processes), "--threads", str(args.threads)]
+    short = ["--processes", str(args.processes), "--threads", str(args.short_threads)]
+    print(f"{args.jobs} no-op jobs, {args.processes} processes; broker {URL.split('@')[-1]}\n")
+
+    def queue(prefix: str) -> tuple[str, str, dict[str, str]]:
+        name = f"bench{uuid.uuid4().hex[:8]}"
+        return name, prefix + name, {"BENCH_QUEUE": name, "BURROW_QUEUE_PREFIX": prefix}
+
+    def node_env(prefix_env: dict[str, str], storage_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+        state = tempfile.mkdtemp(prefix="burrow-bench-state-")
+        return {**prefix_env, "BENCH_TARGET": "node.actors", "BURROW_ACTOR_MODULES": "bench_target",
+                "BURROW_STORAGE_URL": storage_url, "BURROW_STATE_DIR": state, "BURROW_GPUS": "none",
+                "BURROW_CPU_SLOTS": str(args.processes), **(extra or {})}  # fmt: skip
+
+    name, physical, env = queue("")
+    plain = measure(
+        f"plain Dramatiq, classic queue ({args.threads} thread/process)", PLAIN, env, physical, args.jobs, same
+    )
+    name, physical, env = queue("benchb.")
+    bare = measure("bare Burrow broker, quorum queue, prefetch 1", BARE, env, physical, args.jobs, same)
+    name, physical, env = queue("benchl.")
+    local = measure(
+        "full stack, local storage, prefetch 1",
+        ACTORS,
+        node_env(env, Path(tempfile.mkdtemp(prefix="burrow-bench-store-")).as_uri()),
+        physical,
+        args.jobs,
+        same,
+    )
+    s3_rate = None
+    try:
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        import boto3
+
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
+        name, physical, env = queue("benchs.")
+        s3_rate = measure(
+            "full stack, S3 endpoint (moto on loopback), prefetch 1",
+            ACTORS,
+            node_env(env, "s3://bench", {"BURROW_S3_ENDPOINT_URL": endpoint}),
+            physical,
+            args.jobs,
+            same,
+        )
+        server.stop()
+    except ImportError:
+        print("(moto not installed: S3 configuration skipped)")
+    name, physical, env = queue("")
+    plain_short = measure(
+        f"plain Dramatiq, classic queue ({args.short_threads} threads/process)", PLAIN, env, physical, args.jobs, short
+    )
+    name, physical, env = queue("benchf.")
+    fast = measure(
+        f"full stack, local storage, prefetch {args.short_prefetch}, {args.short_threads} threads",
+        ACTORS,
+        node_env(
+            env,
+            Path(tempfile.mkdtemp(prefix="burrow-bench-store-")).as_uri(),
+            {"BURROW_PREFETCH": str(args.short_prefetch)},
+        ),  # fmt: skip
+        physical,
+        args.jobs,
+        short,
+    )
+    print()
+    print(f"bare Burrow broker / plain Dramatiq           {bare / plain:5.2f}x")
+    print(f"full stack (local) / bare Burrow broker       {local / bare:5.2f}x   (goal >= 0.8)")
+    if s3_rate is not None:
+        print(f"full stack (S3) / bare Burrow broker          {s3_rate / bare:5.2f}x")
+    print(f"full stack (local) / plain Dramatiq           {local / plain:5.2f}x")
+    print(f"short-job settings / plain Dramatiq, same threads {fast / plain_short:5.2f}x   (goal >= 0.5)")
+
+
+if __name__ == "__main__":
+    main()
