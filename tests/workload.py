@@ -147,3 +147,11 @@ def twin(job_key: str) -> None:
         while (records.get(job.job_id) or {}).get("status") != "succeeded":
             time.sleep(0.05)
     job.artifacts.put("result.json", json.dumps({"attempt": job.attempt}).encode())
+
+
+@dramatiq.actor(queue_name=QUEUE, max_run_s=0.5, max_failures=2, min_backoff_s=0.1, max_backoff_s=0.4)
+def hangs_always(job_key: str) -> None:
+    """Stuck in "C code" on every run: never checks should_stop, so its process is killed every time."""
+    _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    while True:
+        time.sleep(60)

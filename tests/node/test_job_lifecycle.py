@@ -319,3 +319,19 @@ def test_inference_job_stores_its_completion_and_malformed_input_is_dead_lettere
     assert death_reason(properties.headers) == "malformed"
     assert "max_tokens must be an integer in 1..4096, got 0" in properties.headers["x-burrow-detail"]
     assert RecordStore(storage).get("bad")["status"] == "failed"
+
+
+def test_a_job_that_hangs_every_time_is_killed_each_time_and_reaches_failed_jobs_after_max_failures(
+    broker, storage, start_node
+):
+    # Given a job stuck in code that never checks should_stop (max_run_s 0.5 s, max_failures 2, 1 s grace)
+    start_node("--processes", "1", env={"BURROW_GRACE_S": "1"})
+    broker.enqueue(job_message("tests", "hangs_always", "hangs", job_key="hangs"))
+
+    # Then each run's process is killed, each kill counts as a failure, and the third one gives up
+    wait_for(lambda: broker.get_queue_message_counts("failed-jobs")[0] == 1, 120, "the failed-jobs report")
+    record = RecordStore(storage).get("hangs")
+    assert record["status"] == "failed"
+    assert [a["outcome"] for a in record["attempts"]] == ["timed_out"] * 3
+    assert len(runs(storage, "hangs")) == 3
+    assert broker.get_queue_message_counts("tests") == (0, 0, 0)
