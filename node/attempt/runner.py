@@ -233,7 +233,7 @@ class AttemptRunner:
             evidence, outcome = self._unexplained(message, job, record)
         except Exception as e:
             logger.warning("Job %s could not start (%s); offering it again later.", job.job_id, e)
-            self._carry_out(broker, message, self._decide(settings, None, Outcome.NOT_STARTED))
+            self.not_started(broker, message, settings)
             raise SkipMessage(f"could not start: {e}") from None
         status = status_of(record)
         decision = self._decide(
@@ -253,6 +253,11 @@ class AttemptRunner:
         logger.info("Job %s: %s (%s).", job.job_id, decision.action.value, decision.reason)
         self._carry_out(broker, message, decision, attempts=(record or {}).get("attempts"))
         raise SkipMessage(decision.reason)
+
+    def not_started(self, broker: dramatiq.Broker, message: Message, settings: JobSettings) -> None:
+        """Offer a job that could not start (storage or broker trouble) again later; nothing is counted."""
+        self._local.attempt = None
+        self._carry_out(broker, message, self._decide(settings, None, Outcome.NOT_STARTED))
 
     def _unexplained(
         self, message: Message, job: JobOptions, record: dict[str, Any] | None

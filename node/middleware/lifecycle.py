@@ -117,7 +117,17 @@ class JobLifecycle(dramatiq.Middleware):
             job = JobOptions.from_options(message.options, message_id=message.message_id)
         else:  # from another consumer (e.g. Dramatiq's StubBroker): check what ours would have
             job = check_fields({**message.asdict(), "args": list(message.args)}, delivered_on=message.queue_name)
+        try:
+            broker.get_actor(message.actor_name)
+        except dramatiq.errors.ActorNotFound:
+            raise MalformedMessage("actor_name", f"no actor {message.actor_name!r} on this node") from None
         option = lambda name: self.option(broker, message, name)  # noqa: E731
+        try:
+            return self._resolve(message, job, option)
+        except (TypeError, ValueError) as e:  # an actor declared with a malformed lifecycle option
+            raise MalformedMessage("options", f"actor {message.actor_name!r}: {e}") from None
+
+    def _resolve(self, message: Message, job: JobOptions, option: Callable[[str], Any]) -> JobSettings:
         ttl_s = option("ttl_s")
         return JobSettings(
             job=job,
@@ -146,7 +156,15 @@ class JobLifecycle(dramatiq.Middleware):
                 logger.exception("Could not dead-letter message %s; rejecting it.", message.message_id)
                 message.fail()
             raise SkipMessage(str(e)) from None
-        self.runner.arrive(broker, message, settings)
+        try:
+            self.runner.arrive(broker, message, settings)
+        except SkipMessage:
+            raise
+        except Exception as e:
+            # Dramatiq would log this and run the actor anyway, with no attempt set up: never let it.
+            logger.exception("Job %s could not start; offering it again later.", settings.job.job_id)
+            self.runner.not_started(broker, message, settings)
+            raise SkipMessage(f"could not start: {e}") from None
 
     def after_process_message(
         self, broker: dramatiq.Broker, message: Message, *, result: Any = None, exception: BaseException | None = None

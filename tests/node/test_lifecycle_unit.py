@@ -93,3 +93,25 @@ def test_malformed_options_are_dead_lettered_naming_the_field(tmp_path, options,
         lifecycle.before_process_message(broker, message)
     assert [reason for reason, _ in broker.set_aside] == ["malformed"]
     assert broker.set_aside[0][1].startswith(field)
+
+
+def test_an_unexpected_error_before_the_run_never_lets_the_actor_run_unaccounted(tmp_path, monkeypatch):
+    # Given a node where starting an attempt breaks in an unforeseen way
+    lifecycle, broker = make(LocalStorage(tmp_path))
+    monkeypatch.setattr(lifecycle.runner, "_start", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    message = Message(queue_name="q", actor_name="job", args=(), kwargs={}, options={})
+
+    # When a job arrives, Dramatiq is told to skip it (it would otherwise log the error and run the actor)
+    with pytest.raises(SkipMessage):
+        lifecycle.before_process_message(broker, message)
+
+    # and the job is offered again later, not lost
+    assert [(m.message_id, delay) for m, delay in broker.published] == [(message.message_id, 30_000)]
+
+
+def test_a_message_for_an_unknown_actor_is_malformed_not_retried(tmp_path):
+    lifecycle, broker = make(LocalStorage(tmp_path))
+    message = Message(queue_name="q", actor_name="ghost", args=(), kwargs={}, options={})
+    with pytest.raises(SkipMessage):
+        lifecycle.before_process_message(broker, message)
+    assert broker.set_aside[0][0] == "malformed" and broker.set_aside[0][1].startswith("actor_name")
