@@ -92,6 +92,64 @@ def s3_endpoint() -> Iterator[str]:
     server.stop()
 
 
+class RestartableS3:
+    """An S3 endpoint of a test's own (moto's threaded server on a fixed loopback port) that the test may stop
+    and start again, keeping its buckets and objects (moto keeps them in this process), plus a bucket."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server_class = ThreadedMotoServer
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.bucket = f"s3-{uuid.uuid4().hex[:8]}"
+        self.server = None
+        self.start()
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1").create_bucket(Bucket=self.bucket)
+
+    def start(self) -> None:
+        self.server = self._server_class(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def storage(self) -> Storage:
+        from node.storage import open_storage
+
+        return open_storage(f"s3://{self.bucket}", endpoint_url=self.endpoint)
+
+    def node_env(self, **extra: str) -> dict[str, str]:
+        return {
+            "BURROW_STORAGE_URL": f"s3://{self.bucket}",
+            "BURROW_S3_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            **extra,
+        }
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def restartable_s3(monkeypatch) -> Iterator[RestartableS3]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    s3 = RestartableS3()
+    yield s3
+    s3.stop()
+
+
 @pytest.fixture
 def s3_bucket(s3_endpoint: str) -> str:
     import boto3

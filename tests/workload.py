@@ -95,18 +95,21 @@ def hangs_once(job_key: str) -> None:
 
 
 @dramatiq.actor(queue_name="training", checkpoint_every_s=0.3)
-def train_until_stopped(seed: int, dim: int = 8, chunk: int = 200, extra_steps: int = 2_000) -> None:
+def train_until_stopped(
+    seed: int, dim: int = 8, chunk: int = 200, extra_steps: int = 2_000, until_file: str = ""
+) -> None:
     """Event-sized training: the first attempt trains until it is asked to stop (checkpointing every
     ``checkpoint_every_s``), then checkpoints and hands back; a resumed attempt trains ``extra_steps`` more
-    from the checkpoint and stores the result, whose fingerprint a test recomputes from its step count."""
+    from the checkpoint and stores the result, whose fingerprint a test recomputes from its step count.
+    With ``until_file``, the first attempt also finishes (storing its result) once that file exists."""
     from actors.training import decode, encode, fingerprint, initial_state, train_steps
     from node.job import current_job
 
     job = current_job()
     saved = job.checkpoint.load()
     if saved is None:
-        state = initial_state(seed, dim)
-        while True:
+        state, resumed_from = initial_state(seed, dim), 0
+        while not (until_file and os.path.exists(until_file)):
             state = train_steps(state, chunk)
             job.progress(0.5, f"step {state['step']}")
             if job.should_stop:
@@ -114,9 +117,10 @@ def train_until_stopped(seed: int, dim: int = 8, chunk: int = 200, extra_steps: 
                 job.hand_back()
             if job.checkpoint.due():
                 job.checkpoint.save(encode(state), step=state["step"])
-    state = decode(saved)
-    resumed_from = state["step"]
-    state = train_steps(state, extra_steps)
+    else:
+        state = decode(saved)
+        resumed_from = state["step"]
+        state = train_steps(state, extra_steps)
     result = {"steps": state["step"], "fingerprint": fingerprint(state["weights"]), "resumed_from": resumed_from}
     job.artifacts.put("result.json", json.dumps(result).encode())
 

@@ -127,11 +127,17 @@ class QuorumConsumer(_RabbitmqConsumer):
             headers=headers,
         )
 
-    def _ack_now(self, tag: int) -> None:
+    def _settle(self, tag: int, *, ack: bool, requeue: bool = False) -> None:
         try:
-            self.channel.basic_ack(tag)
+            if ack:
+                self.channel.basic_ack(tag)
+            else:
+                self.channel.basic_nack(tag, requeue=requeue)
         except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
             raise ConnectionClosed(e) from None
+
+    def _ack_now(self, tag: int) -> None:
+        self._settle(tag, ack=True)
 
     def _dead_letter(self, tag: int, body: bytes, detail: str) -> None:
         logger.error("Dead-lettering a malformed message on %r: %s", self.queue_name, detail)
@@ -140,24 +146,18 @@ class QuorumConsumer(_RabbitmqConsumer):
         except Exception:
             # Could not publish with a reason: let the broker dead-letter it ("rejected") rather than lose it.
             logger.warning("Falling back to a plain reject for the malformed message.", exc_info=True)
-            try:
-                self.channel.basic_nack(tag, requeue=False)
-            except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
-                raise ConnectionClosed(e) from None
+            self._settle(tag, ack=False, requeue=False)
             return
-        self._ack_now(tag)
+        self._settle(tag, ack=True)
 
     def _hand_back_untouched(self, tag: int, body: bytes) -> None:
         try:
             self.broker.publish_raw(self.logical_queue_name, body)
         except Exception:
             logger.warning("Could not hand back a message taken during shutdown; requeueing it.", exc_info=True)
-            try:
-                self.channel.basic_nack(tag, requeue=True)
-            except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
-                raise ConnectionClosed(e) from None
+            self._settle(tag, ack=False, requeue=True)
             return
-        self._ack_now(tag)
+        self._settle(tag, ack=True)
 
     def _idle_after_cancel(self):
         try:

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import uuid
 
-import boto3
 import pika
 import pytest
 from dramatiq import Message
-from moto.server import ThreadedMotoServer
 
 from node.contract.job_options import JobOptions
 from node.contract.record import begin_attempt
 from node.storage import open_storage
 from node.storage.records import RecordStore
 from tests.conftest import wait_for
-from tests.rabbitmq_node import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -32,51 +28,31 @@ def runs(storage, job_key: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_storage_down_while_the_success_is_recorded_loses_nothing_and_runs_nothing_twice(
-    amqp_url, broker, queue_prefix, start_node, tmp_path, monkeypatch
+    broker, start_node, restartable_s3, tmp_path
 ):
     # Given a node whose storage is an S3 endpoint, giving an ending attempt 2 s to record itself
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    bucket = f"down-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
-    storage = open_storage(f"s3://{bucket}", endpoint_url=endpoint)
-    env = {
-        "BURROW_STORAGE_URL": f"s3://{bucket}",
-        "BURROW_S3_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "BURROW_END_BUDGET_S": "2",
-    }
-    node = start_node("--processes", "1", env=env)
+    storage = restartable_s3.storage()
+    node = start_node("--processes", "1", env=restartable_s3.node_env(BURROW_END_BUDGET_S="2"))
     cue = tmp_path / "finish"
     broker.enqueue(job_message("tests", "waits_for_file", "late-record", job_key="late-record", path=str(cue)))
     wait_for(lambda: list(storage.list("jobs/late-record/artifacts/")), 60, "the job's result to be stored")
 
     # When storage goes away just as the job finishes, and comes back after the node gave up recording
-    server.stop()
-    try:
-        cue.touch()
-        wait_for(lambda: "Could not record the end of job late-record" in node.output(), 60, "the failed record")
-    finally:
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-    try:
-        # Then the success is recorded by a later delivery, without running the job again
-        record = wait_for(
-            lambda: (r := RecordStore(storage).get("late-record")) and r["status"] == "succeeded" and r,
-            60,
-            "the success to be recorded",
-        )
-        assert [a["outcome"] for a in record["attempts"]] == ["succeeded"]
-        assert len(runs(storage, "late-record")) == 1
-        assert json.loads(storage.get(record["artifacts"]["done.json"])[0]) == {"job_key": "late-record"}
-        wait_for(lambda: broker.get_queue_message_counts("tests") == (0, 0, 0), 60, "an empty queue")
-    finally:
-        server.stop()
+    restartable_s3.stop()
+    cue.touch()
+    wait_for(lambda: "Could not record the end of job late-record" in node.output(), 60, "the failed record")
+    restartable_s3.start()
+
+    # Then the success is recorded by a later delivery, without running the job again
+    record = wait_for(
+        lambda: (r := RecordStore(storage).get("late-record")) and r["status"] == "succeeded" and r,
+        60,
+        "the success to be recorded",
+    )
+    assert [a["outcome"] for a in record["attempts"]] == ["succeeded"]
+    assert len(runs(storage, "late-record")) == 1
+    assert json.loads(storage.get(record["artifacts"]["done.json"])[0]) == {"job_key": "late-record"}
+    wait_for(lambda: broker.get_queue_message_counts("tests") == (0, 0, 0), 60, "an empty queue")
 
 
 class ReplayingStorage:

@@ -14,7 +14,6 @@ from dramatiq import Message
 
 from actors.training import fingerprint, initial_state, train_steps
 from node.attempt.checkpoints import manifest_key
-from node.broker import QuorumRabbitmqBroker
 from node.contract.job_options import JobOptions
 from node.contract.queues import death_reason
 from node.storage.records import RecordStore
@@ -214,57 +213,32 @@ def test_an_actor_that_always_raises_cools_down_longer_each_time_then_lands_in_f
 
 
 def test_s3_outage_during_checkpoints_does_not_stop_the_job_and_checkpoints_land_afterwards(
-    queue_prefix, amqp_url, start_node, monkeypatch
+    broker, start_node, restartable_s3, tmp_path
 ):
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    from node.storage import open_storage
-    from tests.rabbitmq_node import free_port
-
-    # Given a node whose storage is an S3 endpoint, running a long training job
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    bucket = f"outage-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
-    storage = open_storage(f"s3://{bucket}", endpoint_url=endpoint)
-    env = {
-        "BURROW_STORAGE_URL": f"s3://{bucket}",
-        "BURROW_S3_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }
-    start_node("--processes", "1", env=env)
-    broker = QuorumRabbitmqBroker(url=amqp_url, queue_prefix=queue_prefix)
-    steps, job_id = 700_000, f"train-{uuid.uuid4().hex[:8]}"
-    broker.enqueue(
-        job_message("training", "train", job_id, options={"checkpoint_every_s": 0.3}, seed=SEED, steps=steps)
-    )
+    # Given a node whose storage is an S3 endpoint, running a training job that checkpoints every 0.3 s
+    storage = restartable_s3.storage()
+    start_node("--processes", "1", env=restartable_s3.node_env())
+    job_id, finish = f"train-{uuid.uuid4().hex[:8]}", tmp_path / "finish"
+    broker.enqueue(job_message("training", "train_until_stopped", job_id, seed=SEED, until_file=str(finish)))
     before = wait_for(lambda: manifest(storage, job_id), 60, "the first checkpoint")
 
     # When the endpoint goes away for a while, mid-run, and comes back
-    server.stop()
-    time.sleep(2.5)  # the outage itself
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    restartable_s3.stop()
+    time.sleep(2.5)  # the outage itself, not a synchronisation
+    restartable_s3.start()
     back_at = time.time()
-    try:
-        # Then checkpoints land again, further along, and the job finishes in the same attempt
-        after = wait_for(
-            lambda: (m := manifest(storage, job_id)) and m["stored_at"] > back_at and m, 60, "a checkpoint after"
-        )
-        assert after["meta"]["step"] > before["meta"]["step"] and after["attempt"] == before["attempt"]
-        result = wait_for(lambda: completed(storage, job_id), 120, "the training result")
-        record = RecordStore(storage).get(job_id)
-        assert [a["outcome"] for a in record["attempts"]] == ["succeeded"]
-        assert result["fingerprint"] == expected_fingerprint(steps)
-    finally:
-        broker.close()
-        server.stop()
+
+    # Then checkpoints land again, further along, in the same attempt
+    after = wait_for(
+        lambda: (m := manifest(storage, job_id)) and m["stored_at"] > back_at and m, 60, "a checkpoint after"
+    )
+    assert after["meta"]["step"] > before["meta"]["step"] and after["attempt"] == before["attempt"]
+    # and once told to finish, the job succeeds in that attempt with a bit-identical result
+    finish.touch()
+    result = wait_for(lambda: completed(storage, job_id), 120, "the training result")
+    record = RecordStore(storage).get(job_id)
+    assert [a["outcome"] for a in record["attempts"]] == ["succeeded"]
+    assert result["fingerprint"] == expected_fingerprint(result["steps"])
 
 
 def test_a_job_over_its_reservation_is_stopped_checkpointed_and_retried_as_a_failure(broker, storage, start_node):
