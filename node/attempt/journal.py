@@ -24,12 +24,16 @@ logger = logging.getLogger(__name__)
 
 
 def process_start_time(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), to tell a reused pid apart; ``None`` if gone."""
+    """The kernel's start time of ``pid`` (clock ticks since boot), to tell a reused pid apart; ``None`` if the
+    process is gone — or dead and not yet reaped by its parent (a zombie still has its ``/proc`` entry)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X", "x"):
+        return None
+    return int(fields[19])
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from node.attempt.journal import Journal, process_start_time
+from tests.conftest import wait_for
 
 
 def dead_pid() -> int:
@@ -60,3 +62,15 @@ def test_own_entries_are_written_started_then_finished_and_forgotten_once_record
     write_entry(tmp_path, "dead", job_id="j", attempt_id="a2", instance="i", pid=dead_pid(), pid_start=1)
     journal.forget("j")
     assert not (tmp_path / "dead.json").exists()
+
+
+def test_a_dead_process_not_yet_reaped_by_its_parent_is_dead(tmp_path):
+    # A SIGKILLed worker stays a zombie until its dramatiq master reaps it: it must count as dead at once.
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    stat = Path(f"/proc/{child.pid}/stat")
+    start = int(stat.read_text().rsplit(")", 1)[1].split()[19])
+    wait_for(lambda: stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", 30, "a zombie")
+    journal = Journal(tmp_path, "cpu-0", "i")
+    write_entry(tmp_path, "a", job_id="j", attempt_id="a1", instance="i", pid=child.pid, pid_start=start)
+    assert journal.evidence("j").crashed == {"a1"}
+    child.wait()
