@@ -20,7 +20,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
@@ -35,19 +34,19 @@ from ..contract.record import (
     close_unexplained,
     end_attempt,
     mark_killed,
-    newest_attempt_id,
     set_status,
     status_of,
 )
-from ..errors import FencedOut, InvalidInput, InvalidTransition, Preempted
+from ..errors import InvalidInput, Preempted
 from ..retrying import Deadline, deadline_scope, retry
 from ..storage import Storage
 from ..storage.records import RecordStore
 from . import running
+from .attempt import Attempt, JobSettings
 from .context import Artifacts, AttemptContext, JobCheckpoint
 from .journal import Evidence, Journal
 from .monitor import Monitor
-from .policy import Action, Decision, Limits, decide
+from .policy import Action, Decision, decide
 from .routing import route
 
 logger = logging.getLogger(__name__)
@@ -57,107 +56,6 @@ EXIT_KILLED_OVERRUN = 4
 #: During a shutdown, a handed-back job re-enters its queue this long after SIGTERM at the earliest: by then
 #: every consumer of the node has stopped (they check every ``Prefetch`` consumer timeout).
 HANDBACK_HOLD_S = 1.5
-
-
-@dataclass(frozen=True)
-class JobSettings:
-    """An arriving job's options as the lifecycle resolved them (message option → actor option → default)."""
-
-    job: JobOptions
-    limits: Limits
-    expires_at: float | None
-    max_run_s: float | None
-    checkpoint_every_s: float
-
-
-class Attempt:
-    """A running attempt: its context, and what the monitor and the end of the attempt need."""
-
-    def __init__(
-        self,
-        runner: AttemptRunner,
-        message: Message,
-        settings: JobSettings,
-        context: AttemptContext,
-        known: tuple[dict[str, Any] | None, str | None],
-    ) -> None:
-        self.runner = runner
-        self.message = message
-        self.settings = settings
-        self.context = context
-        self.known: tuple[dict[str, Any] | None, str | None] | None = known  # the record as read on arrival
-        self.started_at = runner.clock()
-        self.started_monotonic = time.monotonic()
-        self.max_run_s = settings.max_run_s
-        self.recorded = False
-        self.lock = threading.Lock()
-        self.token: Any = None
-        self._progress_written: dict[str, Any] | None = None
-
-    @property
-    def job_id(self) -> str:
-        return self.context.job_id
-
-    def entry(self) -> dict[str, Any]:
-        """This attempt's entry in the record."""
-        return {
-            "attempt_id": self.context.attempt_id,
-            "node": self.runner.node_id,
-            "instance": self.runner.instance,
-            "slot": self.runner.slot_id,
-            "pid": os.getpid(),
-            "message_id": self.message.message_id,
-            "delivery_count": getattr(self.message, "delivery_count", 0),
-            "started_at": self.started_at,
-        }
-
-    def request_stop(self, reason: str) -> None:
-        self.context.request_stop(reason)
-
-    def claim(self) -> int:
-        """Record this attempt now (before its first checkpoint: the checkpoint fence is its number)."""
-        with self.lock:
-            if not self.recorded:
-                self.write_record()
-        if self.context.stop_reason == "fenced":
-            raise FencedOut(f"job {self.job_id} is already final; attempt {self.context.attempt_id} may not write")
-        return self.context.attempt
-
-    def write_record(self) -> None:
-        """Write this attempt's entry (and progress) into the record (call with ``lock`` held)."""
-        progress = self.context.progress_value
-
-        def begin(record: dict[str, Any]) -> int:
-            number = begin_attempt(record, self.entry())
-            if progress is not None and newest_attempt_id(record) == self.context.attempt_id:
-                record["progress"] = progress
-            return number
-
-        try:
-            _, number = self.runner.records.update(
-                self.job_id, begin, actor=self.message.actor_name, queue=self.message.queue_name, known=self.known
-            )
-        except InvalidTransition as e:
-            self.recorded = True
-            self.context.request_stop("fenced")
-            logger.warning("Job %s attempt %s cannot be recorded: %s", self.job_id, self.context.attempt_id, e)
-            return
-        self.known = None
-        self.recorded = True
-        self.context.attempt = number
-        self._progress_written = progress
-
-    def write_progress(self) -> None:
-        progress = self.context.progress_value
-        if progress is None or progress == self._progress_written:
-            return
-
-        def update(record: dict[str, Any]) -> None:
-            if newest_attempt_id(record) == self.context.attempt_id:
-                record["progress"] = progress
-
-        self.runner.records.update(self.job_id, update)
-        self._progress_written = progress
 
 
 class AttemptRunner:
