@@ -5,9 +5,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import itertools
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,8 +28,9 @@ class LocalStorage(Storage):
     """Objects are files under ``root``; every write is atomic and durable (temp file, fsync, rename, fsync
     of the directory).
 
-    Conditional writes hold an ``flock`` (one of ``LOCK_STRIPES`` stripe files) around check-and-replace, so
-    they are safe between processes on one machine, which is all a local directory can serve.
+    A create-if-absent links the written file in (``link`` fails if the name exists); a replace-if-unchanged
+    holds an ``flock`` (one of ``LOCK_STRIPES`` stripe files) around check-and-replace. Both are safe between
+    processes on one machine, which is all a local directory can serve.
 
     The ETag of an object is a random token stored with the file as an extended attribute, written before
     the rename: it can never repeat, unlike inode numbers and modification times (ext4 reuses inodes, and a
@@ -42,6 +45,7 @@ class LocalStorage(Storage):
         self.root = Path(root)
         self._xattrs = True
         self._locks_ready = False
+        self._counter = itertools.count()
 
     def __repr__(self) -> str:
         return f"LocalStorage({str(self.root)!r})"
@@ -71,9 +75,20 @@ class LocalStorage(Storage):
                     raise
         return hashlib.blake2b(read(), digest_size=16).hexdigest()  # no token: a file written by other means
 
-    def _write_atomically(self, path: Path, write: Callable[[BinaryIO], None]) -> str:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    def _temp_file(self, path: Path) -> tuple[int, str]:
+        # Unique without mkstemp's random-name retries: pid, thread and a counter name it.
+        tmp = f"{path.parent}/.{path.name}.{os.getpid()}.{threading.get_ident()}.{next(self._counter)}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            return os.open(tmp, flags, 0o644), tmp
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(tmp, flags, 0o644), tmp
+
+    def _write_atomically(self, path: Path, write: Callable[[BinaryIO], None], *, create_only: bool = False) -> str:
+        """Write through a temp file; replace ``path``, or with ``create_only`` link it in only if it is absent
+        (an atomic create-if-absent without a lock: ``link`` fails when the name exists)."""
+        fd, tmp = self._temp_file(path)
         try:
             with os.fdopen(fd, "wb") as handle:
                 write(handle)
@@ -87,7 +102,15 @@ class LocalStorage(Storage):
                             raise
                         self._xattrs = False
                 os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            if create_only:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise PreconditionFailed(f"{path.relative_to(self.root).as_posix()!r} already exists") from None
+                finally:
+                    os.unlink(tmp)
+            else:
+                os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -100,8 +123,9 @@ class LocalStorage(Storage):
 
     def put(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> ObjectInfo:
         path = self._path(key)
-        if if_match is None and not if_none_match:
-            return ObjectInfo(key=key, etag=self._write_atomically(path, lambda h: h.write(data)), size=len(data))
+        if if_match is None:
+            etag = self._write_atomically(path, lambda h: h.write(data), create_only=if_none_match)
+            return ObjectInfo(key=key, etag=etag, size=len(data))
         with self._locked(key):
             current = self.head(key)
             if if_none_match and current is not None:
