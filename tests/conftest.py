@@ -24,10 +24,12 @@ from dramatiq import Message
 from dramatiq.brokers.stub import StubBroker
 
 from node.broker import QuorumRabbitmqBroker
+from node.contract.job_options import JobOptions
 from node.contract.queues import WAIT_BUCKETS_MS
 from node.middleware import JobSubmission
 from node.settings import DEFAULT_AMQP_URL
 from node.storage import LocalStorage, Storage
+from tests.rabbitmq_node import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,7 +102,7 @@ class RestartableS3:
         from moto.server import ThreadedMotoServer
 
         self._server_class = ThreadedMotoServer
-        self.port = _free_port()
+        self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.bucket = f"s3-{uuid.uuid4().hex[:8]}"
         self.server = None
@@ -131,14 +133,6 @@ class RestartableS3:
             "AWS_SECRET_ACCESS_KEY": "testing",
             **extra,
         }
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -199,6 +193,17 @@ def _tracked_stub(job_key: str = "", work_s: float = 1.0) -> None:
 
 def _crash_stub(job_key: str = "", how: str = "sigkill") -> None:
     """Stands for ``tests.workload.crash_always`` on a test's client broker."""
+
+
+def job_message(queue: str, actor: str, job_id: str, *, options: dict | None = None, **kwargs: object) -> Message:
+    """A message for ``actor`` carrying job options with ``job_id`` (plus any message ``options``)."""
+    return Message(
+        queue_name=queue,
+        actor_name=actor,
+        args=(),
+        kwargs=kwargs,
+        options={"job": JobOptions(job_id=job_id).to_options(), **(options or {})},
+    )
 
 
 def send(broker: QuorumRabbitmqBroker, queue_name: str, actor_name: str, **kwargs: object) -> Message:

@@ -20,6 +20,8 @@ from ..contract.record import FAILURE_OUTCOMES, FINAL_STATUSES, INTERRUPTION_OUT
 NOT_STARTED_DELAY_S = 30.0
 #: Delay before a copy of a job still running in a live process of this node is looked at again.
 DUPLICATE_DELAY_S = 30.0
+#: Delay before a job whose success could not be recorded comes back to have it recorded (not run again).
+SETTLE_DELAY_S = 5.0
 #: How long a node named in ``avoid_nodes`` leaves the job to the others before it takes it itself.
 AVOID_DELAY_S = 2.0
 

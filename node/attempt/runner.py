@@ -46,7 +46,7 @@ from .attempt import Attempt, JobSettings
 from .context import Artifacts, AttemptContext, JobCheckpoint
 from .journal import Evidence, Journal
 from .monitor import Monitor
-from .policy import Action, Decision, decide
+from .policy import SETTLE_DELAY_S, Action, Decision, decide
 from .routing import route
 
 logger = logging.getLogger(__name__)
@@ -209,18 +209,17 @@ class AttemptRunner:
         job = settings.job
 
         def update(record: dict[str, Any]) -> None:
-            for entry in evidence.entries:  # attempts that died before they were recorded
-                if not any(a.get("attempt_id") == entry.attempt_id for a in record["attempts"]):
-                    begin_attempt(
-                        record,
-                        {
-                            "attempt_id": entry.attempt_id,
-                            "node": self.node_id,
-                            "instance": entry.instance,
-                            "pid": entry.pid,
-                            "started_at": entry.started_at,
-                        },
-                    )
+            for entry in evidence.entries:  # attempts that died before they recorded themselves (idempotent)
+                begin_attempt(
+                    record,
+                    {
+                        "attempt_id": entry.attempt_id,
+                        "node": self.node_id,
+                        "instance": entry.instance,
+                        "pid": entry.pid,
+                        "started_at": entry.started_at,
+                    },
+                )
             close_unexplained(record, now=now, crashed_here=evidence.crashed, killed_here=evidence.killed)
             if decision.action is Action.SETTLE:
                 attempt_id = job.unrecorded_success or ""
@@ -359,7 +358,7 @@ class AttemptRunner:
                     Action.RETRY,
                     decision.job.replace(unrecorded_success=context.attempt_id),
                     reason="success not recorded yet",
-                    delay_s=5.0,
+                    delay_s=SETTLE_DELAY_S,
                 )
         level = logging.INFO if outcome in (Outcome.SUCCEEDED, Outcome.INTERRUPTED) else logging.WARNING
         logger.log(
@@ -391,7 +390,7 @@ class AttemptRunner:
             )
             message.fail()
 
-    def _kill_overrun(self, attempt: Attempt) -> None:  # type: ignore[override]
+    def _kill_overrun(self, attempt: Attempt) -> None:
         """The job ignored ``should_stop`` past its reservation: note it, then end the process."""
         context = attempt.context
         error = f"killed: still running {self.hard_stop_s}s after its max_run_s ({attempt.max_run_s}s)"
@@ -405,8 +404,7 @@ class AttemptRunner:
                 self.journal.started(context.job_id, context.attempt_id, killed=error, started_at=attempt.started_at)
 
             def killed(record: dict[str, Any]) -> None:
-                if not any(a.get("attempt_id") == context.attempt_id for a in record["attempts"]):
-                    begin_attempt(record, attempt.entry())
+                begin_attempt(record, attempt.entry())  # idempotent: a no-op once the attempt is recorded
                 mark_killed(record, context.attempt_id, error)
 
             retry(lambda: self.records.update(context.job_id, killed), deadline=Deadline(5), what="Recording a kill")

@@ -104,11 +104,11 @@ class JobLifecycle(dramatiq.Middleware):
             rng=rng,
         )
 
-    def option(self, broker: dramatiq.Broker, message: Message, name: str) -> Any:
+    def option(self, actor: dramatiq.Actor, message: Message, name: str) -> Any:
         """An option's value: the message's, else the actor's, else this middleware's default."""
         if message.options.get(name) is not None:
             return message.options[name]
-        value = broker.get_actor(message.actor_name).options.get(name)
+        value = actor.options.get(name)
         return self.defaults[name] if value is None else value
 
     def settings(self, broker: dramatiq.Broker, message: Message) -> JobSettings:
@@ -118,10 +118,10 @@ class JobLifecycle(dramatiq.Middleware):
         else:  # from another consumer (e.g. Dramatiq's StubBroker): check what ours would have
             job = check_fields({**message.asdict(), "args": list(message.args)}, delivered_on=message.queue_name)
         try:
-            broker.get_actor(message.actor_name)
+            actor = broker.get_actor(message.actor_name)
         except dramatiq.errors.ActorNotFound:
             raise MalformedMessage("actor_name", f"no actor {message.actor_name!r} on this node") from None
-        option = lambda name: self.option(broker, message, name)  # noqa: E731
+        option = lambda name: self.option(actor, message, name)  # noqa: E731
         try:
             return self._resolve(message, job, option)
         except (TypeError, ValueError) as e:  # an actor declared with a malformed lifecycle option

@@ -15,22 +15,6 @@ from .base import Storage
 logger = logging.getLogger(__name__)
 
 
-def _fingerprint(record: dict[str, Any]) -> tuple:
-    """A cheap summary that changes whenever a record operation changes the record."""
-    attempts = record["attempts"]
-    last = attempts[-1] if attempts else {}
-    return (
-        record.get("status"),
-        record.get("reason"),
-        len(attempts),
-        tuple((a.get("outcome"), a.get("killed")) for a in attempts),
-        last.get("ended_at"),
-        repr(record.get("checkpoint")),
-        repr(record.get("progress")),
-        len(record.get("artifacts") or {}),
-    )
-
-
 class RecordStore:
     """Reads and updates job records.
 
@@ -84,9 +68,9 @@ class RecordStore:
             record, etag = self._read_private(job_id, known if attempt == 0 else None)
             if record is None:
                 record = new_record(job_id, actor=actor, queue=queue)
-            before = record.get("updated_at"), _fingerprint(record)
+            before = json.dumps(record, separators=(",", ":"))
             value = mutate(record)
-            if etag is not None and (record.get("updated_at"), _fingerprint(record)) == before:
+            if etag is not None and json.dumps(record, separators=(",", ":")) == before:
                 return record, value  # nothing changed (e.g. a replayed begin): nothing to write
             record["updated_at"] = time.time()
             body = json.dumps(record, separators=(",", ":")).encode()

@@ -8,18 +8,12 @@ import pika
 import pytest
 from dramatiq import Message
 
-from node.contract.job_options import JobOptions
 from node.contract.record import begin_attempt
 from node.storage import open_storage
 from node.storage.records import RecordStore
-from tests.conftest import wait_for
+from tests.conftest import job_message, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-
-def job_message(queue: str, actor: str, job_id: str, **kwargs) -> Message:
-    options = {"job": JobOptions(job_id=job_id).to_options()}
-    return Message(queue_name=queue, actor_name=actor, args=(), kwargs=kwargs, options=options)
 
 
 def runs(storage, job_key: str) -> list[dict]:

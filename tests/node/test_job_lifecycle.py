@@ -17,21 +17,11 @@ from node.attempt.checkpoints import manifest_key
 from node.contract.job_options import JobOptions
 from node.contract.queues import death_reason
 from node.storage.records import RecordStore
-from tests.conftest import wait_for
+from tests.conftest import job_message, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
 SEED, DIM = 11, 8
-
-
-def job_message(queue: str, actor: str, job_id: str, *, options: dict | None = None, **kwargs) -> Message:
-    return Message(
-        queue_name=queue,
-        actor_name=actor,
-        args=(),
-        kwargs=kwargs,
-        options={"job": JobOptions(job_id=job_id).to_options(), **(options or {})},
-    )
 
 
 def expected_fingerprint(steps: int) -> str:
