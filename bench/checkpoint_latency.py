@@ -1,7 +1,8 @@
 """How long a checkpoint takes to reach storage while the job keeps the CPU (and the GIL) busy.
 
 Runs the same pure-Python training loop, saving a checkpoint every 0.3 s, once with Python's default GIL switch
-interval (5 ms, the baseline) and once with the interval worker processes use (``node.boot.SWITCH_INTERVAL_S``),
+interval (5 ms, the baseline) and once with the interval used during uploads
+(``node.attempt.gil.FAST_SWITCH_INTERVAL_S``),
 each in a fresh process, and prints the upload latency (snapshot taken → manifest stored) and the ratio.
 
     python bench/checkpoint_latency.py [--seconds 6]
@@ -65,7 +66,7 @@ def describe(name: str, result: dict) -> float:
 
 
 def main() -> None:
-    from node.boot import SWITCH_INTERVAL_S
+    from node.attempt.gil import FAST_SWITCH_INTERVAL_S as SWITCH_INTERVAL_S
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0)

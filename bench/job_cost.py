@@ -193,6 +193,15 @@ def main() -> None:
     plain_short = measure(
         f"plain Dramatiq, classic queue ({args.short_threads} threads/process)", PLAIN, env, physical, args.jobs, short
     )
+    name, physical, env = queue("benchb.")
+    bare_short = measure(
+        f"bare Burrow broker, prefetch {args.short_prefetch}, {args.short_threads} threads",
+        BARE,
+        {**env, "BURROW_PREFETCH": str(args.short_prefetch)},
+        physical,
+        args.jobs,
+        short,
+    )
     name, physical, env = queue("benchf.")
     fast = measure(
         f"full stack, local storage, prefetch {args.short_prefetch}, {args.short_threads} threads",
@@ -212,6 +221,7 @@ def main() -> None:
     if s3_rate is not None:
         print(f"full stack (S3) / bare Burrow broker          {s3_rate / bare:5.2f}x")
     print(f"full stack (local) / plain Dramatiq           {local / plain:5.2f}x")
+    print(f"short-job settings: full stack / bare broker  {fast / bare_short:5.2f}x   (goal >= 0.8)")
     print(f"short-job settings / plain Dramatiq, same threads {fast / plain_short:5.2f}x   (goal >= 0.5)")
 
 

@@ -29,11 +29,6 @@ from .supervisor.slots import SlotLease, configured_slots
 
 logger = logging.getLogger("burrow.boot")
 
-#: GIL switch interval for worker processes. CPU-bound actors hold the GIL; at Python's default (5 ms) every
-#: blocking call of the checkpoint-upload thread waits that long to get it back, and an upload that makes
-#: dozens of calls stalled for seconds beside a pure-Python training loop. At 0.5 ms uploads take ~15 ms.
-SWITCH_INTERVAL_S = 0.0005
-
 #: Exit code of a worker process that could not boot for a reason an operator must fix (config, slots).
 EXIT_BOOT_FAILED = 3
 
@@ -110,7 +105,6 @@ def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroke
     environ = os.environ if environ is None else environ
     try:
         settings = Settings.from_env(environ)
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         if environ.get("BURROW_SUPERVISED") == "1":
             # Our parent is the dramatiq master the supervisor started; if it dies, drain and go.
             die_with_parent()

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import FencedOut, NodeError, ObjectNotFound, PreconditionFailed
 from ..storage import Storage
+from .gil import fast_switching
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +222,8 @@ class Checkpointer:
         pause = self.retry_min_s
         while True:
             try:
-                self._upload(snapshot)
+                with fast_switching():
+                    self._upload(snapshot)
                 self.last_error = None
                 return
             except FencedOut as e:

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from .gil import fast_switching
+
 logger = logging.getLogger(__name__)
 
 TICK_S = 0.1
@@ -108,7 +110,8 @@ class Monitor:
             with self._lock:
                 if id(attempt) not in self._watched:
                     return
-            write()
+            with fast_switching():  # beside a CPU-bound job, or the write waits 5 ms per blocking call
+                write()
         except Exception as e:  # storage trouble: the next tick tries again
             logger.debug("Record write for a running attempt failed: %s", e)
         finally:

@@ -271,7 +271,8 @@ class AttemptRunner:
         attempt.token = running.enter(context)
         self._local.attempt = attempt
         self.monitor.watch(attempt)
-        logger.info("Job %s attempt %d started (%s).", job.job_id, number, message.actor_name)
+        # Per-job lines at DEBUG: at thousands of short jobs a second, logging them costs more than the job.
+        logger.debug("Job %s attempt %d started (%s).", job.job_id, number, message.actor_name)
 
     # -- end ----------------------------------------------------------------------------------------------
 
@@ -360,7 +361,7 @@ class AttemptRunner:
                     reason="success not recorded yet",
                     delay_s=SETTLE_DELAY_S,
                 )
-        level = logging.INFO if outcome in (Outcome.SUCCEEDED, Outcome.INTERRUPTED) else logging.WARNING
+        level = {Outcome.SUCCEEDED: logging.DEBUG, Outcome.INTERRUPTED: logging.INFO}.get(outcome, logging.WARNING)
         logger.log(
             level,
             "Job %s attempt %d %s: %s (%s).",

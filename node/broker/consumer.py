@@ -28,6 +28,7 @@ from dramatiq.errors import ActorNotFound, ConnectionClosed
 from dramatiq.message import Message
 
 from ..contract.envelope import check_arguments, check_fields, decode_fields
+from ..contract.job_options import JobOptions
 from ..contract.queues import DeadLetterReason
 from ..errors import MalformedMessage
 
@@ -47,15 +48,16 @@ class DeliveredMessage(_RabbitmqMessage):
         redelivered: The broker delivered it before (to this or another consumer).
         delivery_count: Earlier deliveries that did not end in an ack (0 on the first delivery).
         headers: The AMQP headers as received.
-        envelope_checked: Always true: the consumer checked the envelope (the lifecycle need not again).
+        checked_job: The job options as the consumer checked them (the lifecycle need not parse them again).
     """
 
-    envelope_checked = True
-
-    def __init__(self, redelivered: bool, tag: int, message: Message, delivery_count: int, headers: dict):
+    def __init__(
+        self, redelivered: bool, tag: int, message: Message, delivery_count: int, headers: dict, checked_job: JobOptions
+    ):
         super().__init__(redelivered, tag, message)
         self.delivery_count = delivery_count
         self.headers = headers
+        self.checked_job = checked_job
 
 
 class QuorumConsumer(_RabbitmqConsumer):
@@ -98,7 +100,7 @@ class QuorumConsumer(_RabbitmqConsumer):
 
     def _admit(self, method: Any, properties: Any, body: bytes) -> DeliveredMessage | None:
         fields = decode_fields(body)
-        check_fields(fields, delivered_on=self.logical_queue_name)
+        job = check_fields(fields, delivered_on=self.logical_queue_name)
         try:
             actor = self.broker.get_actor(fields["actor_name"])
         except ActorNotFound:
@@ -125,6 +127,7 @@ class QuorumConsumer(_RabbitmqConsumer):
             message,
             delivery_count=count if isinstance(count, int) else 0,
             headers=headers,
+            checked_job=job,
         )
 
     def _settle(self, tag: int, *, ack: bool, requeue: bool = False) -> None:

@@ -10,6 +10,7 @@ The same checks run at submit (``check_arguments`` in ``JobSubmission``), so a b
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -74,11 +75,18 @@ def check_fields(fields: Mapping[str, Any], *, delivered_on: str) -> JobOptions:
 def check_arguments(fn: Callable[..., Any], args: Any, kwargs: Mapping[str, Any]) -> None:
     """Raise ``MalformedMessage`` when ``args``/``kwargs`` do not fit ``fn``'s signature."""
     try:
-        inspect.signature(fn).bind(*args, **kwargs)
-    except TypeError as e:
-        raise MalformedMessage("args/kwargs", f"do not fit {getattr(fn, '__name__', 'the actor')}(): {e}") from None
+        signature = _signature(fn)
     except ValueError:  # a builtin without a signature: nothing to check
         return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as e:
+        raise MalformedMessage("args/kwargs", f"do not fit {getattr(fn, '__name__', 'the actor')}(): {e}") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(fn)  # computing it costs more than the bind: once per actor
 
 
 def _finite(name: str, value: Any) -> None:

@@ -113,9 +113,8 @@ class JobLifecycle(dramatiq.Middleware):
 
     def settings(self, broker: dramatiq.Broker, message: Message) -> JobSettings:
         """Resolve the job's options; raises ``MalformedMessage`` naming a bad field."""
-        if getattr(message, "envelope_checked", False):
-            job = JobOptions.from_options(message.options, message_id=message.message_id)
-        else:  # from another consumer (e.g. Dramatiq's StubBroker): check what ours would have
+        job = getattr(message, "checked_job", None)
+        if job is None:  # from another consumer (e.g. Dramatiq's StubBroker): check what ours would have
             job = check_fields({**message.asdict(), "args": list(message.args)}, delivered_on=message.queue_name)
         try:
             actor = broker.get_actor(message.actor_name)
