@@ -20,8 +20,9 @@ from dramatiq.middleware import Callbacks, CurrentMessage, Pipelines
 from . import context
 from .attempt.journal import Journal, process_start_time
 from .broker import QuorumRabbitmqBroker
+from .contract.topology import load_topology
 from .errors import BurrowError
-from .middleware import JobLifecycle, JobSubmission, Prefetch, Shutdown
+from .middleware import JobLifecycle, JobSubmission, Prefetch, Shutdown, SlotConsumer
 from .settings import Settings
 from .storage import Storage, storage_from_settings
 from .supervisor.process import die_with_parent
@@ -80,13 +81,18 @@ def build_broker(
         ),
         Shutdown(),
         Prefetch(prefetch=settings.prefetch),
+        SlotConsumer(),
     ]
+    topology = load_topology(settings.topology) if settings.topology else None
+    serves = topology.node_queues(settings.subcloud, settings.models) if topology else None
     return QuorumRabbitmqBroker(
         url=settings.amqp_url,
         delivery_limit=settings.delivery_limit,
         queue_prefix=settings.queue_prefix,
         heartbeat_s=settings.heartbeat_s,
         middleware=middleware,
+        topology=topology,
+        serves=serves,
     )
 
 
@@ -126,7 +132,7 @@ def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroke
         )
         for module in settings.actor_modules:
             importlib.import_module(module)
-        for queue_name in sorted(broker.get_declared_queues()):
+        for queue_name in broker.work_queues():
             broker.declare_queue(queue_name, ensure=True)  # fail fast on a mismatched existing queue
         # The main thread only sleeps from here on: an idle connection would miss its heartbeats.
         del broker.connection

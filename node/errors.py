@@ -8,6 +8,7 @@ Callers catch exactly as much as they mean to; nothing here shadows a built-in n
     │   ├── ConfigError      a setting is malformed (names the variable)
     │   ├── SlotError        no GPU/CPU slot for this process
     │   ├── QueueMismatchError  a queue exists with other arguments
+    │   ├── NoSuchQueue      a job's subcloud/model/type/priority has no queue (topology, or not applied)
     │   ├── InvalidTransition   a job status change the lifecycle forbids
     │   └── FencedOut        a newer attempt owns the job
     ├── MalformedMessage     a message (or one of its fields) cannot be trusted; dead-lettered as ``malformed``
@@ -43,6 +44,10 @@ class ConfigError(NodeError):
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
+
+
+class NoSuchQueue(NodeError):
+    """A job names a queue (subcloud, job type, model, priority) that the topology or the broker lacks."""
 
 
 class SlotError(NodeError):

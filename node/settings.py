@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from .contract.topology import PART_PATTERN
 from .errors import ConfigError
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -66,6 +67,10 @@ class Settings:
         restart_backoff_min_s: First delay before restarting a crashed worker (``BURROW_RESTART_BACKOFF_MIN_S``).
         restart_backoff_max_s: Largest such delay (``BURROW_RESTART_BACKOFF_MAX_S``).
         actor_modules: Modules ``node.actors`` imports (``BURROW_ACTOR_MODULES``, comma-separated).
+        topology: The queue topology file (``BURROW_TOPOLOGY``, TOML; see ``node.contract.topology``); empty:
+            one queue per actor, as Dramatiq does.
+        models: The models this node serves (``BURROW_MODELS``, comma-separated; empty: all of its
+            subcloud's). Only with a topology.
     """
 
     amqp_url: str = DEFAULT_AMQP_URL
@@ -89,6 +94,8 @@ class Settings:
     restart_backoff_min_s: float = 1.0
     restart_backoff_max_s: float = 60.0
     actor_modules: tuple[str, ...] = DEFAULT_ACTOR_MODULES
+    topology: Path | None = None
+    models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.storage_url:
@@ -130,6 +137,8 @@ class Settings:
             restart_backoff_min_s=r.number("BURROW_RESTART_BACKOFF_MIN_S", 1.0, minimum=0),
             restart_backoff_max_s=r.number("BURROW_RESTART_BACKOFF_MAX_S", 60.0, minimum=0),
             actor_modules=r.modules("BURROW_ACTOR_MODULES", defaults.actor_modules),
+            topology=Path(r.text("BURROW_TOPOLOGY", "")) if r.text("BURROW_TOPOLOGY", "") else None,
+            models=r.names("BURROW_MODELS"),
         )
 
 
@@ -208,6 +217,14 @@ class _Reader:
                     name, f"{part!r} is not a GPU index or UUID; expected 'auto', 'none', '0,1,2' or 'GPU-<uuid>'"
                 )
         return ids
+
+    def names(self, name: str) -> tuple[str, ...]:
+        value = self._raw(name)
+        names = tuple(part.strip() for part in (value or "").split(",") if part.strip())
+        for part in names:
+            if not PART_PATTERN.fullmatch(part):
+                raise ConfigError(name, f"{part!r} is not a name (1-48 of a-z, 0-9, '-', '_')")
+        return names
 
     def modules(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
         value = self._raw(name)

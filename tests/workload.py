@@ -159,3 +159,9 @@ def hangs_always(job_key: str) -> None:
     _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}")
     while True:
         time.sleep(60)
+
+
+@dramatiq.actor(queue_name=QUEUE, model="llama3-8b", job_type="sync")
+def inference(job_key: str) -> None:
+    """A short job for a model (routed by the topology): records that it ran."""
+    _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}")

@@ -88,19 +88,22 @@ class QuorumConsumer(_RabbitmqConsumer):
         if self._cancel_requested:  # arrived while shutdown began: not ours to run
             self._hand_back_untouched(method.delivery_tag, body)
             return self._idle_after_cancel()
+        return self._admit_or_dead_letter(self.logical_queue_name, method, properties, body)
+
+    def _admit_or_dead_letter(self, queue: str, method: Any, properties: Any, body: bytes) -> DeliveredMessage | None:
         try:
-            return self._admit(method, properties, body)
+            return self._admit(queue, method, properties, body)
         except ConnectionClosed:
             raise
         except MalformedMessage as e:
-            self._dead_letter(method.delivery_tag, body, str(e))
+            self._dead_letter(queue, method.delivery_tag, body, str(e))
         except Exception as e:  # whatever else a hostile body provokes: it must not crash this thread
-            self._dead_letter(method.delivery_tag, body, f"unreadable message: {type(e).__name__}: {e}")
+            self._dead_letter(queue, method.delivery_tag, body, f"unreadable message: {type(e).__name__}: {e}")
         return None
 
-    def _admit(self, method: Any, properties: Any, body: bytes) -> DeliveredMessage | None:
+    def _admit(self, queue: str, method: Any, properties: Any, body: bytes) -> DeliveredMessage | None:
         fields = decode_fields(body)
-        job = check_fields(fields, delivered_on=self.logical_queue_name)
+        job = check_fields(fields, delivered_on=queue)
         try:
             actor = self.broker.get_actor(fields["actor_name"])
         except ActorNotFound:
@@ -142,10 +145,10 @@ class QuorumConsumer(_RabbitmqConsumer):
     def _ack_now(self, tag: int) -> None:
         self._settle(tag, ack=True)
 
-    def _dead_letter(self, tag: int, body: bytes, detail: str) -> None:
-        logger.error("Dead-lettering a malformed message on %r: %s", self.queue_name, detail)
+    def _dead_letter(self, queue: str, tag: int, body: bytes, detail: str) -> None:
+        logger.error("Dead-lettering a malformed message on %r: %s", queue, detail)
         try:
-            self.broker.dead_letter(self.logical_queue_name, body, reason=DeadLetterReason.MALFORMED, detail=detail)
+            self.broker.dead_letter(queue, body, reason=DeadLetterReason.MALFORMED, detail=detail)
         except Exception:
             # Could not publish with a reason: let the broker dead-letter it ("rejected") rather than lose it.
             logger.warning("Falling back to a plain reject for the malformed message.", exc_info=True)

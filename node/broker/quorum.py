@@ -27,6 +27,7 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
+from ..contract.job_options import OPTION_KEY, JobOptions
 from ..contract.queues import (
     DEAD_LETTER_EXCHANGE,
     DETAIL_HEADER,
@@ -36,9 +37,11 @@ from ..contract.queues import (
     wait_queue_name,
     work_queue_arguments,
 )
-from ..errors import QueueMismatchError
+from ..contract.topology import Topology
+from ..errors import NoSuchQueue, QueueMismatchError
 from ..retrying import current_deadline
 from .consumer import QuorumConsumer
+from .priority import PriorityConsumer
 
 #: Publishing retries through a broker restart: attempts and the pause before each retry.
 PUBLISH_RETRY_DELAYS_S: tuple[float, ...] = (0, 0.1, 0.25, 0.5, 1, 2, 3, 5, 5, 5, 5, 5)
@@ -54,7 +57,14 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         heartbeat_s: AMQP heartbeat in seconds (0 disables).
         middleware: Dramatiq middleware list.
         confirm_delivery: Wait for the broker to confirm every publish (on by default: nothing is lost).
+        topology: The queue topology (``node.contract.topology``): jobs are published to the queue their
+            options name, which must exist (``NoSuchQueue`` otherwise). ``None``: one queue per actor.
+        serves: The topology queues this worker takes work from, most urgent first; Dramatiq then sees one
+            queue (``SLOT_QUEUE``) whose consumer is a ``PriorityConsumer`` over them.
     """
+
+    #: What Dramatiq calls the one consumer of a worker that serves topology queues.
+    SLOT_QUEUE = "burrow.slot"
 
     def __init__(
         self,
@@ -65,7 +75,11 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         heartbeat_s: int = 30,
         middleware: list[Middleware] | None = None,
         confirm_delivery: bool = True,
+        topology: Topology | None = None,
+        serves: list[str] | None = None,
     ) -> None:
+        self.topology = topology
+        self.serves = list(serves or [])  # set first: Dramatiq's constructor asks for the declared queues
         super().__init__(url=url, middleware=middleware, confirm_delivery=confirm_delivery)
         for parameters in self.parameters if isinstance(self.parameters, list) else [self.parameters]:
             parameters.heartbeat = heartbeat_s
@@ -88,6 +102,13 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
     def consumer_class(self):
         return QuorumConsumer
 
+    def work_queues(self) -> list[str]:
+        """The work queues this worker takes jobs from."""
+        return self.serves or sorted(self.get_declared_queues())
+
+    def get_declared_queues(self) -> set[str]:
+        return {self.SLOT_QUEUE} if self.serves else super().get_declared_queues()
+
     # -- declaring ---------------------------------------------------------------------------------------
 
     def declare_queue(self, queue_name: str, *, ensure: bool = False) -> None:
@@ -95,7 +116,11 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         so workers start no delay consumer: delays live in the broker's wait queues.
         """
         canonical = q_name(queue_name)
-        if canonical not in self.queues:
+        if self.serves:
+            # One consumer serves this worker's topology queues (``SLOT_QUEUE``): announcing a queue would
+            # make Dramatiq's worker start another consumer for it.
+            self.queues.add(canonical)
+        elif canonical not in self.queues:
             self.emit_before("declare_queue", canonical)
             self.queues.add(canonical)
             self.queues_pending.add(canonical)
@@ -196,13 +221,19 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         self._unannounced.add(queue_name)
 
     def _publish(self, message: Message, *, delay: int | None, announce: bool) -> Message:
-        queue_name = q_name(message.queue_name)
         if message.options.get("eta") is not None:
             message = message.copy(options={k: v for k, v in message.options.items() if k != "eta"})
         bucket = wait_bucket_ms(delay) if delay else None
+        # Middleware (``JobSubmission``) stamps the job options the topology routes by: emit first.
+        self.emit_before("enqueue", message, delay)
+        message = self._route(message)
+        queue_name = q_name(message.queue_name)
+        in_topology = self.topology is not None and self.topology.has(queue_name)
 
         def publish() -> None:
-            if announce:
+            if in_topology:
+                pass  # never declared on send: a queue the topology has not applied is refused (mandatory)
+            elif announce:
                 self.declare_queue(queue_name, ensure=True)
             else:
                 self._ensure_unannounced(queue_name)
@@ -211,7 +242,6 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
                 self._declare_wait_bucket(bucket)
                 exchange = self.wait_queue_name(bucket)
             self.logger.debug("Enqueueing message %r on %r (delay %s).", message.message_id, queue_name, delay)
-            self.emit_before("enqueue", message, delay)
             self.channel.basic_publish(
                 exchange=exchange,
                 routing_key=self.physical(queue_name),
@@ -224,8 +254,18 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
             )
             self.emit_after("enqueue", message, delay)
 
-        self._with_reconnect(publish, queue_name)
+        self._with_reconnect(publish, queue_name, must_exist=in_topology)
         return message
+
+    def _route(self, message: Message) -> Message:
+        """The message addressed to the queue its job options name (topology mode), else as it is."""
+        if self.topology is None or self.topology.has(q_name(message.queue_name)) or OPTION_KEY not in message.options:
+            return message
+        job = JobOptions.from_options(message.options, message_id=message.message_id)
+        try:
+            return message.copy(queue_name=self.topology.route(job))
+        except ValueError as e:
+            raise NoSuchQueue(f"job {job.job_id} ({message.actor_name}) not sent: {e}") from None
 
     def publish_raw(self, queue_name: str, body: bytes) -> None:
         """Publish ``body`` as it is to work queue ``queue_name`` (hands back a message taken during a drain)."""
@@ -265,7 +305,7 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
 
         self._with_reconnect(publish, queue_name)
 
-    def _with_reconnect(self, operation, queue_name: str) -> None:
+    def _with_reconnect(self, operation, queue_name: str, *, must_exist: bool = False) -> None:
         # Dramatiq's enqueue retries immediately; a broker restart takes seconds, so retry with pauses.
         last_error: Exception | None = None
         deadline = current_deadline()
@@ -284,6 +324,11 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
                 self._wait_buckets_declared.clear()
                 self._unannounced.clear()
                 if isinstance(e, pika.exceptions.UnroutableError):
+                    if must_exist:
+                        raise NoSuchQueue(
+                            f"queue {self.physical(queue_name)!r} is in the topology but not on the broker: "
+                            "run `burrow topology apply`"
+                        ) from None
                     self.queues_pending.add(queue_name)
                 self.logger.debug("Publish failed (%s); reconnecting.", e)
             except ConnectionClosed as e:
@@ -294,6 +339,10 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
     # -- consuming and inspection -------------------------------------------------------------------------
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> QuorumConsumer:
+        if queue_name == self.SLOT_QUEUE and self.serves:
+            for name in self.serves:
+                self.declare_queue(name, ensure=True)
+            return PriorityConsumer(self, queue_name, self.serves, prefetch, timeout)
         self.declare_queue(queue_name, ensure=True)
         return self.consumer_class(self, queue_name, prefetch, timeout)
 

@@ -26,6 +26,9 @@ JOB_ACTOR_OPTIONS = frozenset(
     {"ttl_s", "max_failures", "max_interruptions", "min_backoff_s", "max_backoff_s", "max_run_s", "checkpoint_every_s"}
 )
 
+#: Options (of an actor or a message) that say where a job goes; they become ``JobOptions`` fields.
+ROUTING_OPTIONS = ("subcloud", "job_type", "model", "priority")
+
 JOB_TYPES = ("sync", "polling", "batch", "stream")
 PRIORITIES = ("urgent", "bulk", "test")
 
@@ -34,6 +37,7 @@ JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=@+-]{0,127}")
 
 __all__ = [
     "JOB_ACTOR_OPTIONS",
+    "ROUTING_OPTIONS",
     "JOB_ID_PATTERN",
     "JOB_TYPES",
     "OPTION_KEY",

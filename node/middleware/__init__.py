@@ -3,6 +3,7 @@
 from .lifecycle import JobLifecycle
 from .prefetch import Prefetch
 from .shutdown import Shutdown
+from .slot import SlotConsumer
 from .submission import JobSubmission
 
-__all__ = ["JobLifecycle", "JobSubmission", "Prefetch", "Shutdown"]
+__all__ = ["JobLifecycle", "JobSubmission", "Prefetch", "Shutdown", "SlotConsumer"]

@@ -6,7 +6,8 @@ import dramatiq
 from dramatiq import Message
 
 from ..contract.envelope import check_arguments
-from ..contract.job_options import JOB_ACTOR_OPTIONS, OPTION_KEY, JobOptions, check_actor_options
+from ..contract.job_options import JOB_ACTOR_OPTIONS, OPTION_KEY, ROUTING_OPTIONS, JobOptions, check_actor_options
+from ..errors import MalformedMessage
 
 
 class JobSubmission(dramatiq.Middleware):
@@ -17,11 +18,13 @@ class JobSubmission(dramatiq.Middleware):
     without job options gets ``job_id`` = its message id and, if the actor (or the message) has ``ttl_s``,
     ``expires_at`` = now + ttl, so expiry is fixed at submission and survives retries and re-dispatch. A
     message that already carries job options (a retry, or ``new_job(...)``) keeps them (they are checked).
+    ``subcloud``, ``job_type``, ``model`` and ``priority`` (message options, else actor options) go into the
+    job options; with a topology they choose the job's queue.
     """
 
     @property
     def actor_options(self) -> set[str]:
-        return set(JOB_ACTOR_OPTIONS)
+        return set(JOB_ACTOR_OPTIONS) | set(ROUTING_OPTIONS)
 
     def before_enqueue(self, broker: dramatiq.Broker, message: Message, delay: int | None) -> None:
         try:
@@ -38,4 +41,16 @@ class JobSubmission(dramatiq.Middleware):
         if ttl_s is None and actor is not None:
             ttl_s = actor.options.get("ttl_s")
         expires_at = message.message_timestamp / 1000 + float(ttl_s) if ttl_s is not None else None
-        message.options[OPTION_KEY] = JobOptions(job_id=message.message_id, expires_at=expires_at).to_options()
+        # Where the job goes (subcloud, job type, model, priority): the message's option, else the actor's.
+        routing = {}
+        for name in ROUTING_OPTIONS:
+            value = message.options.pop(name, None)
+            if value is None and actor is not None:
+                value = actor.options.get(name)
+            if value is not None:
+                routing[name] = value
+        try:
+            job = JobOptions(job_id=message.message_id, expires_at=expires_at, **routing)
+        except ValueError as e:
+            raise MalformedMessage("options.job", str(e)) from None
+        message.options[OPTION_KEY] = job.to_options()
