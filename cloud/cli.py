@@ -85,6 +85,29 @@ def cmd_queues(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_topology(args: argparse.Namespace, settings: Settings) -> int:
+    from cloud import topology as topology_ops
+    from cloud.client import connect
+    from node.contract.topology import load_topology
+    from node.errors import ConfigError
+
+    path = args.file or settings.topology
+    if path is None:
+        raise ConfigError("BURROW_TOPOLOGY", "no topology file: pass one or set BURROW_TOPOLOGY")
+    topology = load_topology(path)
+    broker = connect(settings)
+    if args.action == "apply":
+        names = topology_ops.apply(broker, topology)
+        print(f"{len(names)} queue(s) of {path} declared.")
+    else:
+        print(f"{'queue':50} {'on broker':>10} {'ready':>8}")
+        for state in topology_ops.show(broker, topology):
+            on_broker = "yes" if state.ready is not None else "MISSING"
+            print(f"{broker.physical(state.name):50} {on_broker:>10} {'' if state.ready is None else state.ready:>8}")
+    broker.close()
+    return 0
+
+
 def cmd_job(args: argparse.Namespace, settings: Settings) -> int:
     """Print a job's record: status, every attempt, checkpoint and artifact pointers."""
     from node.storage import storage_from_settings
@@ -174,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     queues = sub.add_parser("queues", help="ready and dead-lettered message counts per queue")
     queues.set_defaults(func=cmd_queues)
+
+    topology = sub.add_parser("topology", help="declare the queues of a topology file, or compare them with the broker")
+    topology.add_argument("action", choices=["apply", "show"])
+    topology.add_argument("file", nargs="?", default=None, help="topology file (default: BURROW_TOPOLOGY)")
+    topology.set_defaults(func=cmd_topology)
 
     job = sub.add_parser("job", help="show a job's record (status, attempts, checkpoint, artifacts)")
     job.add_argument("job_id")

@@ -9,6 +9,7 @@ import pika
 import pika.exceptions
 
 from node.broker import QuorumRabbitmqBroker
+from node.contract.topology import load_topology
 from node.middleware import JobSubmission
 from node.settings import Settings, mask_url
 
@@ -50,6 +51,7 @@ def connect(settings: Settings, *, check: bool = True) -> QuorumRabbitmqBroker:
         queue_prefix=settings.queue_prefix,
         heartbeat_s=settings.heartbeat_s,
         middleware=[JobSubmission()],
+        topology=load_topology(settings.topology) if settings.topology else None,
     )
     dramatiq.set_broker(broker)
     for module in settings.actor_modules:

@@ -132,3 +132,22 @@ def test_a_job_for_a_queue_that_does_not_exist_is_refused_at_submit(submitter):
     # in the file but never applied: refused by the broker (mandatory publish), not published into the void
     with pytest.raises(NoSuchQueue, match="not on the broker"):
         inference.send_with_options(kwargs={"job_key": "x"}, subcloud="c")
+
+
+def test_topology_apply_is_idempotent_and_show_tells_what_is_missing(amqp_url, node_env, queue_prefix, tmp_path):
+    from tests.test_cli import burrow
+
+    path = tmp_path / "t.toml"
+    path.write_text('job_types = ["sync"]\npriorities = ["urgent", "bulk"]\n[subclouds.zz]\nmodels = ["m1"]\n')
+    try:
+        before = burrow("topology", "show", str(path), env=node_env)
+        assert before.returncode == 0 and before.stdout.count("MISSING") == 2
+        for _ in range(2):
+            applied = burrow("topology", "apply", str(path), env=node_env)
+            assert applied.returncode == 0 and "2 queue(s)" in applied.stdout
+        after = burrow("topology", "show", str(path), env=node_env)
+        assert "MISSING" not in after.stdout and f"{queue_prefix}zz.sync.m1.urgent" in after.stdout
+        bad = burrow("topology", "show", str(tmp_path / "none.toml"), env=node_env)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "cannot read" in bad.stderr
+    finally:
+        delete_namespace(amqp_url, queue_prefix, ["zz.sync.m1.urgent", "zz.sync.m1.bulk"])
