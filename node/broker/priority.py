@@ -11,8 +11,7 @@ takes the first message found. So:
 * an urgent job waiting when the slot frees is the next one it runs, however many bulk jobs wait;
 * the cost: an idle slot polls. It backs off from ``POLL_MIN_S`` to ``POLL_MAX_S`` while every queue is
   empty, so a job submitted to an idle network waits up to ``POLL_MAX_S`` to start, and each idle slot asks
-  each of its queues about once per ``POLL_MAX_S``. ``bench/`` measures the dispatch latency against a plain
-  subscription.
+  each of its queues about once per ``POLL_MAX_S``.
 
 Envelope checks, ``eta`` and dead-lettering are ``QuorumConsumer``'s (this extends it).
 """
