@@ -22,7 +22,7 @@ from .attempt.journal import Journal, process_start_time
 from .broker import QuorumRabbitmqBroker
 from .contract.topology import load_topology
 from .errors import BurrowError
-from .middleware import JobLifecycle, JobSubmission, Prefetch, Shutdown, SlotConsumer
+from .middleware import JobLifecycle, JobSubmission, NodeHeartbeat, Prefetch, Shutdown, SlotConsumer
 from .settings import Settings
 from .storage import Storage, storage_from_settings
 from .supervisor.process import die_with_parent
@@ -82,6 +82,13 @@ def build_broker(
         Shutdown(),
         Prefetch(prefetch=settings.prefetch),
         SlotConsumer(),
+        NodeHeartbeat(
+            node_id=settings.node_id,
+            slot_id=slot_id,
+            subcloud=settings.subcloud,
+            models=settings.models,
+            interval_s=settings.node_heartbeat_s,
+        ),
     ]
     topology = load_topology(settings.topology) if settings.topology else None
     serves = topology.node_queues(settings.subcloud, settings.models) if topology else None

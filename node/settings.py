@@ -57,6 +57,8 @@ class Settings:
         cpu_slots: How many CPU slots exist when there is no GPU (``BURROW_CPU_SLOTS``).
         processes: Worker processes ``burrow node`` starts (``BURROW_PROCESSES``, ``0`` = one per slot).
         heartbeat_s: AMQP heartbeat (``BURROW_HEARTBEAT_S``).
+        node_heartbeat_s: How often each worker process announces itself in the node registry
+            (``BURROW_NODE_HEARTBEAT_S``; 0 disables it); a node silent for 3 of them counts as gone.
         prefetch: Messages each worker process holds (``BURROW_PREFETCH``); 1 so a crash costs one job.
         delivery_limit: Quorum-queue delivery limit before dead-lettering (``BURROW_DELIVERY_LIMIT``).
         queue_prefix: Prepended to every RabbitMQ queue name (``BURROW_QUEUE_PREFIX``), to share a vhost.
@@ -85,6 +87,7 @@ class Settings:
     cpu_slots: int = field(default_factory=lambda: os.cpu_count() or 1)
     processes: int = 0
     heartbeat_s: int = 30
+    node_heartbeat_s: float = 10.0
     prefetch: int = 1
     delivery_limit: int = 3
     queue_prefix: str = ""
@@ -128,6 +131,7 @@ class Settings:
             cpu_slots=r.integer("BURROW_CPU_SLOTS", defaults.cpu_slots, minimum=1),
             processes=r.integer("BURROW_PROCESSES", 0, minimum=0),
             heartbeat_s=r.integer("BURROW_HEARTBEAT_S", defaults.heartbeat_s, minimum=0),
+            node_heartbeat_s=r.number("BURROW_NODE_HEARTBEAT_S", defaults.node_heartbeat_s, minimum=0),
             prefetch=r.integer("BURROW_PREFETCH", defaults.prefetch, minimum=1),
             delivery_limit=r.integer("BURROW_DELIVERY_LIMIT", defaults.delivery_limit, minimum=0),
             queue_prefix=r.text("BURROW_QUEUE_PREFIX", ""),

@@ -22,8 +22,6 @@ NOT_STARTED_DELAY_S = 30.0
 DUPLICATE_DELAY_S = 30.0
 #: Delay before a job whose success could not be recorded comes back to have it recorded (not run again).
 SETTLE_DELAY_S = 5.0
-#: How long a node named in ``avoid_nodes`` leaves the job to the others before it takes it itself.
-AVOID_DELAY_S = 2.0
 
 
 class Action(Enum):
@@ -36,6 +34,7 @@ class Action(Enum):
     GIVE_UP = "give_up"  # record *failed*, report to failed-jobs with the history
     DEAD_LETTER = "dead_letter"  # into the queue's dead-letter queue with ``dead_letter_reason``
     DROP = "drop"  # ack and do nothing: a newer attempt owns the job
+    REROUTE = "reroute"  # this node must not run it (``avoid_nodes``): back to the router, which knows the others
 
 
 @dataclass(frozen=True)
@@ -170,10 +169,8 @@ def _on_arrival(
             status=JobStatus.FAILED,
         )
     if node_id in job.avoid_nodes:
-        others = tuple(n for n in job.avoid_nodes if n != node_id)
-        return Decision(
-            Action.RETRY, job.replace(avoid_nodes=others), reason="left to other nodes first", delay_s=AVOID_DELAY_S
-        )
+        # Only the router knows whether another live node can take it (the registry): ask it.
+        return Decision(Action.REROUTE, job, reason=f"{node_id} is in the job's avoid_nodes")
     return Decision(Action.RUN, job, reason="start", status=JobStatus.RUNNING)
 
 
@@ -208,8 +205,6 @@ def _after(
             )
         if is_expired(expires_at, now):
             return _expire(job, "expired before it could run again")
-        if outcome is Outcome.INTERRUPTED:  # this node is going away: let another one take it
-            job = job.replace(avoid_nodes=tuple(dict.fromkeys((*job.avoid_nodes, node_id))))
         return Decision(
             Action.HAND_BACK, job, reason=f"{outcome.value}: interruption {job.interruptions}", status=JobStatus.QUEUED
         )

@@ -39,11 +39,11 @@ def route(
     error: str | None = None,
     attempts: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Send the job where ``decision`` says (``RETRY``, ``HAND_BACK``, ``DEAD_LETTER``, ``GIVE_UP``).
+    """Send the job where ``decision`` says (``RETRY``, ``HAND_BACK``, ``DEAD_LETTER``, ``GIVE_UP``, ``REROUTE``).
 
     The other actions publish nothing (the message is simply acked).
     """
-    if decision.action not in (Action.RETRY, Action.HAND_BACK, Action.DEAD_LETTER, Action.GIVE_UP):
+    if decision.action not in (Action.RETRY, Action.HAND_BACK, Action.DEAD_LETTER, Action.GIVE_UP, Action.REROUTE):
         return
     copy = next_message(message, decision.job)
     if decision.action is Action.RETRY:
@@ -57,6 +57,8 @@ def route(
         )
     elif decision.action is Action.GIVE_UP:
         report_failed(broker, copy, reason=decision.reason, error=error, node_id=node_id, attempts=attempts or [])
+    elif decision.action is Action.REROUTE:
+        report_failed(broker, copy, reason=decision.reason, error=None, node_id=node_id, attempts=[], kind="avoided")
 
 
 def report_failed(
@@ -67,13 +69,25 @@ def report_failed(
     error: str | None,
     node_id: str,
     attempts: list[dict[str, Any]],
+    kind: str = "failed",
 ) -> Message:
-    """Publish the job, with its history, to ``failed-jobs`` for the router (not consumed by this node)."""
+    """Publish the job, with its history, to ``failed-jobs`` for the router (not consumed by this node).
+
+    ``kind`` is ``failed`` (its failure budget here is spent) or ``avoided`` (this node is in its
+    ``avoid_nodes``: the router places it elsewhere).
+    """
     report = Message(
         queue_name=FAILED_JOBS_QUEUE,
         actor_name=FAILED_JOBS_ACTOR,
         args=(),
-        kwargs={"job": message.asdict(), "reason": reason, "error": error, "node": node_id, "attempts": attempts},
+        kwargs={
+            "kind": kind,
+            "job": message.asdict(),
+            "reason": reason,
+            "error": error,
+            "node": node_id,
+            "attempts": attempts,
+        },
         # No job options: the report is a job of the router's, not another attempt of this job.
         options={},
     )

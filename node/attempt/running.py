@@ -53,3 +53,9 @@ def stop_all(reason: str) -> int:
     for context in running:
         context.request_stop(reason)
     return len(running)
+
+
+def running_job_ids() -> list[str]:
+    """The ids of the jobs running in this process now."""
+    with _lock:
+        return [context.job_id for context in _running]

@@ -63,7 +63,15 @@ FAILURE_OUTCOMES = frozenset({Outcome.FAILED, Outcome.TIMED_OUT, Outcome.CRASHED
 INTERRUPTION_OUTCOMES = frozenset({Outcome.INTERRUPTED, Outcome.LOST})
 
 _ALLOWED: dict[JobStatus | None, set[JobStatus]] = {
-    None: {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.EXPIRED, JobStatus.FAILED, JobStatus.SUCCEEDED},
+    # QUARANTINED: the router may quarantine a job that never got a record (e.g. a malformed message).
+    None: {
+        JobStatus.QUEUED,
+        JobStatus.RUNNING,
+        JobStatus.EXPIRED,
+        JobStatus.FAILED,
+        JobStatus.SUCCEEDED,
+        JobStatus.QUARANTINED,
+    },
     JobStatus.QUEUED: {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.EXPIRED, JobStatus.FAILED, JobStatus.QUARANTINED},
     JobStatus.RUNNING: {JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.EXPIRED},
     # The router may re-dispatch a failed job, or quarantine it.

@@ -1,9 +1,10 @@
 """Node middleware: Dramatiq hooks only, one concern per module, each a ``dramatiq.Middleware``."""
 
+from .heartbeat import NodeHeartbeat
 from .lifecycle import JobLifecycle
 from .prefetch import Prefetch
 from .shutdown import Shutdown
 from .slot import SlotConsumer
 from .submission import JobSubmission
 
-__all__ = ["JobLifecycle", "JobSubmission", "Prefetch", "Shutdown", "SlotConsumer"]
+__all__ = ["JobLifecycle", "JobSubmission", "NodeHeartbeat", "Prefetch", "Shutdown", "SlotConsumer"]

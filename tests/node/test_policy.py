@@ -65,7 +65,8 @@ def test_counters_travel_in_the_decisions_job():
     retry = run(Outcome.CRASHED, failures=1, jitter=1.0)
     assert retry.job.failures == 2 and retry.delay_s == 10.0 and retry.status is JobStatus.QUEUED
     handed = run(Outcome.INTERRUPTED, interruptions=1)
-    assert handed.job.interruptions == 2 and handed.job.avoid_nodes == ("n1",) and handed.delay_s == 0
+    # a node going away stops consuming first: it need not avoid the job when it comes back
+    assert handed.job.interruptions == 2 and handed.job.avoid_nodes == () and handed.delay_s == 0
     lost = run(Outcome.LOST)
     assert lost.job.interruptions == 1 and lost.job.avoid_nodes == ()  # a lost node is not avoided
     gave_up = run(Outcome.FAILED, failures=3)
@@ -85,7 +86,7 @@ def test_arrival_decisions():
     assert run(None, live_duplicate=True).action is Action.RETRY
     settle = run(None, job={"unrecorded_success": "a1"})
     assert settle.action is Action.SETTLE and settle.status is JobStatus.SUCCEEDED
-    # a node the job should avoid leaves it to others once, then may take it
+    # a node the job must avoid never runs it: the router, which knows the live nodes, places it
     avoided = run(None, job={"avoid_nodes": ("n1", "n2")})
-    assert avoided.action is Action.RETRY and avoided.job.avoid_nodes == ("n2",)
+    assert avoided.action is Action.REROUTE and avoided.job.avoid_nodes == ("n1", "n2")
     assert run(None, job={"avoid_nodes": ("n2",)}).action is Action.RUN

@@ -1,0 +1,46 @@
+"""The router entry point: ``dramatiq cloud.router`` (or ``burrow router``); several replicas are safe.
+
+Importing this module sets up the router process: a broker whose only actor is ``route_failed_job`` on
+``failed-jobs``, consumed through a transactional channel (``cloud.routing.outbox``), plus the housekeeping
+thread that brings dead letters to it and closes records of vanished nodes (``cloud.routing.housekeeping``).
+Configuration is the nodes' (``AMQP_URL``, ``BURROW_STORAGE_URL``, ``BURROW_TOPOLOGY``, ...) plus
+``BURROW_ROUTING_POLICY``, ``BURROW_MAX_REDISPATCHES``, ``BURROW_ROUTER_COOLDOWN_S`` and
+``BURROW_ROUTER_AVOID_DELAY_S`` (see ``cloud.routing.config``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+
+from node.contract.queues import FAILED_JOBS_ACTOR, FAILED_JOBS_QUEUE
+from node.errors import BurrowError
+
+from .routing.config import build_router
+
+logger = logging.getLogger("burrow.router")
+
+try:
+    broker, router = build_router()
+except BurrowError as e:
+    logger.error("Cannot start the router: %s", e)
+    sys.exit(3)
+dramatiq.set_broker(broker)
+
+
+@dramatiq.actor(queue_name=FAILED_JOBS_QUEUE, actor_name=FAILED_JOBS_ACTOR)
+def route_failed_job(**report) -> None:
+    """Place a job a node gave up (or a dead letter, or an operator's requeue): see ``cloud.routing.router``."""
+    from .routing.outbox import outbox_of
+
+    message = CurrentMessage.get_current_message()
+    try:
+        outgoing = router.handle(report, message.message_id)
+    except Exception:
+        # Storage or broker trouble, or a report this router cannot read: never lose it, never spin on it.
+        logger.exception("Could not route report %s; it comes back later.", message.message_id)
+        outgoing = [router.retry_later(message._message if hasattr(message, "_message") else message)]
+    outbox_of(message).extend(outgoing)

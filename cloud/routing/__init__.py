@@ -1,0 +1,1 @@
+"""The cloud router: policy, quarantine, exactly-once hand-off, housekeeping (entry point: ``cloud.router``)."""

@@ -1,0 +1,254 @@
+"""The router's handling of one ``failed-jobs`` message: read the job's record, ask the policy, carry it out.
+
+Exactly once, whatever dies when: a counted decision is first written into the job's record (``routing``,
+keyed by the message id, under the record's conditional write), so a router that handles the same message
+again after a crash carries out the *same* decision rather than deciding anew; quarantine entries are
+plain overwrites; and the re-dispatch is not published here but returned, to be committed together with
+the message's ack (``cloud.routing.outbox``).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pika.exceptions
+from dramatiq import Message
+
+from node.attempt.routing import next_message
+from node.broker import QuorumRabbitmqBroker
+from node.contract.envelope import decode_fields
+from node.contract.job_options import JobOptions
+from node.contract.queues import DeadLetterReason, wait_bucket_ms
+from node.contract.record import JobStatus, set_status, status_of
+from node.contract.topology import Topology
+from node.errors import InvalidTransition
+from node.storage import Storage
+from node.storage.records import RecordStore
+
+from ..registry import NodeRegistry
+from .outbox import Outgoing
+from .policy import JobHistory, Route, RouteRequest, RoutingPolicy
+from .quarantine import Quarantine, entry_id
+
+logger = logging.getLogger(__name__)
+
+#: A message the router could not handle (storage or broker trouble) comes back after this long.
+RETRY_LATER_S = 30.0
+
+
+class Router:
+    """Handles ``failed-jobs`` messages (see the module docstring).
+
+    Parameters:
+        broker: For queue names, wait queues and checking a target queue exists.
+        storage: Where records and the quarantine live.
+        registry: The live nodes.
+        policy: Decides (``cloud.routing.policy``).
+        topology: The queue topology, or ``None`` (one queue per actor).
+        clock: Wall clock (Unix seconds).
+    """
+
+    def __init__(
+        self,
+        *,
+        broker: QuorumRabbitmqBroker,
+        storage: Storage,
+        registry: NodeRegistry,
+        policy: RoutingPolicy,
+        topology: Topology | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.broker = broker
+        self.records = RecordStore(storage)
+        self.quarantine = Quarantine(storage)
+        self.registry = registry
+        self.policy = policy
+        self.topology = topology
+        self.clock = clock
+
+    # -- entry point --------------------------------------------------------------------------------------
+
+    def handle(self, report: dict[str, Any], report_id: str) -> list[Outgoing]:
+        """What to publish (with the ack) for ``report``; writes records and quarantine entries on the way."""
+        kind = report.get("kind", "failed")
+        message, request, raw = self._request(report)
+        job_id = request.job.job_id if request.job else None
+        record = self.records.get(job_id) if job_id else None
+        status = status_of(record)
+        if status is JobStatus.SUCCEEDED:
+            logger.info("Job %s already succeeded: nothing to route (%s).", job_id, kind)
+            return []
+        earlier = next((r for r in (record or {}).get("routing", []) if r.get("report") == report_id), None)
+        if earlier is not None:
+            route = Route(**earlier["route"])
+        elif kind == "requeue" and status is not JobStatus.QUARANTINED:
+            logger.info("Job %s is not quarantined (%s): requeue ignored.", job_id, status)
+            return []
+        else:
+            history = JobHistory(
+                attempts=tuple((record or {}).get("attempts", [])), dispatches=tuple((record or {}).get("routing", []))
+            )
+            nodes = self.registry.live_nodes() if kind != "requeue" else []
+            route = self.policy.decide(request, history, nodes, self.topology, self.clock())
+            if route.action == "dispatch" and not self._queue_exists(route.queue):
+                route = Route("quarantine", reason=f"{route.reason}; but queue {route.queue!r} does not exist")
+            if job_id and route.counted:
+                record = self._record(job_id, request, route, report_id)
+        logger.info("Job %s (%s): %s %s — %s", job_id or "?", kind, route.action, route.queue or "", route.reason)
+        if route.action == "quarantine":
+            self._quarantine(request, route, report, record, raw)
+            return []
+        if kind == "requeue":
+            self.quarantine.delete(report["id"])
+        assert message is not None and request.job is not None
+        return [self._dispatch(message, request.job, route)]
+
+    def retry_later(self, message: Message) -> Outgoing:
+        """The report itself, back in ``failed-jobs`` after ``RETRY_LATER_S`` (same id: handled once)."""
+        return self._outgoing(message, message.queue_name, RETRY_LATER_S)
+
+    # -- reading the report -------------------------------------------------------------------------------
+
+    def _request(self, report: dict[str, Any]) -> tuple[Message | None, RouteRequest, bytes]:
+        kind = report.get("kind", "failed")
+        if kind == "dead_letter":
+            raw = _body(report)
+            try:
+                fields = decode_fields(raw)
+                message = Message(**{**fields, "args": tuple(fields.get("args") or ())})
+                job = JobOptions.from_options(message.options, message_id=message.message_id)
+            except Exception as e:  # a malformed message: whatever it provokes, it is only quarantined
+                why = f"{report.get('detail')} ({e})"
+                return None, RouteRequest(kind, report.get("queue", ""), None, reason=why), raw
+            reason = report.get("detail") or report.get("dead_letter_reason") or ""
+            return (
+                message,
+                RouteRequest(
+                    kind,
+                    report.get("queue", ""),
+                    job,
+                    reason=reason,
+                    dead_letter_reason=report.get("dead_letter_reason"),
+                ),
+                raw,
+            )
+        try:
+            message = Message(**{**report["job"], "args": tuple(report["job"].get("args") or ())})
+            job = JobOptions.from_options(message.options, message_id=message.message_id)
+        except Exception as e:  # a report this router cannot read: quarantined, never retried
+            raw = json.dumps(report, default=str).encode()
+            return None, RouteRequest(kind, "", None, reason=f"unreadable report: {type(e).__name__}: {e}"), raw
+        return (
+            message,
+            RouteRequest(
+                kind,
+                message.queue_name,
+                job,
+                reason=report.get("reason") or "",
+                node=report.get("node"),
+                to_queue=report.get("to"),
+            ),
+            message.encode(),
+        )
+
+    # -- carrying out -------------------------------------------------------------------------------------
+
+    def _record(self, job_id: str, request: RouteRequest, route: Route, report_id: str) -> dict[str, Any]:
+        now = self.clock()
+
+        def mutate(record: dict[str, Any]) -> None:
+            if any(r.get("report") == report_id for r in record.setdefault("routing", [])):
+                return
+            if request.dead_letter_reason == DeadLetterReason.DELIVERY_LIMIT:
+                for entry in record["attempts"]:
+                    if entry["outcome"] is None:
+                        error = "its process died on every delivery (the broker's delivery limit)"
+                        entry.update(outcome="crashed", ended_at=now, error=error)
+            new = JobStatus.QUARANTINED if route.action == "quarantine" else JobStatus.QUEUED
+            try:
+                set_status(record, new, reason=route.reason)
+            except InvalidTransition:  # e.g. still "running" in the record: it failed, then goes on
+                record["status"] = JobStatus.FAILED.value
+                set_status(record, new, reason=route.reason)
+            record["routing"].append(
+                {
+                    "report": report_id,
+                    "kind": request.kind,
+                    "at": now,
+                    "node": request.node,
+                    "action": route.action,
+                    "queue": route.queue,
+                    "reason": route.reason,
+                    "route": dataclasses.asdict(route),
+                }
+            )
+
+        record, _ = self.records.update(job_id, mutate, queue=request.queue)
+        return record
+
+    def _quarantine(
+        self, request: RouteRequest, route: Route, report: dict[str, Any], record: dict[str, Any] | None, raw: bytes
+    ) -> None:
+        job_id = request.job.job_id if request.job else None
+        try:
+            message: Any = json.loads(raw)
+        except ValueError:
+            message = None
+        entry = {
+            "id": entry_id(job_id, report.get("message_id"), raw),
+            "job_id": job_id,
+            "reason": route.reason,
+            "kind": request.kind,
+            "dead_letter_reason": request.dead_letter_reason,
+            "queue": request.queue,
+            "actor": message.get("actor_name") if isinstance(message, dict) else None,
+            "quarantined_at": self.clock(),
+            "message": message if isinstance(message, dict) else None,
+            "raw": None if isinstance(message, dict) else base64.b64encode(raw).decode(),
+            "node": request.node,
+            "error": report.get("error"),
+            "attempts": (record or {}).get("attempts") or report.get("attempts") or [],
+            "routing": (record or {}).get("routing", []),
+        }
+        self.quarantine.put(entry)
+
+    def _dispatch(self, message: Message, job: JobOptions, route: Route) -> Outgoing:
+        changes: dict[str, Any] = {"avoid_nodes": route.avoid_nodes, "unrecorded_success": None}
+        if route.reset_counters:
+            changes.update(failures=0, interruptions=0)
+        copy = next_message(message, job.replace(**changes))
+        copy = dataclasses.replace(copy, queue_name=route.queue)
+        return self._outgoing(copy, route.queue, route.delay_s)
+
+    def _outgoing(self, message: Message, queue: str, delay_s: float) -> Outgoing:
+        routing_key = self.broker.physical(queue)
+        exchange = ""
+        if delay_s > 0:
+            bucket = wait_bucket_ms(int(delay_s * 1000))
+            self.broker._declare_wait_bucket(bucket)
+            exchange = self.broker.wait_queue_name(bucket)
+        return Outgoing(exchange, routing_key, message.encode(), message_id=message.message_id)
+
+    def _queue_exists(self, queue: str | None) -> bool:
+        if not queue:
+            return False
+        try:
+            self.broker.channel.queue_declare(self.broker.physical(queue), passive=True)
+            return True
+        except pika.exceptions.ChannelClosedByBroker as e:
+            del self.broker.channel
+            if e.reply_code == 404:
+                return False
+            raise
+
+
+def _body(report: dict[str, Any]) -> bytes:
+    if report.get("body_b64") is not None:
+        return base64.b64decode(report["body_b64"])
+    return str(report.get("body", "")).encode()

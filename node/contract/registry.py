@@ -1,0 +1,151 @@
+"""The node registry's wire format: heartbeats, and what a reader makes of them. Pure: no I/O, no clock.
+
+Every worker process of every node publishes a heartbeat every ``BURROW_NODE_HEARTBEAT_S`` to one RabbitMQ
+*stream* (``burrow.nodes``): a stream keeps what was published (for ``NODES_MAX_AGE``) and any number of
+readers — router replicas, ``burrow nodes``, the autoscaler — read it without taking anything from each
+other. A worker that stops cleanly says so (``state = "stopped"``); one that vanishes simply goes silent.
+
+A reader folds the heartbeats it read (``fold``) into one ``NodeView`` per node: *live* while any of its
+processes was heard from within ``live_window_s`` and did not say it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The stream every worker process heartbeats into (under the deployment's queue prefix).
+NODES_STREAM = "burrow.nodes"
+#: How long the stream keeps heartbeats: "recently dead" nodes are those heard from within it.
+NODES_MAX_AGE = "1h"
+#: A process is live while its last heartbeat is younger than this many heartbeat intervals.
+LIVE_INTERVALS = 3.0
+
+STATES = ("up", "draining", "stopped")
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What one worker process says about itself.
+
+    Attributes:
+        node: The node id (``BURROW_NODE_ID``).
+        process: This process's key within the node (its slot id and pid).
+        slot: The slot (``gpu-0``, ``cpu-1``).
+        subcloud: The node's subcloud.
+        models: The models the node serves (empty: all of its subcloud's).
+        queues: The logical work queues this process takes jobs from.
+        threads: Worker threads in this process (jobs it may run at once).
+        running: The job ids it runs now.
+        state: ``up``, ``draining`` (SIGTERM received) or ``stopped``.
+        version: Burrow's version.
+        at: When it was sent (Unix seconds).
+        interval_s: How often this process heartbeats (a reader times it out after ``LIVE_INTERVALS``).
+    """
+
+    node: str
+    process: str
+    slot: str = ""
+    subcloud: str = "public"
+    models: tuple[str, ...] = ()
+    queues: tuple[str, ...] = ()
+    threads: int = 1
+    running: tuple[str, ...] = ()
+    state: str = "up"
+    version: str = ""
+    at: float = 0.0
+    interval_s: float = 10.0
+
+    def encode(self) -> bytes:
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, body: bytes) -> Heartbeat | None:
+        """The heartbeat in ``body``, or ``None`` for anything else (a probe, garbage, a newer format)."""
+        try:
+            data = json.loads(body)
+            if not isinstance(data, dict) or not isinstance(data.get("node"), str):
+                return None
+            known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+            for name in ("models", "queues", "running"):
+                known[name] = tuple(str(x) for x in known.get(name) or ())
+            beat = cls(**known)
+            if beat.state not in STATES or not isinstance(beat.at, int | float):
+                return None
+            return beat
+        except (ValueError, TypeError):
+            return None
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """A node as the registry sees it: its processes' latest heartbeats folded together."""
+
+    node: str
+    subcloud: str
+    models: tuple[str, ...]
+    queues: frozenset[str]
+    last_seen: float
+    live: bool
+    state: str  # up, draining, stopped (cleanly), silent (vanished)
+    version: str
+    slots: tuple[Heartbeat, ...] = field(default_factory=tuple)
+
+    @property
+    def running(self) -> tuple[str, ...]:
+        return tuple(job for beat in self.slots for job in beat.running)
+
+
+def _process_live(beat: Heartbeat, now: float) -> bool:
+    return beat.state != "stopped" and now - beat.at <= LIVE_INTERVALS * beat.interval_s
+
+
+def fold(heartbeats: Iterable[Heartbeat], *, now: float) -> dict[str, NodeView]:
+    """One ``NodeView`` per node from heartbeats in any order (the newest per process wins)."""
+    latest: dict[tuple[str, str], Heartbeat] = {}
+    for beat in heartbeats:
+        key = (beat.node, beat.process)
+        if key not in latest or beat.at >= latest[key].at:
+            latest[key] = beat
+    by_node: dict[str, list[Heartbeat]] = {}
+    for (node, _), beat in sorted(latest.items()):
+        by_node.setdefault(node, []).append(beat)
+    views = {}
+    for node, beats in by_node.items():
+        live_beats = [b for b in beats if _process_live(b, now)]
+        newest = max(beats, key=lambda b: b.at)
+        if live_beats:
+            state = "draining" if all(b.state == "draining" for b in live_beats) else "up"
+        else:
+            state = "stopped" if newest.state == "stopped" else "silent"
+        shown = live_beats or beats
+        views[node] = NodeView(
+            node=node,
+            subcloud=newest.subcloud,
+            models=newest.models,
+            queues=frozenset(q for b in live_beats for q in b.queues),
+            last_seen=newest.at,
+            live=bool(live_beats) and state == "up",
+            state=state,
+            version=newest.version,
+            slots=tuple(sorted(shown, key=lambda b: b.process)),
+        )
+    return views
+
+
+def describe(view: NodeView, now: float) -> dict[str, Any]:
+    """A row for ``burrow nodes``."""
+    busy = sum(1 for b in view.slots if b.running)
+    return {
+        "node": view.node,
+        "state": view.state,
+        "subcloud": view.subcloud,
+        "models": ",".join(view.models) or "all",
+        "slots": f"{busy}/{len(view.slots)} busy",
+        "seen": f"{max(0.0, now - view.last_seen):.0f}s ago",
+        "version": view.version,
+        "running": ",".join(view.running),
+    }
