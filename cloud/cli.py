@@ -108,6 +108,46 @@ def cmd_topology(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the router (``dramatiq cloud.router``) until SIGTERM/SIGINT."""
+    argv = [sys.executable, "-m", "dramatiq", "cloud.router", "--processes", str(args.processes)]
+    argv += ["--threads", str(args.threads)]
+    process = subprocess.Popen(argv)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGTERM)
+        return process.wait()
+
+
+def cmd_nodes(args: argparse.Namespace, settings: Settings) -> int:
+    """List the nodes heard from in the last hour: live, draining, stopped or silent."""
+    from cloud.client import connect
+    from cloud.registry import NodeRegistry
+    from node.contract.registry import describe
+
+    broker = connect(settings)
+    views = NodeRegistry(broker.parameters, settings.queue_prefix, window_s=args.window_s).nodes()
+    broker.close()
+    now = time.time()
+    print(f"{'node':24} {'state':9} {'subcloud':12} {'models':20} {'slots':12} {'seen':>9} {'version':8} running")
+    for view in sorted(views.values(), key=lambda v: (not v.live, v.node)):
+        row = describe(view, now)
+        print(
+            f"{row['node']:24} {row['state']:9} {row['subcloud']:12} {row['models']:20} {row['slots']:12} "
+            f"{row['seen']:>9} {row['version']:8} {row['running']}"
+        )
+    if not views:
+        print("(no node heard from)")
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace, settings: Settings) -> int:
+    from cloud import operate
+
+    return operate.quarantine(args, settings)
+
+
 def cmd_job(args: argparse.Namespace, settings: Settings) -> int:
     """Print a job's record: status, every attempt, checkpoint and artifact pointers."""
     from node.storage import storage_from_settings
@@ -202,6 +242,28 @@ def build_parser() -> argparse.ArgumentParser:
     topology.add_argument("action", choices=["apply", "show"])
     topology.add_argument("file", nargs="?", default=None, help="topology file (default: BURROW_TOPOLOGY)")
     topology.set_defaults(func=cmd_topology)
+
+    router = sub.add_parser("router", help="run the router: re-dispatch failed jobs, quarantine what cannot be placed")
+    router.add_argument("--processes", type=int, default=1)
+    router.add_argument("--threads", type=int, default=4)
+    router.set_defaults(func=cmd_router)
+
+    nodes = sub.add_parser("nodes", help="live and recently dead nodes (the node registry)")
+    nodes.add_argument("--window-s", type=float, default=3600.0, help="how far back to look")
+    nodes.set_defaults(func=cmd_nodes)
+
+    quarantine = sub.add_parser("quarantine", help="jobs the router could not place: list, show, requeue, purge")
+    qsub = quarantine.add_subparsers(dest="action", required=True)
+    qsub.add_parser("list", help="one line per quarantined job")
+    show = qsub.add_parser("show", help="a quarantined job's full history")
+    show.add_argument("id")
+    requeue = qsub.add_parser("requeue", help="send quarantined jobs back through the router (counters reset)")
+    requeue.add_argument("ids", nargs="+", metavar="ID")
+    requeue.add_argument("--to", default=None, metavar="QUEUE", help="the queue to put them on (default: their own)")
+    purge = qsub.add_parser("purge", help="delete quarantined jobs (asks first)")
+    purge.add_argument("--older-than", default=None, metavar="AGE", help="only those older than e.g. 30m, 2h, 7d")
+    purge.add_argument("--yes", action="store_true", help="do not ask")
+    quarantine.set_defaults(func=cmd_quarantine)
 
     job = sub.add_parser("job", help="show a job's record (status, attempts, checkpoint, artifacts)")
     job.add_argument("job_id")

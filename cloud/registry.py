@@ -113,4 +113,5 @@ class NodeRegistry:
                 key = (beat.node, beat.process)
                 if key not in self._beats or beat.at >= self._beats[key].at:
                     self._beats[key] = beat
-        channel.cancel()
+        # No ``channel.cancel()``: pika rejects the deliveries it still buffers, which a stream refuses by
+        # closing the connection. Closing the connection (``refresh``) simply drops them.

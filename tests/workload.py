@@ -165,3 +165,22 @@ def hangs_always(job_key: str) -> None:
 def inference(job_key: str) -> None:
     """A short job for a model (routed by the topology): records that it ran."""
     _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}")
+
+
+@dramatiq.actor(queue_name=QUEUE, max_failures=1, min_backoff_s=0.1, max_backoff_s=0.2)
+def fails_on_node(job_key: str, bad_node: str = "") -> None:
+    """Record the run and the node; raise on ``bad_node`` (every other node succeeds)."""
+    from node.job import current_job
+
+    _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}", node=node().settings.node_id)
+    if node().settings.node_id == bad_node or bad_node == "*":
+        raise RuntimeError(f"{job_key} always fails on {bad_node}")
+    current_job().artifacts.put("done.json", b"{}")
+
+
+@dramatiq.actor(queue_name=QUEUE)
+def holds_slot(job_key: str, release_file: str) -> None:
+    """Keep this worker busy until ``release_file`` exists (an event, not a duration)."""
+    _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}", node=node().settings.node_id)
+    while not os.path.exists(release_file):
+        time.sleep(0.05)

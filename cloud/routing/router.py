@@ -86,7 +86,8 @@ class Router:
             return []
         earlier = next((r for r in (record or {}).get("routing", []) if r.get("report") == report_id), None)
         if earlier is not None:
-            route = Route(**earlier["route"])
+            saved = earlier["route"]
+            route = Route(**{**saved, "avoid_nodes": tuple(saved.get("avoid_nodes") or ())})
         elif kind == "requeue" and status is not JobStatus.QUARANTINED:
             logger.info("Job %s is not quarantined (%s): requeue ignored.", job_id, status)
             return []

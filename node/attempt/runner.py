@@ -184,8 +184,12 @@ class AttemptRunner:
         live_duplicate: bool = False,
         job: JobOptions | None = None,
     ) -> Decision:
+        job = job or settings.job
+        if job.expires_at is None and settings.expires_at is not None:
+            # Stamp the expiry an actor's ttl_s gave it: the router, which has no actors, must see it too.
+            job = job.replace(expires_at=settings.expires_at)
         return decide(
-            job or settings.job,
+            job,
             limits=settings.limits,
             status=status,
             outcome=outcome,

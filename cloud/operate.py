@@ -1,0 +1,136 @@
+"""Operator commands on the quarantine: ``burrow quarantine list | show ID | requeue ID… | purge``.
+
+A requeue is not done here: it is a ``requeue`` message to the router, which places the job and removes
+the entry exactly once (``cloud.routing.router``), so two operators, or an operator and a crash, cannot put a
+job back twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+import sys
+import time
+from typing import Any
+
+from dramatiq import Message
+
+from node.contract.queues import FAILED_JOBS_ACTOR, FAILED_JOBS_QUEUE
+from node.errors import BurrowError
+from node.settings import Settings
+from node.storage import storage_from_settings
+
+from .routing.quarantine import Quarantine
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class OperateError(BurrowError):
+    """An operator command cannot be carried out (the message says why)."""
+
+
+def parse_age(text: str) -> float:
+    """``30m`` → 1800.0; raises ``OperateError`` naming the value."""
+    match = _AGE.fullmatch(text.strip())
+    if not match:
+        raise OperateError(f"--older-than {text!r} is not an age like 90s, 30m, 2h or 7d")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def _age(entry: dict[str, Any], now: float) -> str:
+    seconds = max(0.0, now - float(entry.get("quarantined_at") or now))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def quarantine(args: argparse.Namespace, settings: Settings) -> int:
+    store = Quarantine(storage_from_settings(settings))
+    now = time.time()
+    if args.action == "list":
+        print(f"{'id':38} {'age':>7} {'attempts':>8} {'actor':16} {'queue':32} reason")
+        count = 0
+        for entry in store.entries():
+            count += 1
+            print(
+                f"{entry['id']:38} {_age(entry, now):>7} {len(entry.get('attempts') or []):>8} "
+                f"{entry.get('actor') or '?':16} {entry.get('queue') or '?':32} {entry.get('reason')}"
+            )
+        print(f"({count} quarantined)")
+        return 0
+    if args.action == "show":
+        entry = _entry(store, args.id)
+        when = datetime.datetime.fromtimestamp(entry["quarantined_at"], tz=datetime.UTC).isoformat(timespec="seconds")
+        print(f"job {entry.get('job_id') or '(unreadable)'}  actor {entry.get('actor')}  queue {entry.get('queue')}")
+        print(f"quarantined {when} ({_age(entry, now)} ago): {entry['reason']}")
+        if entry.get("error"):
+            print(f"last error: {entry['error']}")
+        print("attempts:")
+        for attempt in entry.get("attempts") or []:
+            print(
+                f"  #{attempt.get('number', '?')} node {attempt.get('node', '?')} slot {attempt.get('slot', '?')}: "
+                f"{attempt.get('outcome') or 'open'}" + (f" — {attempt['error']}" if attempt.get("error") else "")
+            )
+        print("router decisions:")
+        for decision in entry.get("routing") or []:
+            where = decision.get("queue") or ""
+            print(f"  {decision.get('kind')}: {decision.get('action')} {where} — {decision['reason']}")
+        if entry.get("raw"):
+            print(f"message (base64, unreadable): {entry['raw'][:200]}")
+        return 0
+    if args.action == "requeue":
+        return _requeue(store, args, settings)
+    return _purge(store, args, now)
+
+
+def _entry(store: Quarantine, entry_id: str) -> dict[str, Any]:
+    entry = store.get(entry_id)
+    if entry is None:
+        raise OperateError(f"nothing quarantined under {entry_id!r} (see `burrow quarantine list`)")
+    return entry
+
+
+def _requeue(store: Quarantine, args: argparse.Namespace, settings: Settings) -> int:
+    from .client import connect
+
+    entries = [_entry(store, entry_id) for entry_id in args.ids]
+    for entry in entries:
+        if not entry.get("message") or not entry.get("job_id"):
+            raise OperateError(f"{entry['id']} is not a readable job ({entry['reason']}): it cannot be requeued")
+    broker = connect(settings)
+    try:
+        if args.to is not None and broker.topology is not None and not broker.topology.has(args.to):
+            raise OperateError(f"--to {args.to!r} is not a queue of the topology")
+        for entry in entries:
+            request = Message(
+                queue_name=FAILED_JOBS_QUEUE,
+                actor_name=FAILED_JOBS_ACTOR,
+                args=(),
+                kwargs={"kind": "requeue", "id": entry["id"], "job": entry["message"], "to": args.to},
+                options={},
+            )
+            broker.send_elsewhere(request)
+            print(f"{entry['id']}: requeue sent to the router")
+    finally:
+        broker.close()
+    return 0
+
+
+def _purge(store: Quarantine, args: argparse.Namespace, now: float) -> int:
+    older_than = parse_age(args.older_than) if args.older_than else 0.0
+    doomed = [e["id"] for e in store.entries() if now - float(e.get("quarantined_at") or now) >= older_than]
+    if not doomed:
+        print("nothing to purge")
+        return 0
+    if not args.yes:
+        print(f"Delete {len(doomed)} quarantined job(s) for good? [y/N] ", end="", flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    for entry_id in doomed:
+        store.delete(entry_id)
+    print(f"{len(doomed)} deleted")
+    return 0

@@ -1,0 +1,197 @@
+"""Acceptance: the router re-dispatches failed jobs to other live nodes, quarantines what it cannot place,
+and hands each failure on exactly once however often it is killed (real nodes, real router, real broker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pika
+import pytest
+from dramatiq import Message
+
+from cloud.registry import NodeRegistry
+from cloud.routing.quarantine import Quarantine
+from node.storage.records import RecordStore
+from tests.conftest import ROOT, send, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
+
+NODE_ARGV = [sys.executable, "-m", "dramatiq", "node.actors", "--processes", "1", "--threads", "1"]
+ROUTER_ARGV = [sys.executable, "-m", "dramatiq", "cloud.router", "--processes", "1", "--threads", "2"]
+FAST = {
+    "BURROW_NODE_HEARTBEAT_S": "0.5",
+    "BURROW_ROUTER_COOLDOWN_S": "0.1",
+    "BURROW_ROUTER_AVOID_DELAY_S": "0.1",
+    "BURROW_CPU_SLOTS": "1",
+}
+
+
+def node(start_node, tmp_path: Path, name: str):
+    env = {**FAST, "BURROW_NODE_ID": name, "BURROW_STATE_DIR": str(tmp_path / f"state-{name}")}
+    return start_node(argv=NODE_ARGV, env=env)
+
+
+def wait_live(amqp_url: str, prefix: str, *names: str) -> None:
+    registry = NodeRegistry(pika.URLParameters(amqp_url), prefix, refresh_s=0)
+    wait_for(lambda: {v.node for v in registry.live_nodes()} >= set(names), 60, f"{names} in the registry")
+
+
+def router(start_node, **env: str):
+    return start_node(argv=ROUTER_ARGV, env={**FAST, **env})
+
+
+def runs_by_node(storage, job_key: str) -> list[str]:
+    traces = [json.loads(storage.get(key)[0]) for key in storage.list(f"runs/{job_key}/")]
+    return [trace["node"] for trace in sorted(traces, key=lambda t: t["time"])]
+
+
+def burrow(node_env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cloud.cli", *args], env=node_env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_a_job_failing_on_node_a_runs_on_node_b_and_never_again_on_a(broker, storage, start_node, tmp_path):
+    # Given nodes A and B and a router; B is busy until the test releases it, so A takes the job first
+    release = tmp_path / "release-b"
+    node(start_node, tmp_path, "node-b")
+    send(broker, "tests", "holds_slot", job_key="blocker", release_file=str(release))
+    wait_for(lambda: runs_by_node(storage, "blocker") == ["node-b"], 60, "node B to be busy")
+    node(start_node, tmp_path, "node-a")
+    router(start_node)
+    message = send(broker, "tests", "fails_on_node", job_key="picky", bad_node="node-a")
+
+    # When A has spent the job's failure budget (1 + max_failures=1 runs) and the router re-dispatched it,
+    # avoiding A: A keeps receiving it (B is busy) and hands it back to the router each time
+    wait_for(lambda: len(runs_by_node(storage, "picky")) == 2, 60, "two failed runs on A")
+    records = RecordStore(storage)
+    wait_for(lambda: (records.get(message.message_id) or {}).get("routing"), 60, "the router's decision")
+    release.touch()
+
+    # Then it succeeds on B, and never ran on A again
+    wait_for(lambda: (records.get(message.message_id) or {}).get("status") == "succeeded", 60, "success on B")
+    assert runs_by_node(storage, "picky") == ["node-a", "node-a", "node-b"]
+    record = records.get(message.message_id)
+    assert [r["action"] for r in record["routing"]] == ["dispatch"]
+    assert record["routing"][0]["route"]["avoid_nodes"] == ["node-a"]
+
+
+def test_with_only_node_a_alive_the_job_is_quarantined_and_an_operator_requeue_runs_it_on_b(
+    broker, storage, start_node, tmp_path, node_env
+):
+    # Given only node A and a router
+    node_a = node(start_node, tmp_path, "node-a")
+    router(start_node)
+    message = send(broker, "tests", "fails_on_node", job_key="stuck", bad_node="node-a")
+
+    # When the job has failed on A, the router finds no other live node to place it on
+    quarantine = Quarantine(storage)
+    wait_for(lambda: quarantine.get(message.message_id), 90, "the job in quarantine")
+
+    # Then it is quarantined with its history, which `burrow quarantine` shows
+    assert RecordStore(storage).get(message.message_id)["status"] == "quarantined"
+    listed = burrow(node_env, "quarantine", "list")
+    assert listed.returncode == 0 and message.message_id in listed.stdout and "no live node" in listed.stdout
+    shown = burrow(node_env, "quarantine", "show", message.message_id)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count("node node-a") == 2 and "failed" in shown.stdout
+
+    # When A is gone, a healthy node B appears and the operator requeues the job
+    node_a.stop()
+    node(start_node, tmp_path, "node-b")
+    requeued = burrow(node_env, "quarantine", "requeue", message.message_id)
+    assert requeued.returncode == 0, requeued.stderr
+
+    # Then it runs on B and succeeds, and the quarantine entry is gone
+    records = RecordStore(storage)
+    wait_for(lambda: (records.get(message.message_id) or {}).get("status") == "succeeded", 90, "success on B")
+    assert runs_by_node(storage, "stuck") == ["node-a", "node-a", "node-b"]
+    assert quarantine.get(message.message_id) is None
+    # And a requeue of something not quarantined is a one-line error
+    again = burrow(node_env, "quarantine", "requeue", message.message_id)
+    assert again.returncode == 2 and again.stderr.startswith("burrow: error: nothing quarantined")
+
+
+def fails_everywhere(broker, job_key: str, **options: object):
+    """A job that fails wherever it runs, giving up after its first failure on a node (max_failures=0)."""
+    return broker.enqueue(
+        Message(
+            queue_name="tests",
+            actor_name="fails_on_node",
+            args=(),
+            kwargs={"job_key": job_key, "bad_node": "*"},
+            options={"max_failures": 0, **options},
+        )
+    )
+
+
+def test_a_router_killed_again_and_again_hands_each_failure_on_exactly_once(
+    amqp_url, queue_prefix, broker, storage, start_node, tmp_path
+):
+    # Given nodes A and B and jobs that fail everywhere, once per node: each runs on one node, is
+    # re-dispatched once (avoiding it), runs on the other, then is quarantined. A second copy of a
+    # re-dispatch would run a third time.
+    node(start_node, tmp_path, "node-a")
+    node(start_node, tmp_path, "node-b")
+    wait_live(amqp_url, queue_prefix, "node-a", "node-b")
+    messages = [fails_everywhere(broker, f"doomed-{i}") for i in range(12)]
+    records, quarantine = RecordStore(storage), Quarantine(storage)
+
+    def decisions() -> int:
+        return sum(len((records.get(m.message_id) or {}).get("routing", [])) for m in messages)
+
+    def all_quarantined() -> bool:
+        return all(quarantine.get(m.message_id) for m in messages)
+
+    # When the router is SIGKILLed each time it has decided something, for as long as there is work left
+    kills = 0
+    while not all_quarantined() and kills < 12:
+        seen = decisions()
+        current = router(start_node)
+        wait_for(lambda seen=seen: decisions() > seen or all_quarantined(), 90, "the router to decide something")
+        os.killpg(current.process.pid, signal.SIGKILL)
+        current.process.wait()
+        kills += 1
+    router(start_node)  # one that is left to finish
+
+    # Then every job ends quarantined after exactly one re-dispatch: none lost, none dispatched twice
+    wait_for(all_quarantined, 120, "every job in quarantine")
+    assert kills >= 3
+    for m in messages:
+        record = records.get(m.message_id)
+        assert [r["action"] for r in record["routing"]] == ["dispatch", "quarantine"], record["routing"]
+        nodes = runs_by_node(storage, m.kwargs["job_key"])
+        assert sorted(nodes) == ["node-a", "node-b"], nodes
+    assert broker.get_queue_message_counts("tests") == (0, 0, 0)
+    wait_for(lambda: broker.get_queue_message_counts("failed-jobs") == (0, 0, 0), 60, "failed-jobs drained")
+
+
+def test_an_expired_job_is_quarantined_never_re_dispatched(
+    amqp_url, queue_prefix, broker, storage, start_node, tmp_path
+):
+    # Given nodes A and B, a router, and a job that fails on A and expires before it could run again
+    node(start_node, tmp_path, "node-a")
+    node(start_node, tmp_path, "node-b")
+    wait_live(amqp_url, queue_prefix, "node-a", "node-b")
+    router(start_node, BURROW_ROUTER_COOLDOWN_S="3600")  # any re-dispatch would start after its expiry
+    message = broker.enqueue(
+        Message(
+            queue_name="tests",
+            actor_name="fails_on_node",
+            args=(),
+            kwargs={"job_key": "late", "bad_node": "*"},
+            options={"ttl_s": 600},
+        )
+    )
+
+    # Then after its failures it lands in quarantine as expired, and runs nowhere else
+    wait_for(lambda: Quarantine(storage).get(message.message_id), 90, "the job in quarantine")
+    record = RecordStore(storage).get(message.message_id)
+    assert [r["action"] for r in record["routing"]] == ["quarantine"]
+    assert "expired" in record["routing"][0]["reason"]
+    assert len(runs_by_node(storage, "late")) == 2
