@@ -104,6 +104,11 @@ def test_with_only_node_a_alive_the_job_is_quarantined_and_an_operator_requeue_r
     # When A is gone, a healthy node B appears and the operator requeues the job
     node_a.stop()
     node(start_node, tmp_path, "node-b")
+    wait_live(node_env["AMQP_URL"], node_env["BURROW_QUEUE_PREFIX"], "node-b")
+    # (`burrow nodes` lists both: B live, A stopped cleanly)
+    listing = burrow(node_env, "nodes").stdout.splitlines()
+    assert any(line.split()[:2] == ["node-b", "up"] for line in listing), listing
+    assert any(line.split()[:2] == ["node-a", "stopped"] for line in listing), listing
     requeued = burrow(node_env, "quarantine", "requeue", message.message_id)
     assert requeued.returncode == 0, requeued.stderr
 
