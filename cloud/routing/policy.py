@@ -170,7 +170,9 @@ class DefaultPolicy:
     ) -> Route:
         job = request.job
         if job is None:
-            return Route("quarantine", reason=f"unreadable message: {request.reason}")
+            if request.kind == "dead_letter":
+                return Route("quarantine", reason=f"dead-lettered ({request.dead_letter_reason}): {request.reason}")
+            return Route("quarantine", reason=f"unreadable: {request.reason}")
         if request.kind == "dead_letter" and request.dead_letter_reason != DeadLetterReason.DELIVERY_LIMIT:
             return Route("quarantine", reason=f"dead-lettered ({request.dead_letter_reason}): {request.reason}")
         if request.kind == "requeue":

@@ -125,8 +125,9 @@ class Router:
                 message = Message(**{**fields, "args": tuple(fields.get("args") or ())})
                 job = JobOptions.from_options(message.options, message_id=message.message_id)
             except Exception as e:  # a malformed message: whatever it provokes, it is only quarantined
-                why = f"{report.get('detail')} ({e})"
-                return None, RouteRequest(kind, report.get("queue", ""), None, reason=why), raw
+                why = report.get("detail") or f"unreadable message: {e}"
+                dl_reason = report.get("dead_letter_reason")
+                return None, RouteRequest(kind, report.get("queue", ""), None, why, dead_letter_reason=dl_reason), raw
             reason = report.get("detail") or report.get("dead_letter_reason") or ""
             return (
                 message,

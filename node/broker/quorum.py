@@ -224,9 +224,11 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         if message.options.get("eta") is not None:
             message = message.copy(options={k: v for k, v in message.options.items() if k != "eta"})
         bucket = wait_bucket_ms(delay) if delay else None
-        # Middleware (``JobSubmission``) stamps the job options the topology routes by: emit first.
-        self.emit_before("enqueue", message, delay)
-        message = self._route(message)
+        if announce:
+            # Middleware (``JobSubmission``) stamps the job options the topology routes by: emit first. A
+            # message sent elsewhere (a report to ``failed-jobs``) is not a job and is never routed.
+            self.emit_before("enqueue", message, delay)
+            message = self._route(message)
         queue_name = q_name(message.queue_name)
         in_topology = self.topology is not None and self.topology.has(queue_name)
 
@@ -252,7 +254,8 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
                 ),
                 mandatory=self.confirm_delivery,
             )
-            self.emit_after("enqueue", message, delay)
+            if announce:
+                self.emit_after("enqueue", message, delay)
 
         self._with_reconnect(publish, queue_name, must_exist=in_topology)
         return message

@@ -3,6 +3,7 @@ and hands each failure on exactly once however often it is killed (real nodes, r
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -10,14 +11,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dramatiq
 import pika
 import pytest
 from dramatiq import Message
 
 from cloud.registry import NodeRegistry
 from cloud.routing.quarantine import Quarantine
+from node.broker import QuorumRabbitmqBroker
+from node.contract.topology import load_topology
+from node.middleware import JobSubmission
 from node.storage.records import RecordStore
-from tests.conftest import ROOT, send, wait_for
+from tests.conftest import ROOT, delete_namespace, send, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -200,3 +205,81 @@ def test_an_expired_job_is_quarantined_never_re_dispatched(
     assert [r["action"] for r in record["routing"]] == ["quarantine"]
     assert "expired" in record["routing"][0]["reason"]
     assert len(runs_by_node(storage, "late")) == 2
+
+
+FALLBACK_TOML = """
+job_types = ["batch"]
+priorities = ["bulk"]
+
+[subclouds.acme]
+models = ["any"]
+fallback = ["public"]
+
+[subclouds.public]
+models = ["any"]
+"""
+
+
+def test_a_job_failing_in_its_subcloud_falls_back_to_the_next_pool(
+    amqp_url, queue_prefix, storage, start_node, tmp_path
+):
+    # Given a topology where acme falls back to public, node A serving acme and node P serving public
+    topology_file = tmp_path / "topology.toml"
+    topology_file.write_text(FALLBACK_TOML)
+    topology = load_topology(topology_file)
+    submitter = QuorumRabbitmqBroker(
+        url=amqp_url, queue_prefix=queue_prefix, middleware=[JobSubmission()], topology=topology
+    )
+    try:
+        for name in topology.queue_names():
+            submitter.declare_queue(name, ensure=True)
+        dramatiq.Actor(
+            lambda job_key, bad_node="": None,
+            broker=submitter,
+            actor_name="fails_on_node",
+            queue_name="tests",
+            priority=0,
+            options={"subcloud": "acme"},
+        )
+        env = {"BURROW_TOPOLOGY": str(topology_file)}
+        start_node(argv=NODE_ARGV, env={**FAST, **env, "BURROW_NODE_ID": "node-a", "BURROW_SUBCLOUD": "acme",
+                                       "BURROW_STATE_DIR": str(tmp_path / "state-a")})  # fmt: skip
+        start_node(argv=NODE_ARGV, env={**FAST, **env, "BURROW_NODE_ID": "node-p", "BURROW_SUBCLOUD": "public",
+                                       "BURROW_STATE_DIR": str(tmp_path / "state-p")})  # fmt: skip
+        wait_live(amqp_url, queue_prefix, "node-a", "node-p")
+        router(start_node, **env)
+
+        # When a job of acme fails on A (its only node there)
+        message = submitter.get_actor("fails_on_node").send(job_key="roams", bad_node="node-a")
+        assert message.queue_name == "acme.batch.any.bulk"
+
+        # Then the router sends it down the chain to public, where P runs it
+        records = RecordStore(storage)
+        wait_for(lambda: (records.get(message.message_id) or {}).get("status") == "succeeded", 90, "success on P")
+        assert runs_by_node(storage, "roams") == ["node-a", "node-a", "node-p"]
+        routing = records.get(message.message_id)["routing"]
+        assert [(r["action"], r["queue"]) for r in routing] == [("dispatch", "public.batch.any.bulk")]
+    finally:
+        submitter.close()
+        delete_namespace(amqp_url, queue_prefix, topology.queue_names())
+
+
+def test_a_malformed_message_ends_in_quarantine_with_its_reason(
+    amqp_url, queue_prefix, broker, storage, start_node, tmp_path
+):
+    # Given a node and a router
+    node(start_node, tmp_path, "node-a")
+    router(start_node)
+    broker.declare_queue("tests", ensure=True)
+
+    # When garbage is published straight to the work queue
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    connection.channel().basic_publish("", queue_prefix + "tests", b"\xffnot a message")
+    connection.close()
+
+    # Then the node dead-letters it as malformed, the router quarantines it (unreadable, kept whole)
+    quarantine = Quarantine(storage)
+    entry = wait_for(lambda: next(quarantine.entries(), None), 90, "the garbage in quarantine")
+    assert "malformed" in entry["reason"] and entry["job_id"] is None
+    assert base64.b64decode(entry["raw"]) == b"\xffnot a message"
+    assert broker.get_queue_message_counts("tests") == (0, 0, 0)
