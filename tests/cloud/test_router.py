@@ -283,3 +283,25 @@ def test_a_malformed_message_ends_in_quarantine_with_its_reason(
     assert "malformed" in entry["reason"] and entry["job_id"] is None
     assert base64.b64decode(entry["raw"]) == b"\xffnot a message"
     assert broker.get_queue_message_counts("tests") == (0, 0, 0)
+
+
+def test_a_job_that_kills_its_process_every_run_ends_in_quarantine_and_the_node_keeps_serving(
+    amqp_url, queue_prefix, broker, storage, start_node, tmp_path
+):
+    # Given one node (under `burrow node`, which restarts dead workers) and a router
+    start_node(env={**FAST, "BURROW_NODE_ID": "node-a", "BURROW_STATE_DIR": str(tmp_path / "state-a")})
+    wait_live(amqp_url, queue_prefix, "node-a")
+    router(start_node)
+
+    # When a job calls os._exit on every run
+    message = send(broker, "tests.poison", "crash_always", job_key="loop", how="exit")
+
+    # Then after its failure budget it is quarantined with the reason and every crash recorded
+    entry = wait_for(lambda: Quarantine(storage).get(message.message_id), 120, "the crash loop in quarantine")
+    assert "crashed 4 times" in entry["reason"] and "no live node" in entry["reason"]
+    assert [a["outcome"] for a in entry["attempts"]] == ["crashed"] * 4
+    assert {a["node"] for a in entry["attempts"]} == {"node-a"}
+    # and the node keeps serving
+    send(broker, "tests", "tracked", job_key="after-loop", work_s=0.1)
+    wait_for(lambda: storage.head("results/after-loop.json"), 60, "a normal job after the crash loop")
+    assert broker.get_queue_message_counts("tests.poison") == (0, 0, 0)
