@@ -73,15 +73,26 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_queues(args: argparse.Namespace, settings: Settings) -> int:
+    """Ready, running, serving slots, subscribers and dead letters per work queue, and ``failed-jobs``."""
     from cloud.client import connect
+    from cloud.operate import queue_rows
+    from cloud.registry import NodeRegistry
     from node.contract.queues import FAILED_JOBS_QUEUE
 
     broker = connect(settings)
-    print(f"{'queue':30} {'ready':>8} {'dead':>8}")
-    for name in [*sorted(broker.get_declared_queues()), FAILED_JOBS_QUEUE]:
-        ready, _, dead = broker.get_queue_message_counts(name)
-        print(f"{broker.physical(name):30} {ready:>8} {dead:>8}")
-    broker.close()
+    try:
+        names = broker.topology.queue_names() if broker.topology else sorted(broker.get_declared_queues())
+        views = NodeRegistry(broker.parameters, settings.queue_prefix, window_s=600).nodes()
+        rows = queue_rows(broker, views, [*names, FAILED_JOBS_QUEUE])
+    finally:
+        broker.close()
+    shown = lambda v: "MISSING" if v is None else v  # noqa: E731
+    print(f"{'queue':44} {'ready':>8} {'running':>8} {'slots':>6} {'subscr':>6} {'dead':>8}")
+    for row in rows:
+        print(
+            f"{row['queue']:44} {shown(row['ready']):>8} {row['running']:>8} {row['slots']:>6} "
+            f"{'' if row['subscribers'] is None else row['subscribers']:>6} {shown(row['dead']):>8}"
+        )
     return 0
 
 
@@ -235,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--count", type=int, default=1)
     submit.set_defaults(func=cmd_submit)
 
-    queues = sub.add_parser("queues", help="ready and dead-lettered message counts per queue")
+    queues = sub.add_parser("queues", help="per queue: ready, running (node registry), slots serving it, dead letters")
     queues.set_defaults(func=cmd_queues)
 
     topology = sub.add_parser("topology", help="declare the queues of a topology file, or compare them with the broker")

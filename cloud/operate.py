@@ -134,3 +134,44 @@ def _purge(store: Quarantine, args: argparse.Namespace, now: float) -> int:
         store.delete(entry_id)
     print(f"{len(doomed)} deleted")
     return 0
+
+
+def queue_rows(broker, registry_views, names: list[str]) -> list[dict[str, Any]]:
+    """One row per queue: ready and dead-lettered (the broker), subscribers (the broker), serving slots and
+    running jobs (the node registry). Nothing is declared: a queue the broker lacks shows as missing.
+
+    Running jobs come from the registry because RabbitMQ reports unacked counts only through its management
+    API, and a slot's priority consumer holds no subscription for the broker to count.
+    """
+    from dramatiq.common import xq_name
+
+    live = [beat for view in registry_views.values() if view.live for beat in view.slots]
+    rows = []
+    for name in names:
+        ready, subscribers, dead = _passive(broker, name), None, _passive(broker, xq_name(name))
+        if ready is not None:
+            ready, subscribers = ready
+        rows.append(
+            {
+                "queue": broker.physical(name),
+                "ready": ready,
+                "running": sum(beat.running_queues.count(name) for beat in live),
+                "slots": sum(1 for beat in live if name in beat.queues),
+                "subscribers": subscribers,
+                "dead": dead[0] if dead is not None else None,
+            }
+        )
+    return rows
+
+
+def _passive(broker, name: str) -> tuple[int, int] | None:
+    import pika.exceptions
+
+    try:
+        method = broker.channel.queue_declare(broker.physical(name), passive=True).method
+        return method.message_count, method.consumer_count
+    except pika.exceptions.ChannelClosedByBroker as e:
+        del broker.channel
+        if e.reply_code == 404:
+            return None
+        raise

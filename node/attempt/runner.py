@@ -272,7 +272,7 @@ class AttemptRunner:
         checkpoint.on_fenced = lambda: context.request_stop("fenced")
         if self.journal is not None:
             self.journal.started(job.job_id, attempt_id, started_at=attempt.started_at)
-        attempt.token = running.enter(context)
+        attempt.token = running.enter(context, message.queue_name)
         self._local.attempt = attempt
         self.monitor.watch(attempt)
         # Per-job lines at DEBUG: at thousands of short jobs a second, logging them costs more than the job.

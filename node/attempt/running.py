@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from .context import AttemptContext as JobContext
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("burrow_job", default=None)
-_running: set[JobContext] = set()
+_running: dict[JobContext, str] = {}  # the running contexts and the queue each job came from
 _lock = threading.Lock()
 _shutdown_began_at: float | None = None
 
@@ -32,16 +32,16 @@ def current() -> JobContext | None:
     return _current.get()
 
 
-def enter(context: JobContext) -> contextvars.Token:
-    """Make ``context`` the current thread's job and count it as running."""
+def enter(context: JobContext, queue_name: str = "") -> contextvars.Token:
+    """Make ``context`` the current thread's job and count it as running (taken from ``queue_name``)."""
     with _lock:
-        _running.add(context)
+        _running[context] = queue_name
     return _current.set(context)
 
 
 def leave(context: JobContext, token: contextvars.Token | None) -> None:
     with _lock:
-        _running.discard(context)
+        _running.pop(context, None)
     if token is not None:
         _current.reset(token)
 
@@ -55,7 +55,7 @@ def stop_all(reason: str) -> int:
     return len(running)
 
 
-def running_job_ids() -> list[str]:
-    """The ids of the jobs running in this process now."""
+def running_jobs() -> list[tuple[str, str]]:
+    """The jobs running in this process now: (job id, queue it came from)."""
     with _lock:
-        return [context.job_id for context in _running]
+        return sorted((context.job_id, queue) for context, queue in _running.items())

@@ -39,6 +39,7 @@ class Heartbeat:
         queues: The logical work queues this process takes jobs from.
         threads: Worker threads in this process (jobs it may run at once).
         running: The job ids it runs now.
+        running_queues: The queue each of those came from (same order).
         state: ``up``, ``draining`` (SIGTERM received) or ``stopped``.
         version: Burrow's version.
         at: When it was sent (Unix seconds).
@@ -53,6 +54,7 @@ class Heartbeat:
     queues: tuple[str, ...] = ()
     threads: int = 1
     running: tuple[str, ...] = ()
+    running_queues: tuple[str, ...] = ()
     state: str = "up"
     version: str = ""
     at: float = 0.0
@@ -70,7 +72,7 @@ class Heartbeat:
             if not isinstance(data, dict) or not isinstance(data.get("node"), str):
                 return None
             known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-            for name in ("models", "queues", "running"):
+            for name in ("models", "queues", "running", "running_queues"):
                 known[name] = tuple(str(x) for x in known.get(name) or ())
             beat = cls(**known)
             if beat.state not in STATES or not isinstance(beat.at, int | float):

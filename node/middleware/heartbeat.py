@@ -80,6 +80,7 @@ class NodeHeartbeat(dramatiq.Middleware):
     def heartbeat(self, state: str | None = None) -> Heartbeat:
         if state is None:
             state = "draining" if running.shutdown_began_at() is not None else "up"
+        jobs = running.running_jobs()
         return Heartbeat(
             node=self.node_id,
             process=f"{self.slot_id}/{os.getpid()}",
@@ -88,7 +89,8 @@ class NodeHeartbeat(dramatiq.Middleware):
             models=self.models,
             queues=self._queues,
             threads=self._threads,
-            running=tuple(sorted(running.running_job_ids())),
+            running=tuple(job_id for job_id, _ in jobs),
+            running_queues=tuple(queue for _, queue in jobs),
             state=state,
             version=self._version,
             at=self.clock(),

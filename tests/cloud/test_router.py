@@ -61,7 +61,9 @@ def burrow(node_env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_a_job_failing_on_node_a_runs_on_node_b_and_never_again_on_a(broker, storage, start_node, tmp_path):
+def test_a_job_failing_on_node_a_runs_on_node_b_and_never_again_on_a(
+    broker, storage, start_node, tmp_path, node_env, queue_prefix
+):
     # Given nodes A and B and a router; B is busy until the test releases it, so A takes the job first
     release = tmp_path / "release-b"
     node(start_node, tmp_path, "node-b")
@@ -69,6 +71,13 @@ def test_a_job_failing_on_node_a_runs_on_node_b_and_never_again_on_a(broker, sto
     wait_for(lambda: runs_by_node(storage, "blocker") == ["node-b"], 60, "node B to be busy")
     node(start_node, tmp_path, "node-a")
     router(start_node)
+
+    # (`burrow queues` shows B's running job and both slots serving the queue, through the registry)
+    def tests_row() -> list[str]:
+        rows = burrow(node_env, "queues").stdout.splitlines()
+        return next((line.split()[1:] for line in rows if line.split()[:1] == [queue_prefix + "tests"]), [])
+
+    wait_for(lambda: tests_row()[:3] == ["0", "1", "2"], 60, "one running job and two slots in `burrow queues`")
     message = send(broker, "tests", "fails_on_node", job_key="picky", bad_node="node-a")
 
     # When A has spent the job's failure budget (1 + max_failures=1 runs) and the router re-dispatched it,
