@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import pika.exceptions
 from dramatiq.errors import ActorNotFound, BrokerError
 
 from node.errors import BurrowError
@@ -159,6 +160,12 @@ def cmd_quarantine(args: argparse.Namespace, settings: Settings) -> int:
     return operate.quarantine(args, settings)
 
 
+def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
+    from cloud import operate
+
+    return operate.dlq(args, settings)
+
+
 def cmd_job(args: argparse.Namespace, settings: Settings) -> int:
     """Print a job's record: status, every attempt, checkpoint and artifact pointers."""
     from node.storage import storage_from_settings
@@ -276,6 +283,23 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--yes", action="store_true", help="do not ask")
     quarantine.set_defaults(func=cmd_quarantine)
 
+    dlq = sub.add_parser("dlq", help="the work queues' dead letters: list, show, requeue, purge")
+    dsub = dlq.add_subparsers(dest="action", required=True)
+    dlist = dsub.add_parser("list", help="one line per dead letter (none is taken or reordered)")
+    dlist.add_argument("--queue", default=None, help="only this work queue's dead letters")
+    dshow = dsub.add_parser("show", help="a dead letter's reason and message")
+    dshow.add_argument("id")
+    dshow.add_argument("--queue", default=None)
+    drequeue = dsub.add_parser("requeue", help="send dead-lettered jobs back through the router (counters reset)")
+    drequeue.add_argument("ids", nargs="+", metavar="ID")
+    drequeue.add_argument("--queue", default=None)
+    drequeue.add_argument("--to", default=None, metavar="QUEUE")
+    dpurge = dsub.add_parser("purge", help="delete dead letters (asks first)")
+    dpurge.add_argument("--queue", default=None)
+    dpurge.add_argument("--older-than", default=None, metavar="AGE")
+    dpurge.add_argument("--yes", action="store_true")
+    dlq.set_defaults(func=cmd_dlq)
+
     job = sub.add_parser("job", help="show a job's record (status, attempts, checkpoint, artifacts)")
     job.add_argument("job_id")
     job.add_argument("--json", action="store_true", help="print the raw record")
@@ -300,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     except BurrowError as e:
         print(f"burrow: error: {e}", file=sys.stderr)
         return 2
-    except BrokerError as e:
+    except (BrokerError, pika.exceptions.AMQPError) as e:
         print(f"burrow: error: RabbitMQ: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

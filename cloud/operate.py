@@ -175,3 +175,81 @@ def _passive(broker, name: str) -> tuple[int, int] | None:
         if e.reply_code == 404:
             return None
         raise
+
+
+def dlq(args: argparse.Namespace, settings: Settings) -> int:
+    """``burrow dlq list | show ID | requeue ID… | purge`` over the work queues' dead-letter queues."""
+    import pika
+
+    from . import dlq as letters_of
+    from .client import connect
+
+    broker = connect(settings)
+    names = broker.topology.queue_names() if broker.topology else sorted(broker.get_declared_queues())
+    names = [args.queue] if getattr(args, "queue", None) else [*names, FAILED_JOBS_QUEUE]
+    # A missing queue would close the channel that holds the others: look first, on another channel.
+    from dramatiq.common import xq_name
+
+    names = [name for name in names if _passive(broker, xq_name(name)) is not None]
+    connection = pika.BlockingConnection(broker.parameters)
+    try:
+        channel = connection.channel()
+        channel.tx_select()
+        held = [letter for name in names for letter in letters_of.read(channel, broker, name)]
+        now = time.time()
+        if args.action == "list":
+            print(f"{'id':38} {'age':>7} {'failures':>8} {'actor':16} {'queue':32} reason")
+            for letter in held:
+                seen = letters_of.age(letter, now)
+                shown_age = "?" if seen is None else _age({"quarantined_at": now - seen}, now)
+                failures = "?" if letter.failures is None else letter.failures
+                why = letter.reason + (f": {letter.detail}" if letter.detail else "")
+                print(f"{letter.id:38} {shown_age:>7} {failures:>8} {letter.actor or '?':16} {letter.queue:32} {why}")
+            print(f"({len(held)} dead-lettered)")
+            return 0
+        if args.action == "show":
+            matching = [letter for letter in held if letter.id == args.id]
+            if not matching:
+                raise OperateError(f"no dead letter {args.id!r} (see `burrow dlq list`)")
+            for letter in matching:
+                print(f"{letter.id} in {broker.physical(letter.queue)}.XQ: {letter.reason} {letter.detail}")
+                print(letters_of.shown_body(letter))
+            return 0
+        if args.action == "requeue":
+            wanted = set(args.ids)
+            chosen = [letter for letter in held if letter.id in wanted]
+            missing = wanted - {letter.id for letter in chosen}
+            if missing:
+                raise OperateError(f"no dead letter {sorted(missing)[0]!r} (see `burrow dlq list`)")
+            for letter in chosen:
+                if letter.message is None:
+                    raise OperateError(f"{letter.id} is not a readable job ({letter.reason}): it cannot be requeued")
+            broker._ensure_unannounced(FAILED_JOBS_QUEUE)  # a publish to a missing queue would vanish
+            for letter in chosen:
+                body = letters_of.requeue_request(letter, args.to)
+                channel.basic_publish(
+                    "", broker.physical(FAILED_JOBS_QUEUE), body, pika.BasicProperties(delivery_mode=2)
+                )
+                channel.basic_ack(letter.tag)
+                channel.tx_commit()  # the request and the ack, together
+                print(f"{letter.id}: requeue sent to the router")
+            return 0
+        older_than = parse_age(args.older_than) if args.older_than else 0.0
+        doomed = [letter for letter in held if (letters_of.age(letter, now) or 0.0) >= older_than]
+        if not doomed:
+            print("nothing to purge")
+            return 0
+        if not args.yes:
+            print(f"Delete {len(doomed)} dead letter(s) for good? [y/N] ", end="", flush=True)
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return 1
+        for letter in doomed:
+            channel.basic_ack(letter.tag)
+        channel.tx_commit()
+        print(f"{len(doomed)} deleted")
+        return 0
+    finally:
+        if connection.is_open:
+            connection.close()  # returns every dead letter not acked above, in order
+        broker.close()

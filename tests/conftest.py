@@ -162,12 +162,15 @@ def queue_prefix(amqp_url: str) -> Iterator[str]:
 
 
 QUEUES = ["simulation", "training", "inference", "tests", "tests.poison", "tests.failing", "failed-jobs", "classic"]
+#: Not work queues, but created in a test's namespace too (the node registry stream).
+EXTRA_QUEUES = ["burrow.nodes"]
 
 
 def delete_namespace(url: str, prefix: str, queues: list[str]) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
     names = [prefix + q for q in queues] + [prefix + q + ".XQ" for q in queues]
+    names += [prefix + q for q in EXTRA_QUEUES]
     names += [f"{prefix}burrow.wait.{ms}ms" for ms in WAIT_BUCKETS_MS]
     for name in names:
         channel.queue_delete(name)

@@ -88,7 +88,7 @@ class Router:
         if earlier is not None:
             saved = earlier["route"]
             route = Route(**{**saved, "avoid_nodes": tuple(saved.get("avoid_nodes") or ())})
-        elif kind == "requeue" and status is not JobStatus.QUARANTINED:
+        elif kind == "requeue" and report.get("id") and status is not JobStatus.QUARANTINED:
             logger.info("Job %s is not quarantined (%s): requeue ignored.", job_id, status)
             return []
         else:
@@ -105,10 +105,11 @@ class Router:
         if route.action == "quarantine":
             self._quarantine(request, route, report, record, raw)
             return []
-        if kind == "requeue":
+        if kind == "requeue" and report.get("id"):
             self.quarantine.delete(report["id"])
         assert message is not None and request.job is not None
-        return [self._dispatch(message, request.job, route)]
+        job = request.job.replace(expires_at=None) if kind == "requeue" else request.job  # an operator's call
+        return [self._dispatch(message, job, route)]
 
     def retry_later(self, message: Message) -> Outgoing:
         """The report itself, back in ``failed-jobs`` after ``RETRY_LATER_S`` (same id: handled once)."""

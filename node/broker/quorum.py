@@ -301,7 +301,9 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
                 routing_key=self.physical(xq_name(queue_name)),
                 body=body,
                 properties=pika.BasicProperties(
-                    delivery_mode=2, headers={REASON_HEADER: str(reason), DETAIL_HEADER: detail[:4000]}
+                    delivery_mode=2,
+                    headers={REASON_HEADER: str(reason), DETAIL_HEADER: detail[:4000]},
+                    timestamp=int(time.time()),
                 ),
                 mandatory=self.confirm_delivery,
             )

@@ -1,0 +1,70 @@
+"""`burrow dlq`: list dead letters without taking or reordering them; requeue through the router; purge."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pika
+import pytest
+from dramatiq import Message
+
+from node.contract.job_options import JobOptions
+from tests.conftest import ROOT, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def burrow(node_env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cloud.cli", *args],
+        env=node_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=stdin,
+    )
+
+
+def test_dlq_lists_without_losing_or_reordering_requeues_and_purges(
+    amqp_url, queue_prefix, broker, start_node, node_env
+):
+    # Given a node (no router) and, in its dead-letter queue, garbage and three expired jobs
+    start_node("--processes", "1")
+    broker.declare_queue("tests", ensure=True)
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    connection.channel().basic_publish("", queue_prefix + "tests", b"\xffgarbage")
+    connection.close()
+    for i in range(3):
+        job = JobOptions(job_id=f"late-{i}", expires_at=1.0).to_options()
+        broker.enqueue(Message("tests", "tracked", (), {"job_key": f"late-{i}"}, {"job": job}))
+    wait_for(lambda: broker.get_queue_message_counts("tests")[2] == 4, 60, "four dead letters")
+
+    # When an operator lists them twice
+    first, second = burrow(node_env, "dlq", "list"), burrow(node_env, "dlq", "list")
+
+    # Then both listings are the same, in order, with reasons, and nothing was taken
+    assert first.returncode == 0, first.stderr
+    without_age = lambda out: [line.split()[:1] + line.split()[2:] for line in out.splitlines()]  # noqa: E731
+    assert without_age(first.stdout) == without_age(second.stdout)
+    lines = [line for line in first.stdout.splitlines()[1:] if line.startswith(("late-", "dl-"))]
+    assert [line.split()[0] for line in lines][1:] == ["late-0", "late-1", "late-2"]
+    assert "malformed" in lines[0] and all("expired" in line for line in lines[1:])
+    assert broker.get_queue_message_counts("tests")[2] == 4
+    shown = burrow(node_env, "dlq", "show", "late-1")
+    assert shown.returncode == 0 and '"job_key":"late-1"' in shown.stdout
+
+    # When one is requeued: it goes to the router's queue, acked from the dead letters in the same commit
+    requeued = burrow(node_env, "dlq", "requeue", "late-1")
+    assert requeued.returncode == 0
+    assert broker.get_queue_message_counts("tests")[2] == 3
+    assert broker.get_queue_message_counts("failed-jobs")[0] == 1
+    bad = burrow(node_env, "dlq", "requeue", lines[0].split()[0])
+    assert bad.returncode == 2 and "cannot be requeued" in bad.stderr
+
+    # And purge asks first, then deletes
+    refused = burrow(node_env, "dlq", "purge", stdin="n\n")
+    assert refused.returncode == 1 and broker.get_queue_message_counts("tests")[2] == 3
+    assert burrow(node_env, "dlq", "purge", "--yes").returncode == 0
+    assert broker.get_queue_message_counts("tests")[2] == 0
