@@ -130,9 +130,9 @@ def failure_to_restart(run: Run, jobs: int) -> list[float]:
         for key in keys:
             seen = starts(run.storage, key)
             failed_on_a = [t for t, node in seen if node == "bench-a"]
-            on_b = [t for t, node in seen if node == "bench-b"]
-            if failed_on_a and on_b:
-                latencies.append(on_b[0] - failed_on_a[-1])
+            b_starts = [t for t, node in seen if node == "bench-b"]
+            if failed_on_a and b_starts:
+                latencies.append(b_starts[0] - failed_on_a[-1])
     run.stop()
     broker.close()
     return latencies[:jobs]
