@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -53,12 +54,16 @@ class NodeRegistry:
         self._beats: dict[tuple[str, str], Heartbeat] = {}
         self._next_offset: int | None = None
         self._read_at: float | None = None
+        self._lock = threading.RLock()
 
     def nodes(self) -> dict[str, NodeView]:
-        """Every node heard from within the window, by id (reads the stream if the last read is stale)."""
-        if self._read_at is None or time.monotonic() - self._read_at >= self.refresh_s:
-            self.refresh()
-        return fold(self._beats.values(), now=self.clock())
+        """Every node heard from within the window, by id (reads the stream if the last read is stale).
+
+        Thread-safe: a router's worker threads and its housekeeping share one registry."""
+        with self._lock:
+            if self._read_at is None or time.monotonic() - self._read_at >= self.refresh_s:
+                self.refresh()
+            return fold(list(self._beats.values()), now=self.clock())
 
     def live_nodes(self) -> list[NodeView]:
         return [view for view in self.nodes().values() if view.live]

@@ -314,3 +314,22 @@ def test_a_job_that_kills_its_process_every_run_ends_in_quarantine_and_the_node_
     send(broker, "tests", "tracked", job_key="after-loop", work_s=0.1)
     wait_for(lambda: storage.head("results/after-loop.json"), 60, "a normal job after the crash loop")
     assert broker.get_queue_message_counts("tests.poison") == (0, 0, 0)
+
+
+def test_a_record_left_running_by_a_vanished_node_is_closed_as_lost(
+    amqp_url, queue_prefix, broker, storage, start_node, tmp_path
+):
+    # Given a node running a long job whose record says running, and a router
+    node_a = node(start_node, tmp_path, "node-a")
+    router(start_node)
+    message = send(broker, "tests", "holds_slot", job_key="orphan", release_file=str(tmp_path / "never"))
+    records = RecordStore(storage)
+    wait_for(lambda: (records.get(message.message_id) or {}).get("status") == "running", 60, "the running record")
+
+    # When the whole node vanishes (SIGKILL: no goodbye) and nothing else serves the queue
+    os.killpg(node_a.process.pid, signal.SIGKILL)
+
+    # Then once the registry shows it silent, its attempt is closed as lost and the job is queued again
+    wait_for(lambda: records.get(message.message_id)["status"] == "queued", 60, "the record closed by the router")
+    attempt = records.get(message.message_id)["attempts"][-1]
+    assert attempt["outcome"] == "lost" and "node-a went silent" in attempt["error"]
