@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pika
 import pytest
@@ -68,3 +69,22 @@ def test_dlq_lists_without_losing_or_reordering_requeues_and_purges(
     assert refused.returncode == 1 and broker.get_queue_message_counts("tests")[2] == 3
     assert burrow(node_env, "dlq", "purge", "--yes").returncode == 0
     assert broker.get_queue_message_counts("tests")[2] == 0
+
+
+def test_quarantine_purge_asks_first_and_honours_older_than(node_env, storage):
+    from cloud.routing.quarantine import Quarantine
+
+    quarantine = Quarantine(storage)
+    now = time.time()
+    for entry_id, age_s in (("old-1", 7200), ("old-2", 7200), ("new-1", 60)):
+        quarantine.put({"id": entry_id, "reason": "test", "quarantined_at": now - age_s, "queue": "tests"})
+    listed = burrow(node_env, "quarantine", "list")
+    assert listed.returncode == 0 and "(3 quarantined)" in listed.stdout
+
+    refused = burrow(node_env, "quarantine", "purge", "--older-than", "1h", stdin="n\n")
+    assert refused.returncode == 1 and sorted(quarantine.ids()) == ["new-1", "old-1", "old-2"]
+    done = burrow(node_env, "quarantine", "purge", "--older-than", "1h", stdin="y\n")
+    assert done.returncode == 0 and "2 deleted" in done.stdout
+    assert list(quarantine.ids()) == ["new-1"]
+    bad = burrow(node_env, "quarantine", "purge", "--older-than", "soon")
+    assert bad.returncode == 2 and bad.stderr.startswith("burrow: error: --older-than 'soon'")
