@@ -24,7 +24,7 @@ from node.attempt.routing import next_message
 from node.broker import QuorumRabbitmqBroker
 from node.contract.envelope import decode_fields
 from node.contract.job_options import JobOptions
-from node.contract.queues import DeadLetterReason, wait_bucket_ms
+from node.contract.queues import FAILED_JOBS_QUEUE, DeadLetterReason, wait_bucket_ms
 from node.contract.record import JobStatus, set_status, status_of
 from node.contract.topology import Topology
 from node.errors import InvalidTransition
@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 #: A message the router could not handle (storage or broker trouble) comes back after this long.
 RETRY_LATER_S = 30.0
+#: How often a report the broker dead-lettered from ``failed-jobs`` is handled again before it is quarantined.
+MAX_REVIVALS = 3
 
 
 class Router:
@@ -77,6 +79,9 @@ class Router:
     def handle(self, report: dict[str, Any], report_id: str) -> list[Outgoing]:
         """What to publish (with the ack) for ``report``; writes records and quarantine entries on the way."""
         kind = report.get("kind", "failed")
+        revived = self._revive(report)
+        if revived is not None:
+            return self.handle(*revived)
         message, request, raw = self._request(report)
         job_id = request.job.job_id if request.job else None
         record = self.records.get(job_id) if job_id else None
@@ -110,6 +115,23 @@ class Router:
         assert message is not None and request.job is not None
         job = request.job.replace(expires_at=None) if kind == "requeue" else request.job  # an operator's call
         return [self._dispatch(message, job, route)]
+
+    def _revive(self, report: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+        """A report of ``failed-jobs`` itself that the broker dead-lettered (routers died while holding it,
+        delivery limit reached): the report again, with its own id, at most ``MAX_REVIVALS`` times."""
+        if report.get("kind") != "dead_letter" or report.get("queue") != FAILED_JOBS_QUEUE:
+            return None
+        try:
+            fields = json.loads(_body(report))
+            inner, inner_id = fields["kwargs"], fields["message_id"]
+            revivals = int(inner.get("revived", 0))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if not isinstance(inner, dict) or not isinstance(inner_id, str) or revivals >= MAX_REVIVALS:
+            return None
+        reason = report.get("dead_letter_reason")
+        logger.warning("Report %s was dead-lettered (%s); handling it again.", inner_id, reason)
+        return {**inner, "revived": revivals + 1}, inner_id
 
     def retry_later(self, message: Message) -> Outgoing:
         """The report itself, back in ``failed-jobs`` after ``RETRY_LATER_S`` (same id: handled once)."""

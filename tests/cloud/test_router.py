@@ -333,3 +333,35 @@ def test_a_record_left_running_by_a_vanished_node_is_closed_as_lost(
     wait_for(lambda: records.get(message.message_id)["status"] == "queued", 60, "the record closed by the router")
     attempt = records.get(message.message_id)["attempts"][-1]
     assert attempt["outcome"] == "lost" and "node-a went silent" in attempt["error"]
+
+
+def test_a_report_the_broker_dead_lettered_from_failed_jobs_is_handled_again(
+    amqp_url, queue_prefix, broker, storage, start_node, tmp_path
+):
+    # Given node B and a router, and a node's report that routers kept dying on (the broker dead-lettered it)
+    node(start_node, tmp_path, "node-b")
+    wait_live(amqp_url, queue_prefix, "node-b")
+    router(start_node)
+    job = Message("tests", "fails_on_node", (), {"job_key": "revived", "bad_node": "node-a"}, {})
+    job = job.copy(options={"job": {"job_id": "revived-1", "version": 1}})
+    report = Message(
+        "failed-jobs",
+        "route_failed_job",
+        (),
+        {
+            "kind": "failed",
+            "job": job.asdict(),
+            "reason": "failed on A",
+            "error": None,
+            "node": "node-a",
+            "attempts": [],
+        },
+        {},
+    )
+    broker.dead_letter("failed-jobs", report.encode(), reason="delivery_limit")
+
+    # Then the router handles the report itself again: the job is placed away from A, on B, and succeeds
+    records = RecordStore(storage)
+    wait_for(lambda: (records.get("revived-1") or {}).get("status") == "succeeded", 60, "the job run on B")
+    assert runs_by_node(storage, "revived") == ["node-b"]
+    assert records.get("revived-1")["routing"][0]["report"] == report.message_id
