@@ -122,6 +122,11 @@ def cmd_topology(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
     """Run the router (``dramatiq cloud.router``) until SIGTERM/SIGINT."""
+    from cloud.routing.config import router_config
+    from cloud.routing.policy import load_policy
+
+    config, policy = router_config(os.environ)
+    load_policy(policy, config)  # a bad setting is one line here, not a worker's log
     argv = [sys.executable, "-m", "dramatiq", "cloud.router", "--processes", str(args.processes)]
     argv += ["--threads", str(args.threads)]
     process = subprocess.Popen(argv)

@@ -60,3 +60,15 @@ def test_a_second_node_on_the_same_state_directory_is_refused(node_env, start_no
     wait_for(lambda: (tmp_path / "state" / "node.lock").exists(), 60, "the first node")
     one_line_error(burrow("node", "--processes", "1", env=node_env), "another `burrow node` is running")
     assert first.process.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"BURROW_ROUTING_POLICY": "nope"}, "BURROW_ROUTING_POLICY"),
+        ({"BURROW_ROUTING_POLICY": "no.such.module:Policy"}, "cannot load"),
+        ({"BURROW_MAX_REDISPATCHES": "x"}, "BURROW_MAX_REDISPATCHES"),
+    ],
+)
+def test_a_bad_router_setting_is_one_line(node_env, env, expected):
+    one_line_error(burrow("router", env={**node_env, **env}), expected)
