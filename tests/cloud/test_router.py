@@ -239,6 +239,7 @@ def test_a_job_failing_in_its_subcloud_falls_back_to_the_next_pool(
     submitter = QuorumRabbitmqBroker(
         url=amqp_url, queue_prefix=queue_prefix, middleware=[JobSubmission()], topology=topology
     )
+    started = []
     try:
         for name in topology.queue_names():
             submitter.declare_queue(name, ensure=True)
@@ -251,12 +252,12 @@ def test_a_job_failing_in_its_subcloud_falls_back_to_the_next_pool(
             options={"subcloud": "acme"},
         )
         env = {"BURROW_TOPOLOGY": str(topology_file)}
-        start_node(argv=NODE_ARGV, env={**FAST, **env, "BURROW_NODE_ID": "node-a", "BURROW_SUBCLOUD": "acme",
-                                       "BURROW_STATE_DIR": str(tmp_path / "state-a")})  # fmt: skip
-        start_node(argv=NODE_ARGV, env={**FAST, **env, "BURROW_NODE_ID": "node-p", "BURROW_SUBCLOUD": "public",
-                                       "BURROW_STATE_DIR": str(tmp_path / "state-p")})  # fmt: skip
+        a_env = {"BURROW_NODE_ID": "node-a", "BURROW_SUBCLOUD": "acme", "BURROW_STATE_DIR": str(tmp_path / "a")}
+        p_env = {"BURROW_NODE_ID": "node-p", "BURROW_SUBCLOUD": "public", "BURROW_STATE_DIR": str(tmp_path / "p")}
+        started.append(start_node(argv=NODE_ARGV, env={**FAST, **env, **a_env}))
+        started.append(start_node(argv=NODE_ARGV, env={**FAST, **env, **p_env}))
         wait_live(amqp_url, queue_prefix, "node-a", "node-p")
-        router(start_node, **env)
+        started.append(router(start_node, **env))
 
         # When a job of acme fails on A (its only node there)
         message = submitter.get_actor("fails_on_node").send(job_key="roams", bad_node="node-a")
@@ -269,6 +270,8 @@ def test_a_job_failing_in_its_subcloud_falls_back_to_the_next_pool(
         routing = records.get(message.message_id)["routing"]
         assert [(r["action"], r["queue"]) for r in routing] == [("dispatch", "public.batch.any.bulk")]
     finally:
+        for process in started:
+            process.stop()  # first: a running node declares its queues again when they vanish
         submitter.close()
         delete_namespace(amqp_url, queue_prefix, topology.queue_names())
 
