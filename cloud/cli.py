@@ -76,13 +76,13 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_queues(args: argparse.Namespace, settings: Settings) -> int:
     """Ready, running, serving slots, subscribers and dead letters per work queue, and ``failed-jobs``."""
     from cloud.client import connect
-    from cloud.operate import queue_rows
+    from cloud.operate import queue_rows, work_queue_names
     from cloud.registry import NodeRegistry
     from node.contract.queues import FAILED_JOBS_QUEUE
 
     broker = connect(settings)
     try:
-        names = broker.topology.queue_names() if broker.topology else sorted(broker.get_declared_queues())
+        names = work_queue_names(broker)
         views = NodeRegistry(broker.parameters, settings.queue_prefix, window_s=600).nodes()
         rows = queue_rows(broker, views, [*names, FAILED_JOBS_QUEUE])
     finally:

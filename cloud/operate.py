@@ -119,17 +119,28 @@ def _requeue(store: Quarantine, args: argparse.Namespace, settings: Settings) ->
     return 0
 
 
+def _confirmed(question: str) -> bool:
+    """Ask on the terminal; anything but y/yes is a no (and says so)."""
+    print(f"{question} [y/N] ", end="", flush=True)
+    if sys.stdin.readline().strip().lower() in ("y", "yes"):
+        return True
+    print("nothing deleted")
+    return False
+
+
+def work_queue_names(broker) -> list[str]:
+    """The work queues a command looks at: the topology's, else the actors' (one queue per actor)."""
+    return broker.topology.queue_names() if broker.topology else sorted(broker.get_declared_queues())
+
+
 def _purge(store: Quarantine, args: argparse.Namespace, now: float) -> int:
     older_than = parse_age(args.older_than) if args.older_than else 0.0
     doomed = [e["id"] for e in store.entries() if now - float(e.get("quarantined_at") or now) >= older_than]
     if not doomed:
         print("nothing to purge")
         return 0
-    if not args.yes:
-        print(f"Delete {len(doomed)} quarantined job(s) for good? [y/N] ", end="", flush=True)
-        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-            print("nothing deleted")
-            return 1
+    if not args.yes and not _confirmed(f"Delete {len(doomed)} quarantined job(s) for good?"):
+        return 1
     for entry_id in doomed:
         store.delete(entry_id)
     print(f"{len(doomed)} deleted")
@@ -148,7 +159,7 @@ def queue_rows(broker, registry_views, names: list[str]) -> list[dict[str, Any]]
     live = [beat for view in registry_views.values() if view.live for beat in view.slots]
     rows = []
     for name in names:
-        ready, subscribers, dead = _passive(broker, name), None, _passive(broker, xq_name(name))
+        ready, subscribers, dead = broker.inspect_queue(name), None, broker.inspect_queue(xq_name(name))
         if ready is not None:
             ready, subscribers = ready
         rows.append(
@@ -164,19 +175,6 @@ def queue_rows(broker, registry_views, names: list[str]) -> list[dict[str, Any]]
     return rows
 
 
-def _passive(broker, name: str) -> tuple[int, int] | None:
-    import pika.exceptions
-
-    try:
-        method = broker.channel.queue_declare(broker.physical(name), passive=True).method
-        return method.message_count, method.consumer_count
-    except pika.exceptions.ChannelClosedByBroker as e:
-        del broker.channel
-        if e.reply_code == 404:
-            return None
-        raise
-
-
 def dlq(args: argparse.Namespace, settings: Settings) -> int:
     """``burrow dlq list | show ID | requeue ID… | purge`` over the work queues' dead-letter queues."""
     import pika
@@ -185,12 +183,12 @@ def dlq(args: argparse.Namespace, settings: Settings) -> int:
     from .client import connect
 
     broker = connect(settings)
-    names = broker.topology.queue_names() if broker.topology else sorted(broker.get_declared_queues())
+    names = work_queue_names(broker)
     names = [args.queue] if getattr(args, "queue", None) else [*names, FAILED_JOBS_QUEUE]
     # A missing queue would close the channel that holds the others: look first, on another channel.
     from dramatiq.common import xq_name
 
-    names = [name for name in names if _passive(broker, xq_name(name)) is not None]
+    names = [name for name in names if broker.inspect_queue(xq_name(name)) is not None]
     connection = pika.BlockingConnection(broker.parameters)
     try:
         channel = connection.channel()
@@ -239,11 +237,8 @@ def dlq(args: argparse.Namespace, settings: Settings) -> int:
         if not doomed:
             print("nothing to purge")
             return 0
-        if not args.yes:
-            print(f"Delete {len(doomed)} dead letter(s) for good? [y/N] ", end="", flush=True)
-            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-                print("nothing deleted")
-                return 1
+        if not args.yes and not _confirmed(f"Delete {len(doomed)} dead letter(s) for good?"):
+            return 1
         for letter in doomed:
             channel.basic_ack(letter.tag)
         channel.tx_commit()

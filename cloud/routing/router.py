@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pika.exceptions
 from dramatiq import Message
 
 from node.attempt.routing import next_message
@@ -261,16 +260,7 @@ class Router:
         return Outgoing(exchange, routing_key, message.encode(), message_id=message.message_id)
 
     def _queue_exists(self, queue: str | None) -> bool:
-        if not queue:
-            return False
-        try:
-            self.broker.channel.queue_declare(self.broker.physical(queue), passive=True)
-            return True
-        except pika.exceptions.ChannelClosedByBroker as e:
-            del self.broker.channel
-            if e.reply_code == 404:
-                return False
-            raise
+        return bool(queue) and self.broker.inspect_queue(queue) is not None
 
 
 def _body(report: dict[str, Any]) -> bytes:

@@ -351,6 +351,18 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         self.declare_queue(queue_name, ensure=True)
         return self.consumer_class(self, queue_name, prefetch, timeout)
 
+    def inspect_queue(self, queue_name: str) -> tuple[int, int] | None:
+        """(ready messages, subscribed consumers) of a queue, or ``None`` if the broker lacks it; declares
+        nothing (a passive declare, whose 404 closes the channel: a fresh one is opened next time)."""
+        try:
+            method = self.channel.queue_declare(self.physical(queue_name), passive=True).method
+        except pika.exceptions.ChannelClosedByBroker as e:
+            del self.channel
+            if e.reply_code == 404:
+                return None
+            raise
+        return method.message_count, method.consumer_count
+
     def get_declared_delay_queues(self) -> set[str]:
         return set()
 
