@@ -78,6 +78,7 @@ def build_broker(
             handback_flush_s=max(1.0, settings.grace_s / 2),
             # A job past max_run_s gets the grace period to checkpoint and stop before its process is killed.
             hard_stop_s=settings.grace_s,
+            cancel_check_s=settings.cancel_check_s,
         ),
         Shutdown(),
         Prefetch(prefetch=settings.prefetch),

@@ -15,7 +15,12 @@ def train(seed: int, steps: int) -> None:
             job.hand_back()
         if job.checkpoint.due():
             job.checkpoint.save(encode(state))             # returns at once; uploads in the background
-    job.artifacts.put("result.json", encode_result(state))  # stored before the message is acked
+    job.artifacts.put("model.safetensors", state.weights_path)  # stored before the message is acked
+    return {"loss": state.loss}                            # the job's result: ``handle.result()``, ``burrow result``
+
+A stream job sends partial results as it goes: ``job.emit(token)``; they reach the caller in order, once each,
+also when the job resumes elsewhere from a checkpoint (the chunk count is part of every checkpoint). Inputs
+too big for a message travel by storage reference: ``job.inputs.get(ref)``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,16 @@ from .attempt import running
 from .contract.job_options import JobOptions
 from .errors import InvalidInput, Preempted
 
-__all__ = ["Artifacts", "Checkpoint", "InvalidInput", "JobContext", "JobOptions", "Preempted", "current_job"]
+__all__ = [
+    "Artifacts",
+    "Checkpoint",
+    "Inputs",
+    "InvalidInput",
+    "JobContext",
+    "JobOptions",
+    "Preempted",
+    "current_job",
+]
 
 
 class Checkpoint(Protocol):
@@ -57,6 +71,16 @@ class Artifacts(Protocol):
         """Store ``data`` (bytes or a file path) as artifact ``name``; returns its storage key."""
 
 
+class Inputs(Protocol):
+    """Inputs passed by storage reference (``Client.put_input`` returns the reference)."""
+
+    def get(self, ref: str) -> bytes:
+        """The bytes of input ``ref``."""
+
+    def download(self, ref: str, path: str | os.PathLike[str]) -> Path:
+        """Write input ``ref`` to ``path`` (for inputs too big for memory)."""
+
+
 class JobContext(Protocol):
     """One attempt of one job, as its actor sees it.
 
@@ -68,8 +92,13 @@ class JobContext(Protocol):
         slot: The GPU (or CPU) slot running it, e.g. ``gpu-0``.
         checkpoint: Save and load checkpoints.
         artifacts: Store results.
-        should_stop: True once the job is asked to stop (preemption, ``max_run_s``, or a newer attempt).
-        stop_reason: Why: ``preempted``, ``timeout`` or ``fenced``.
+        inputs: Read inputs passed by storage reference.
+        should_stop: True once the job is asked to stop (preemption, ``max_run_s``, a newer attempt, or its
+            submitter cancelled it).
+        stop_reason: Why: ``preempted``, ``timeout``, ``fenced`` or ``cancelled``. After ``cancelled``, raising
+            anything (``hand_back()`` included) ends the job *cancelled*: never retried nor re-dispatched.
+
+    The actor's return value (any JSON value) is the job's result.
     """
 
     job_id: str
@@ -79,6 +108,7 @@ class JobContext(Protocol):
     slot: str
     checkpoint: Checkpoint
     artifacts: Artifacts
+    inputs: Inputs
     stop_reason: str | None
 
     @property
@@ -89,6 +119,10 @@ class JobContext(Protocol):
 
     def wait_for_stop(self, timeout_s: float) -> bool:
         """Sleep up to ``timeout_s``, waking early if a stop is requested."""
+
+    def emit(self, chunk: bytes | Any) -> int:
+        """Send a partial result (bytes or a JSON value) to the job's callers; returns its sequence number.
+        Returns once the broker has it; chunks sent before a checkpoint are never sent again after a resume."""
 
     def hand_back(self) -> None:
         """Stop here (raises ``Preempted``) so the job re-runs elsewhere from its last checkpoint."""

@@ -59,6 +59,10 @@ class Settings:
         heartbeat_s: AMQP heartbeat (``BURROW_HEARTBEAT_S``).
         node_heartbeat_s: How often each worker process announces itself in the node registry
             (``BURROW_NODE_HEARTBEAT_S``; 0 disables it); a node silent for 3 of them counts as gone.
+        cancel_check_s: How often a node reads a running job's record for a cancel request
+            (``BURROW_CANCEL_CHECK_S``).
+        max_payload_bytes: Largest message a submitter may publish (``BURROW_MAX_PAYLOAD_BYTES``); bigger
+            inputs go to storage and travel by reference (``node.contract.inputs``).
         prefetch: Messages each worker process holds (``BURROW_PREFETCH``); 1 so a crash costs one job.
         delivery_limit: Quorum-queue delivery limit before dead-lettering (``BURROW_DELIVERY_LIMIT``).
         queue_prefix: Prepended to every RabbitMQ queue name (``BURROW_QUEUE_PREFIX``), to share a vhost.
@@ -88,6 +92,8 @@ class Settings:
     processes: int = 0
     heartbeat_s: int = 30
     node_heartbeat_s: float = 10.0
+    cancel_check_s: float = 2.0
+    max_payload_bytes: int = 256 * 1024
     prefetch: int = 1
     delivery_limit: int = 3
     queue_prefix: str = ""
@@ -132,6 +138,8 @@ class Settings:
             processes=r.integer("BURROW_PROCESSES", 0, minimum=0),
             heartbeat_s=r.integer("BURROW_HEARTBEAT_S", defaults.heartbeat_s, minimum=0),
             node_heartbeat_s=r.number("BURROW_NODE_HEARTBEAT_S", defaults.node_heartbeat_s, minimum=0),
+            cancel_check_s=r.number("BURROW_CANCEL_CHECK_S", defaults.cancel_check_s, minimum=0.1),
+            max_payload_bytes=r.integer("BURROW_MAX_PAYLOAD_BYTES", defaults.max_payload_bytes, minimum=1024),
             prefetch=r.integer("BURROW_PREFETCH", defaults.prefetch, minimum=1),
             delivery_limit=r.integer("BURROW_DELIVERY_LIMIT", defaults.delivery_limit, minimum=0),
             queue_prefix=r.text("BURROW_QUEUE_PREFIX", ""),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from dramatiq import Message
 
 from ..contract.job_options import JobOptions
-from ..contract.record import begin_attempt, newest_attempt_id
+from ..contract.record import begin_attempt, cancel_requested, newest_attempt_id
 from ..errors import FencedOut, InvalidTransition
 from .context import AttemptContext
 from .policy import Limits
@@ -126,3 +126,8 @@ class Attempt:
 
         self.runner.records.update(self.job_id, update)
         self._progress_written = progress
+
+    def check_cancel(self) -> None:
+        """Ask the job to stop (reason ``cancelled``) if its submitter cancelled it."""
+        if cancel_requested(self.runner.records.get(self.job_id)):
+            self.context.request_stop("cancelled")

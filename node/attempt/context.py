@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..contract.inputs import check_reference
 from ..contract.job_options import JobOptions
 from ..errors import Preempted
 from ..retrying import Deadline, retry
 from ..storage import Storage
 from .checkpoints import Checkpointer
+from .stream import ChunkWriter
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +31,43 @@ def artifact_key(job_id: str, attempt_id: str, name: str) -> str:
 
 
 class JobCheckpoint(Checkpointer):
-    """A ``Checkpointer`` that also knows the actor's checkpoint interval (``checkpoint_every_s``)."""
+    """A ``Checkpointer`` that also knows the actor's checkpoint interval (``checkpoint_every_s``) and keeps a
+    stream job's chunk count in each checkpoint, so a resumed attempt numbers its chunks on from there."""
 
     def __init__(self, *args: Any, every_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.every_s = every_s
         self._started_at = time.monotonic()
+        self.stream: ChunkWriter | None = None
+        self._read_by_actor: dict[str, Any] | None = None
+
+    def latest(self) -> dict[str, Any] | None:
+        manifest = super().latest()
+        if threading.current_thread() is not self._thread:  # the actor's read, not the uploader's
+            self._read_by_actor = manifest
+        return manifest
+
+    def load(self) -> bytes | None:
+        data = super().load()
+        self._resume_stream()
+        return data
+
+    def load_to(self, path: str | os.PathLike[str]) -> Path | None:
+        restored = super().load_to(path)
+        self._resume_stream()
+        return restored
+
+    def save(self, state: bytes | str | os.PathLike[str], **meta: Any) -> int:
+        if self.stream is not None:
+            meta.setdefault("stream_seq", self.stream.next_seq)
+        return super().save(state, **meta)
+
+    def _resume_stream(self) -> None:
+        manifest = self._read_by_actor
+        if self.stream is not None and manifest is not None:
+            seq = (manifest.get("meta") or {}).get("stream_seq")
+            if isinstance(seq, int) and seq >= 0:
+                self.stream.next_seq = seq
 
     def due(self) -> bool:
         """True when ``checkpoint_every_s`` has passed since the last save (or the attempt's start)."""
@@ -77,6 +110,22 @@ class Artifacts:
         return key
 
 
+class Inputs:
+    """Job inputs passed by storage reference (``node.contract.inputs``)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def get(self, ref: str) -> bytes:
+        """The bytes of stored input ``ref``."""
+        return self.storage.get(check_reference(ref))[0]
+
+    def download(self, ref: str, path: str | os.PathLike[str]) -> Path:
+        """Write stored input ``ref`` to ``path``."""
+        self.storage.download_file(check_reference(ref), Path(path))
+        return Path(path)
+
+
 class AttemptContext:
     """One attempt of one job, as its actor sees it (see ``node.job.JobContext`` for the contract)."""
 
@@ -90,6 +139,8 @@ class AttemptContext:
         artifacts: Artifacts,
         node_id: str = "",
         slot: str = "",
+        stream: ChunkWriter | None = None,
+        inputs: Inputs | None = None,
     ) -> None:
         self.options = options
         self.job_id = options.job_id
@@ -99,6 +150,8 @@ class AttemptContext:
         self.artifacts = artifacts
         self.node_id = node_id
         self.slot = slot
+        self.stream = stream
+        self.inputs = inputs
         self.stop_reason: str | None = None
         self.progress_value: dict[str, Any] | None = None
         self._stop = threading.Event()
@@ -126,6 +179,12 @@ class AttemptContext:
             "note": str(note)[:200],
             "at": time.time(),
         }
+
+    def emit(self, chunk: Any) -> int:
+        """Send a partial result (bytes or a JSON value) to the stream job's callers; returns its number."""
+        if self.stream is None:
+            raise RuntimeError(f"job {self.job_id} has no chunk stream")
+        return self.stream.emit(chunk)
 
     def hand_back(self) -> None:
         """Stop here and let the job re-run elsewhere from its last checkpoint (save one first)."""

@@ -4,7 +4,8 @@ Per attempt it would cost a thread start per job; here one thread ticks a few ti
 running attempt: writes its record entry once the job has run ``record_after_s`` (a short job never pays for
 a record write at start), writes its progress every ``progress_every_s`` while it changes, asks it to stop
 at ``max_run_s`` and, if it ignores that for ``hard_stop_s``, calls ``on_overrun`` (which kills the process:
-the only way to free a GPU held by a hung C/CUDA call).
+the only way to free a GPU held by a hung C/CUDA call), and every ``cancel_check_s`` reads the job's record
+for a cancel request (the job then sees ``should_stop`` with reason ``cancelled``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Watched(Protocol):
     def request_stop(self, reason: str) -> None: ...
     def write_record(self) -> None: ...
     def write_progress(self) -> None: ...
+    def check_cancel(self) -> None: ...
 
 
 class Monitor:
@@ -41,6 +43,7 @@ class Monitor:
     Parameters:
         record_after_s: Running time after which an attempt's record entry is written.
         progress_every_s: Interval between progress writes.
+        cancel_check_s: Interval between looks at a running job's record for a cancel request.
         hard_stop_s: How long past ``max_run_s`` a job may ignore ``should_stop`` (``None``: forever).
         on_overrun: Called with an attempt that did (from the monitor thread).
     """
@@ -52,9 +55,11 @@ class Monitor:
         progress_every_s: float,
         hard_stop_s: float | None,
         on_overrun: Callable[[Watched], None],
+        cancel_check_s: float = 2.0,
     ) -> None:
         self.record_after_s = record_after_s
         self.progress_every_s = progress_every_s
+        self.cancel_check_s = cancel_check_s
         self.hard_stop_s = hard_stop_s
         self.on_overrun = on_overrun
         self._watched: dict[int, tuple[Watched, list[float]]] = {}
@@ -63,7 +68,8 @@ class Monitor:
 
     def watch(self, attempt: Watched) -> None:
         with self._lock:
-            self._watched[id(attempt)] = (attempt, [attempt.started_monotonic])  # [last progress write]
+            # [last progress write, last cancel check]
+            self._watched[id(attempt)] = (attempt, [attempt.started_monotonic, attempt.started_monotonic])
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="burrow-monitor", daemon=True)
                 self._thread.start()
@@ -102,6 +108,9 @@ class Monitor:
         elif attempt.recorded and now - last[0] >= self.progress_every_s:
             last[0] = now
             self._write(attempt, attempt.write_progress)
+        if now - last[1] >= self.cancel_check_s:
+            last[1] = now
+            self._write(attempt, attempt.check_cancel)
 
     def _write(self, attempt: Watched, write: Callable[[], None]) -> None:
         if not attempt.lock.acquire(blocking=False):

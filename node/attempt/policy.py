@@ -26,7 +26,7 @@ SETTLE_DELAY_S = 5.0
 
 class Action(Enum):
     RUN = "run"  # start an attempt here, now
-    ACK = "ack"  # nothing to do: the job already succeeded (a redelivered or duplicate copy)
+    ACK = "ack"  # nothing to do: the job already succeeded or was cancelled (or this is a duplicate copy)
     SETTLE = "settle"  # record a success that happened but was not recorded, then ack
     SUCCEED = "succeed"  # record the success, then ack
     RETRY = "retry"  # publish again after ``delay_s`` (a cooldown, or a pause that is nobody's fault)
@@ -97,6 +97,7 @@ def decide(
     expires_at: float | None,
     delivery_count: int = 0,
     live_duplicate: bool = False,
+    cancelled: bool = False,
     jitter: float = 0.5,
 ) -> Decision:
     """Decide what happens next to ``job``.
@@ -113,6 +114,7 @@ def decide(
         delivery_count: The broker's count of earlier deliveries of this message that were not acked.
         live_duplicate: This message is a copy of a job still running in a live process of this node (the
             broker redelivered it after a connection loss).
+        cancelled: The job's submitter asked to cancel it (the record says so).
         jitter: A random number in [0, 1] for the cooldown.
     """
     if status is JobStatus.SUCCEEDED and outcome is not Outcome.SUCCEEDED:
@@ -121,6 +123,11 @@ def decide(
         return Decision(Action.SUCCEED, job, reason="succeeded", status=JobStatus.SUCCEEDED)
     if outcome is Outcome.FENCED:
         return Decision(Action.DROP, job, reason="a newer attempt owns the job")
+    if status is JobStatus.CANCELLED:
+        return Decision(Action.ACK, job, reason="cancelled")
+    if cancelled or outcome is Outcome.CANCELLED:
+        # Whatever else happened, a cancelled job is never retried, handed back or re-dispatched.
+        return Decision(Action.ACK, job, reason="cancelled", status=JobStatus.CANCELLED)
     if status in FINAL_STATUSES:
         return Decision(
             Action.DEAD_LETTER,

@@ -13,6 +13,7 @@ shutdown is what is left of the grace period.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import random
@@ -28,9 +29,11 @@ from dramatiq.middleware import SkipMessage
 
 from ..contract.job_options import JobOptions
 from ..contract.record import (
+    RESULT_INLINE_MAX,
     JobStatus,
     Outcome,
     begin_attempt,
+    cancel_requested,
     close_unexplained,
     end_attempt,
     mark_killed,
@@ -43,11 +46,12 @@ from ..storage import Storage
 from ..storage.records import RecordStore
 from . import running
 from .attempt import Attempt, JobSettings
-from .context import Artifacts, AttemptContext, JobCheckpoint
+from .context import Artifacts, AttemptContext, Inputs, JobCheckpoint
 from .journal import Evidence, Journal
 from .monitor import Monitor
 from .policy import SETTLE_DELAY_S, Action, Decision, decide
 from .routing import route
+from .stream import ChunkWriter
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +76,7 @@ class AttemptRunner:
         handback_flush_s: Longest wait for the last checkpoint upload when an attempt ends.
         record_after_s: Running time after which an attempt is recorded (earlier if it checkpoints).
         progress_every_s: Interval between progress writes.
+        cancel_check_s: Interval between looks at a running job's record for a cancel request.
         hard_stop_s: How long past ``max_run_s`` a job may ignore ``should_stop`` before its process is killed.
         clock: Wall clock (Unix seconds).
         rng: Random source for backoff jitter.
@@ -90,6 +95,7 @@ class AttemptRunner:
         handback_flush_s: float = 10.0,
         record_after_s: float = 2.0,
         progress_every_s: float = 10.0,
+        cancel_check_s: float = 2.0,
         hard_stop_s: float | None = 30.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -109,6 +115,7 @@ class AttemptRunner:
         self.monitor = Monitor(
             record_after_s=record_after_s,
             progress_every_s=progress_every_s,
+            cancel_check_s=cancel_check_s,
             hard_stop_s=hard_stop_s,
             on_overrun=self._kill_overrun,
         )
@@ -140,9 +147,10 @@ class AttemptRunner:
             outcome,
             delivery_count=getattr(message, "delivery_count", 0),
             live_duplicate=bool(evidence.running),
+            cancelled=cancel_requested(record),
         )
         if decision.action is Action.RUN:
-            self._start(message, settings, (record, etag))
+            self._start(broker, message, settings, (record, etag))
             return
         if outcome is not None or decision.status is not None or decision.action is Action.SETTLE:
             self._record_arrival(message, settings, decision, evidence, (record, etag))
@@ -150,6 +158,7 @@ class AttemptRunner:
             self.journal.forget(job.job_id)
         logger.info("Job %s: %s (%s).", job.job_id, decision.action.value, decision.reason)
         self._carry_out(broker, message, decision, attempts=(record or {}).get("attempts"))
+        self._notify(broker, job, decision, record)
         raise SkipMessage(decision.reason)
 
     def not_started(self, broker: dramatiq.Broker, message: Message, settings: JobSettings) -> None:
@@ -182,6 +191,7 @@ class AttemptRunner:
         *,
         delivery_count: int = 0,
         live_duplicate: bool = False,
+        cancelled: bool = False,
         job: JobOptions | None = None,
     ) -> Decision:
         job = job or settings.job
@@ -198,6 +208,7 @@ class AttemptRunner:
             expires_at=settings.expires_at,
             delivery_count=delivery_count,
             live_duplicate=live_duplicate,
+            cancelled=cancelled,
             jitter=self.rng.random(),
         )
 
@@ -252,12 +263,20 @@ class AttemptRunner:
 
     # -- running ------------------------------------------------------------------------------------------
 
-    def _start(self, message: Message, settings: JobSettings, known: tuple[dict[str, Any] | None, str | None]) -> None:
+    def _start(
+        self,
+        broker: dramatiq.Broker,
+        message: Message,
+        settings: JobSettings,
+        known: tuple[dict[str, Any] | None, str | None],
+    ) -> None:
         job = settings.job
         attempt_id = uuid.uuid4().hex
         record = known[0]
         number = max((a["number"] for a in record["attempts"]), default=0) + 1 if record else 1
         checkpoint = JobCheckpoint(self.storage, job.job_id, number, every_s=settings.checkpoint_every_s)
+        # Any job may stream (a reader needs only its id); the writer costs nothing until the first chunk.
+        checkpoint.stream = ChunkWriter(broker, job.job_id) if hasattr(broker, "publish_plain") else None
         context = AttemptContext(
             options=job,
             attempt=number,
@@ -266,6 +285,8 @@ class AttemptRunner:
             artifacts=Artifacts(self.storage, job.job_id, attempt_id),
             node_id=self.node_id,
             slot=self.slot_id,
+            stream=checkpoint.stream,
+            inputs=Inputs(self.storage),
         )
         attempt = Attempt(self, message, settings, context, known)
         checkpoint.claim = attempt.claim
@@ -280,8 +301,11 @@ class AttemptRunner:
 
     # -- end ----------------------------------------------------------------------------------------------
 
-    def finish(self, broker: dramatiq.Broker, message: Message, exception: BaseException | None) -> None:
-        """End the running attempt of ``message`` (from ``after_process_message``)."""
+    def finish(
+        self, broker: dramatiq.Broker, message: Message, exception: BaseException | None, result: Any = None
+    ) -> None:
+        """End the running attempt of ``message`` (from ``after_process_message``; ``result``: what the actor
+        returned)."""
         attempt: Attempt | None = getattr(self._local, "attempt", None)
         if attempt is None or attempt.message.message_id != message.message_id:
             return
@@ -291,7 +315,7 @@ class AttemptRunner:
         running.leave(context, attempt.token)
         with deadline_scope(self.budget()) as deadline:
             try:
-                self._end(broker, message, attempt, exception, deadline)
+                self._end(broker, message, attempt, exception, deadline, result)
             finally:
                 context.checkpoint.close()
                 if self.journal is not None:
@@ -310,9 +334,16 @@ class AttemptRunner:
         attempt: Attempt,
         exception: BaseException | None,
         deadline: Deadline,
+        result: Any = None,
     ) -> None:
         context = attempt.context
         outcome = _outcome(context, exception)
+        kept_result: dict[str, Any] | None = None
+        if outcome is Outcome.SUCCEEDED and result is not None:
+            try:
+                kept_result = self._keep_result(context, result)
+            except (TypeError, ValueError) as e:
+                outcome, exception = Outcome.FAILED, TypeError(f"its return value is not JSON: {e}")
         flush_s = min(self.handback_flush_s, deadline.remaining() / 2)
         if outcome not in (Outcome.FENCED, Outcome.SUCCEEDED, Outcome.NOT_STARTED) and not context.checkpoint.flush(
             flush_s
@@ -328,19 +359,25 @@ class AttemptRunner:
             # would take it (and the broker would count a delivery when the drain returns it).
             decision = dataclasses.replace(decision, delay_s=max(0.25, HANDBACK_HOLD_S - (time.monotonic() - began)))
         now = self.clock()
+        chosen = [decision]
 
         def end(record: dict[str, Any]) -> bool:
+            final = decision
+            if cancel_requested(record) and outcome is not Outcome.SUCCEEDED and decision.action is not Action.DROP:
+                final = self._decide(attempt.settings, JobStatus.RUNNING, outcome, job=context.options, cancelled=True)
+            chosen[0] = final
             return end_attempt(
                 record,
                 context.attempt_id,
                 outcome=outcome,
                 error=error,
                 now=now,
-                status=decision.status,
-                reason=decision.reason,
+                status=final.status,
+                reason=final.reason,
                 checkpoint=context.checkpoint.uploaded,
                 progress=context.progress_value,
                 artifacts=context.artifacts.keys if outcome is Outcome.SUCCEEDED else None,
+                result=kept_result,
                 entry_if_missing=attempt.entry(),
             )
 
@@ -353,6 +390,7 @@ class AttemptRunner:
                 deadline=deadline,
                 what=f"Recording the end of job {context.job_id}",
             )
+            decision = chosen[0]
             if not newest and decision.action is not Action.DROP:
                 decision = Decision(Action.DROP, decision.job, reason="a newer attempt owns the job")
         except Exception as e:
@@ -376,6 +414,47 @@ class AttemptRunner:
             decision.reason,
         )
         self._carry_out(broker, message, decision, error=error, attempts=(record or {}).get("attempts"))
+        if record is not None:
+            self._notify(broker, decision.job, decision, record, context.stream)
+
+    def _keep_result(self, context: AttemptContext, result: Any) -> dict[str, Any]:
+        """How the record keeps the actor's return value: inline if small, else as artifact ``result.json``."""
+        body = json.dumps(result, separators=(",", ":"), allow_nan=False)
+        if len(body) <= RESULT_INLINE_MAX:
+            return {"value": json.loads(body)}
+        context.artifacts.put("result.json", body.encode())
+        return {"artifact": "result.json"}
+
+    def _notify(
+        self,
+        broker: dramatiq.Broker,
+        job: JobOptions,
+        decision: Decision,
+        record: dict[str, Any] | None,
+        stream: ChunkWriter | None = None,
+    ) -> None:
+        """Tell a waiting submitter (``reply_to``) and a stream's readers that the job is over, once its record
+        says so. Best effort: the record is the durable copy that a caller falls back on."""
+        final = decision.status in (JobStatus.SUCCEEDED, JobStatus.EXPIRED, JobStatus.CANCELLED) or (
+            decision.status is JobStatus.FAILED and decision.action is Action.DEAD_LETTER
+        )
+        if not final or decision.status is None:
+            return
+        record = record or {}
+        try:
+            if job.reply_to:
+                reply = {
+                    "job_id": job.job_id,
+                    "status": decision.status.value,
+                    "reason": decision.reason,
+                    "result": record.get("result"),
+                    "artifacts": record.get("artifacts") or {},
+                }
+                broker.publish_plain(job.reply_to, json.dumps(reply).encode(), must_route=False)
+            if hasattr(broker, "publish_plain") and (job.job_type == "stream" or (stream and stream.next_seq)):
+                (stream or ChunkWriter(broker, job.job_id)).end(decision.status.value, decision.reason)
+        except Exception as e:
+            logger.warning("Could not tell the submitter of job %s it is %s: %s", job.job_id, decision.status, e)
 
     def _carry_out(
         self,
@@ -430,6 +509,8 @@ def _outcome(context: AttemptContext, exception: BaseException | None) -> Outcom
         return Outcome.FENCED
     if exception is None:
         return Outcome.SUCCEEDED
+    if context.stop_reason == "cancelled" and not isinstance(exception, _NotStarted):
+        return Outcome.CANCELLED
     if isinstance(exception, _NotStarted):
         return Outcome.NOT_STARTED
     if isinstance(exception, InvalidInput):

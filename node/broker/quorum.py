@@ -286,6 +286,37 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
 
         self._with_reconnect(publish, queue_name)
 
+    def publish_plain(
+        self,
+        routing_key: str,
+        body: bytes,
+        *,
+        headers: dict | None = None,
+        declare_with: dict | None = None,
+        must_route: bool = True,
+    ) -> None:
+        """Publish ``body`` to queue ``routing_key`` (a physical name) through the default exchange, confirmed.
+
+        For what is not a job: stream chunks (the queue is declared with ``declare_with``, once per channel)
+        and replies to a waiting submitter, whose queue may be gone (``must_route=False``: then it is dropped).
+        """
+
+        def publish() -> None:
+            channel = self.channel
+            declared = channel.__dict__.setdefault("_burrow_declared", set())
+            if declare_with is not None and routing_key not in declared:
+                channel.queue_declare(queue=routing_key, durable=True, arguments=declare_with)
+                declared.add(routing_key)
+            channel.basic_publish(
+                exchange="",
+                routing_key=routing_key,
+                body=body,
+                properties=pika.BasicProperties(delivery_mode=2, headers=headers or None),
+                mandatory=must_route and self.confirm_delivery,
+            )
+
+        self._with_reconnect(publish, routing_key)
+
     def dead_letter(self, queue_name: str, body: bytes, *, reason: str, detail: str = "") -> None:
         """Put ``body`` into ``queue_name``'s dead-letter queue with ``reason`` (and ``detail``) in its headers.
 

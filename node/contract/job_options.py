@@ -101,6 +101,8 @@ class JobOptions:
         trace: W3C trace context (``traceparent``, ``tracestate``).
         unrecorded_success: The id of an attempt that succeeded (artifacts stored) but whose record could not
             be written; the next delivery records the success without running the job again.
+        reply_to: A queue that a waiting submitter reads (sync jobs): the node publishes the job's outcome
+            there once the record holds it.
         version: Schema version of this dict.
     """
 
@@ -115,6 +117,7 @@ class JobOptions:
     avoid_nodes: tuple[str, ...] = ()
     trace: dict[str, str] = field(default_factory=dict)
     unrecorded_success: str | None = None
+    reply_to: str | None = None
     version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -144,6 +147,8 @@ class JobOptions:
             problems.append("trace must be an object of strings")
         if self.unrecorded_success is not None and not isinstance(self.unrecorded_success, str):
             problems.append("unrecorded_success must be an attempt id")
+        if self.reply_to is not None and not (isinstance(self.reply_to, str) and 0 < len(self.reply_to) <= 255):
+            problems.append("reply_to must be a queue name (1-255 characters)")
         if isinstance(self.version, bool) or self.version != SCHEMA_VERSION:
             problems.append(f"unsupported job schema version {self.version!r} (this node reads {SCHEMA_VERSION})")
         if problems:

@@ -28,6 +28,8 @@ __all__ = [
     "close_unexplained",
     "end_attempt",
     "new_record",
+    "request_cancel",
+    "cancel_requested",
     "record_key",
     "set_status",
     "status_of",
@@ -42,6 +44,7 @@ class JobStatus(StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     QUARANTINED = "quarantined"
+    CANCELLED = "cancelled"
 
 
 class Outcome(Enum):
@@ -56,6 +59,7 @@ class Outcome(Enum):
     LOST = "lost"  # ended without a word and nobody saw why: a vanished or restarted node
     FENCED = "fenced"  # a newer attempt of the same job took over
     NOT_STARTED = "not_started"  # storage or broker trouble before the job could start (not counted)
+    CANCELLED = "cancelled"  # stopped because its submitter cancelled it
 
 
 #: Outcomes that spend the failure budget; interruptions are capped separately.
@@ -71,19 +75,47 @@ _ALLOWED: dict[JobStatus | None, set[JobStatus]] = {
         JobStatus.FAILED,
         JobStatus.SUCCEEDED,
         JobStatus.QUARANTINED,
+        JobStatus.CANCELLED,  # cancelled before any node saw it
     },
-    JobStatus.QUEUED: {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.EXPIRED, JobStatus.FAILED, JobStatus.QUARANTINED},
-    JobStatus.RUNNING: {JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.EXPIRED},
-    # The router may re-dispatch a failed job, or quarantine it.
-    JobStatus.FAILED: {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.QUARANTINED, JobStatus.FAILED},
+    JobStatus.QUEUED: {
+        JobStatus.QUEUED,
+        JobStatus.RUNNING,
+        JobStatus.EXPIRED,
+        JobStatus.FAILED,
+        JobStatus.QUARANTINED,
+        JobStatus.CANCELLED,
+    },
+    JobStatus.RUNNING: {
+        JobStatus.RUNNING,
+        JobStatus.QUEUED,
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.EXPIRED,
+        JobStatus.CANCELLED,
+    },
+    # The router may re-dispatch a failed job, or quarantine it; its submitter may cancel it.
+    JobStatus.FAILED: {
+        JobStatus.QUEUED,
+        JobStatus.RUNNING,
+        JobStatus.QUARANTINED,
+        JobStatus.FAILED,
+        JobStatus.CANCELLED,
+    },
     JobStatus.EXPIRED: {JobStatus.EXPIRED, JobStatus.QUARANTINED},
-    # An operator may requeue a quarantined job.
-    JobStatus.QUARANTINED: {JobStatus.QUEUED, JobStatus.QUARANTINED},
+    # An operator may requeue a quarantined job, or cancel it.
+    JobStatus.QUARANTINED: {JobStatus.QUEUED, JobStatus.QUARANTINED, JobStatus.CANCELLED},
     JobStatus.SUCCEEDED: {JobStatus.SUCCEEDED},
+    JobStatus.CANCELLED: {JobStatus.CANCELLED},
 }
 
 #: Statuses after which a copy of the job's message must not start it again.
-FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.EXPIRED, JobStatus.QUARANTINED})
+FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.EXPIRED, JobStatus.QUARANTINED, JobStatus.CANCELLED})
+#: Statuses a submitter waits for: nothing more will happen to the job unless an operator acts.
+SETTLED_STATUSES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.QUARANTINED, JobStatus.CANCELLED}
+)
+#: A job's return value up to this size (JSON) is kept in its record; a larger one is artifact ``result.json``.
+RESULT_INLINE_MAX = 16 * 1024
 
 
 def transition(current: JobStatus | None, new: JobStatus) -> JobStatus:
@@ -114,6 +146,27 @@ def new_record(job_id: str, *, actor: str = "", queue: str = "") -> dict[str, An
         "reason": None,
         "updated_at": None,
     }
+
+
+def request_cancel(record: dict[str, Any], *, now: float, by: str = "") -> JobStatus | None:
+    """Cancel the job: a job no node runs becomes *cancelled* now; a running one is asked to stop (its node
+    sees ``record["cancel"]`` and ends it *cancelled*). Returns the status the job is left in, or ``None``
+    when it is running and must stop; a job already succeeded, failed for good or expired is left alone.
+    """
+    status = status_of(record)
+    if status in (JobStatus.SUCCEEDED, JobStatus.EXPIRED, JobStatus.CANCELLED):
+        return status
+    record.setdefault("cancel", None)
+    if record["cancel"] is None:
+        record["cancel"] = {"at": now, "by": by}
+    if status is JobStatus.RUNNING:
+        return None
+    set_status(record, JobStatus.CANCELLED, reason="cancelled" + (f" by {by}" if by else ""))
+    return JobStatus.CANCELLED
+
+
+def cancel_requested(record: dict[str, Any] | None) -> bool:
+    return bool(record and record.get("cancel"))
 
 
 def status_of(record: dict[str, Any] | None) -> JobStatus | None:
@@ -199,6 +252,7 @@ def end_attempt(
     checkpoint: dict[str, Any] | None = None,
     progress: dict[str, Any] | None = None,
     artifacts: dict[str, str] | None = None,
+    result: dict[str, Any] | None = None,
     entry_if_missing: dict[str, Any] | None = None,
 ) -> bool:
     """Close attempt ``attempt_id`` and, if it is the newest attempt, apply what it means for the job.
@@ -206,6 +260,7 @@ def end_attempt(
     ``entry_if_missing`` opens the attempt first when it was never written (a short job records itself only
     at its end). Returns ``False`` when the attempt is *fenced* (a newer attempt exists): only its own entry
     was closed, and the job's status, checkpoint, progress and artifacts were left to the newer attempt.
+    ``result`` is the job's return value as the record keeps it (``{"value": …}`` or ``{"artifact": name}``).
     """
     entry = _entry(record, attempt_id)
     if entry is None and entry_if_missing is not None:
@@ -228,6 +283,8 @@ def end_attempt(
         record["progress"] = progress
     if artifacts:
         record["artifacts"].update(artifacts)
+    if result is not None:
+        record["result"] = result
     if status is not None:
         set_status(record, status, reason=reason)
     return True

@@ -47,6 +47,7 @@ class JobLifecycle(dramatiq.Middleware):
         hard_stop_s: How long a job past ``max_run_s`` may ignore ``should_stop`` before its process is killed.
         record_after_s: Running time after which an attempt's record entry is written.
         progress_every_s: How often a running job's progress is written to its record.
+        cancel_check_s: How often a running job's record is read for a cancel request.
         handback_flush_s: How long an ending attempt waits for its last checkpoint upload.
         clock: Wall clock (Unix seconds).
         rng: Random source for backoff jitter.
@@ -73,6 +74,7 @@ class JobLifecycle(dramatiq.Middleware):
         hard_stop_s: float | None = 30.0,
         record_after_s: float = 2.0,
         progress_every_s: float = 10.0,
+        cancel_check_s: float = 2.0,
         handback_flush_s: float = 10.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -99,6 +101,7 @@ class JobLifecycle(dramatiq.Middleware):
             hard_stop_s=hard_stop_s,
             record_after_s=record_after_s,
             progress_every_s=progress_every_s,
+            cancel_check_s=cancel_check_s,
             handback_flush_s=handback_flush_s,
             clock=clock,
             rng=rng,
@@ -168,7 +171,7 @@ class JobLifecycle(dramatiq.Middleware):
     def after_process_message(
         self, broker: dramatiq.Broker, message: Message, *, result: Any = None, exception: BaseException | None = None
     ) -> None:
-        self.runner.finish(broker, message, exception)
+        self.runner.finish(broker, message, exception, result)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Message) -> None:
         self.runner.skipped(broker, message)

@@ -14,6 +14,7 @@ def test_job_context_public_surface_is_pinned():
     assert sorted(node.job.__all__) == [
         "Artifacts",
         "Checkpoint",
+        "Inputs",
         "InvalidInput",
         "JobContext",
         "JobOptions",
@@ -21,7 +22,7 @@ def test_job_context_public_surface_is_pinned():
         "current_job",
     ]
     public = {name for name in dir(node.job.JobContext) if not name.startswith("_")}
-    assert public == {"hand_back", "progress", "should_stop", "wait_for_stop"}
+    assert public == {"emit", "hand_back", "progress", "should_stop", "wait_for_stop"}
 
 
 def imports(path: Path) -> set[str]:
