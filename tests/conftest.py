@@ -163,7 +163,7 @@ def queue_prefix(amqp_url: str) -> Iterator[str]:
 
 QUEUES = ["simulation", "training", "inference", "tests", "tests.poison", "tests.failing", "failed-jobs", "classic"]
 #: Not work queues, but created in a test's namespace too (the node registry stream).
-EXTRA_QUEUES = ["burrow.nodes"]
+EXTRA_QUEUES = ["burrow.nodes", "burrow.chunks"]
 
 
 def delete_namespace(url: str, prefix: str, queues: list[str]) -> None:

@@ -184,3 +184,43 @@ def holds_slot(job_key: str, release_file: str) -> None:
     _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}", node=node().settings.node_id)
     while not os.path.exists(release_file):
         time.sleep(0.05)
+
+
+@dramatiq.actor(queue_name=QUEUE, job_type="stream", max_failures=1, min_backoff_s=0.1, max_backoff_s=0.2)
+def streams_tokens(job_key: str, tokens: int, checkpoint_at: int, hold_at: int, release_file: str) -> int:
+    """Emit ``t0 … t{tokens-1}``; checkpoint after ``checkpoint_at`` tokens; after ``hold_at`` tokens, wait
+    until ``release_file`` exists (a test kills the node meanwhile, so chunks after the checkpoint are sent
+    again by the attempt that resumes)."""
+    from node.job import current_job
+
+    job = current_job()
+    _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}", node=node().settings.node_id)
+    start = int(job.checkpoint.load() or b"0")
+    for index in range(start, tokens):
+        job.emit(f"t{index}")
+        if index + 1 == checkpoint_at:
+            job.checkpoint.save(str(index + 1).encode())
+            job.checkpoint.flush()
+        if index + 1 == hold_at:
+            _trace(f"held/{job_key}", node=node().settings.node_id)
+            while not os.path.exists(release_file):
+                time.sleep(0.02)
+    return tokens
+
+
+@dramatiq.actor(queue_name=QUEUE, job_type="polling")
+def runs_until_stopped(job_key: str) -> str:
+    """Record the start, then wait for ``should_stop`` (e.g. a cancel) and raise as most actors would."""
+    from node.job import current_job
+
+    job = current_job()
+    _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}", node=node().settings.node_id)
+    while not job.wait_for_stop(0.05):
+        job.progress(0.5, "waiting")
+    raise RuntimeError(f"stopped: {job.stop_reason}")
+
+
+@dramatiq.actor(queue_name=QUEUE, job_type="sync")
+def echo(value: object, repeat: int = 1) -> object:
+    """Return ``value`` (``repeat`` times in a list when ``repeat`` > 1): the job's result."""
+    return value if repeat == 1 else [value] * repeat

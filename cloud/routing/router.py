@@ -24,7 +24,7 @@ from node.broker import QuorumRabbitmqBroker
 from node.contract.envelope import decode_fields
 from node.contract.job_options import JobOptions
 from node.contract.queues import FAILED_JOBS_QUEUE, DeadLetterReason, wait_bucket_ms
-from node.contract.record import JobStatus, set_status, status_of
+from node.contract.record import JobStatus, cancel_requested, set_status, status_of
 from node.contract.topology import Topology
 from node.errors import InvalidTransition
 from node.storage import Storage
@@ -87,6 +87,12 @@ class Router:
         status = status_of(record)
         if status is JobStatus.SUCCEEDED:
             logger.info("Job %s already succeeded: nothing to route (%s).", job_id, kind)
+            return []
+        if job_id and (status is JobStatus.CANCELLED or (cancel_requested(record) and status is not JobStatus.EXPIRED)):
+            # A cancelled job is never re-dispatched (nor quarantined): its record says cancelled, and stops there.
+            if status is not JobStatus.CANCELLED:
+                self.records.update(job_id, lambda r: set_status(r, JobStatus.CANCELLED, reason="cancelled"))
+            logger.info("Job %s was cancelled: not routed (%s).", job_id, kind)
             return []
         earlier = next((r for r in (record or {}).get("routing", []) if r.get("report") == report_id), None)
         if earlier is not None:

@@ -403,7 +403,8 @@ class AttemptRunner:
                     reason="success not recorded yet",
                     delay_s=SETTLE_DELAY_S,
                 )
-        level = {Outcome.SUCCEEDED: logging.DEBUG, Outcome.INTERRUPTED: logging.INFO}.get(outcome, logging.WARNING)
+        quiet = {Outcome.SUCCEEDED: logging.DEBUG, Outcome.INTERRUPTED: logging.INFO, Outcome.CANCELLED: logging.INFO}
+        level = quiet.get(outcome, logging.WARNING)
         logger.log(
             level,
             "Job %s attempt %d %s: %s (%s).",

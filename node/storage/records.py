@@ -45,6 +45,16 @@ class RecordStore:
         # ``known`` may be shared with its reader: mutate a copy (records are small JSON documents).
         return (json.loads(json.dumps(record)) if record is not None else None), etag
 
+    def create(self, record: dict[str, Any]) -> bool:
+        """Store ``record`` (a ``new_record`` filled in) unless the job already has one; ``False`` if it has."""
+        record["updated_at"] = time.time()
+        body = json.dumps(record, separators=(",", ":")).encode()
+        try:
+            self.storage.put(record_key(record["job_id"]), body, if_none_match=True)
+        except PreconditionFailed:
+            return False
+        return True
+
     def get(self, job_id: str) -> dict[str, Any] | None:
         return self.read(job_id)[0]
 
