@@ -13,9 +13,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pika.exceptions
-from dramatiq.errors import ActorNotFound, BrokerError
+from dramatiq.errors import BrokerError
 
 from node.errors import BurrowError
 from node.retrying import Deadline, deadline_scope
@@ -49,28 +50,183 @@ def cmd_node(args: argparse.Namespace, settings: Settings) -> int:
     return run_node(settings, os.environ, processes=args.processes)
 
 
+def _json_argument(option: str, text: str) -> object:
+    """A JSON command-line value, or ``@file`` holding it (for payloads past the shell's argument limit)."""
+    source = option
+    if text.startswith("@"):
+        path = text[1:]
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"{option} {path}: {e}") from None
+        source = f"{option} @{path}"
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"{source} is not JSON: {e}") from None
+
+
+def _routing(args: argparse.Namespace) -> dict[str, object]:
+    options = {"job_type": args.type, "model": args.model, "priority": args.priority, "subcloud": args.subcloud}
+    options["ttl_s"] = args.ttl_s
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    """Submit one job (``--kwargs``), or one per row of a CSV/JSONL file (``--file``)."""
+    kwargs = _json_argument("--kwargs", args.kwargs)
+    if not isinstance(kwargs, dict):
+        raise UsageError(f"--kwargs must be a JSON object of keyword arguments, got {type(kwargs).__name__}")
+    positional = _json_argument("--args", args.args)
+    if not isinstance(positional, list):
+        raise UsageError(f"--args must be a JSON list of positional arguments, got {type(positional).__name__}")
+    if args.file is not None and (args.kwargs != "{}" or args.args != "[]" or args.key or args.count != 1):
+        raise UsageError("--file takes the arguments from its rows: drop --kwargs, --args, --key and --count")
+    if args.count < 1:
+        raise UsageError("--count must be at least 1")
+    from cloud.submit import Client
+
+    client = Client(settings)
+    try:
+        if args.file is not None:
+            return _submit_file(client, args)
+        for n in range(args.count):
+            key = args.key if args.count == 1 or args.key is None else f"{args.key}#{n}"
+            handle = client.submit(args.actor, *positional, idempotency_key=key, **_routing(args), **kwargs)
+            print(handle.job_id, flush=True)
+            if args.wait:
+                _print_outcome(handle, args.timeout_s)
+    finally:
+        client.close()
+    return 0
+
+
+def _print_outcome(handle, timeout_s: float | None) -> None:
+    if handle.job_type == "stream":
+        for chunk in handle.stream(timeout=timeout_s):
+            print(chunk if isinstance(chunk, str) else json.dumps(chunk), flush=True)
+        return
+    print(json.dumps(handle.result(timeout=timeout_s)))
+
+
+def _submit_file(client, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from cloud.batch import read_rows, submit_batch
+
+    path = Path(args.file)
+    rows, unreadable = read_rows(path)
+    bar = None
+
+    def published(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="published", unit="job", file=sys.stderr, disable=args.quiet)
+        bar.update(done - bar.n)
+
+    batch = submit_batch(
+        client,
+        args.actor,
+        rows,
+        batch_id=args.batch_id,
+        skip_invalid=args.skip_invalid,
+        source=str(path),
+        unreadable=unreadable,
+        convert=path.suffix.lower() == ".csv",
+        on_published=published,
+        **_routing(args),
+    )
+    if bar is not None:
+        bar.close()
+    skipped = len(rows) + len(unreadable) - len(batch.jobs)
+    again = len(batch.jobs) - batch.published_now
+    print(
+        f"batch {batch.batch_id}: {len(batch.jobs)} job(s)"
+        + (f", {skipped} bad row(s) skipped" if skipped else "")
+        + (f", {again} already submitted earlier" if again else ""),
+        flush=True,
+    )
+    if not args.wait:
+        return 0
+    with tqdm(total=len(batch.jobs), desc="settled", unit="job", file=sys.stderr, disable=args.quiet) as bar_done:
+
+        def progress(counts) -> None:
+            from cloud.batch import _SETTLED
+
+            bar_done.update(sum(n for s, n in counts.items() if s in _SETTLED) - bar_done.n)
+            bar_done.set_postfix({s: n for s, n in sorted(counts.items())}, refresh=False)
+
+        counts = batch.wait(args.timeout_s, on_progress=progress)
+    print(" ".join(f"{status} {n}" for status, n in sorted(counts.items())))
+    return 0 if counts.get("succeeded", 0) == len(batch.jobs) else 1
+
+
+def cmd_result(args: argparse.Namespace, settings: Settings) -> int:
+    """Print a job's result (its return value), or save one of its artifacts."""
+    from cloud.submit import Client, JobFailed
+
+    client = Client(settings, broker=_no_broker(settings))
+    handle = client.job(args.job_id)
+    if handle.record() is None and _batch_status(client, args.job_id) is None and not args.wait_s:
+        raise UsageError(f"no job {args.job_id!r} in {settings.storage_url} (no node nor submitter recorded it)")
+    try:
+        if args.artifact is not None:
+            handle.wait(args.wait_s)
+            data = handle.artifact(args.artifact)
+        else:
+            value = handle.result(timeout=args.wait_s)
+            data = json.dumps(value, indent=2).encode() + b"\n"
+    except JobFailed as e:
+        print(f"burrow: {e}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print(f"burrow: job {args.job_id} is {handle.status()}: no result yet", file=sys.stderr)
+        return 1
+    if args.output:
+        Path(args.output).write_bytes(data)
+        print(f"saved {len(data)} bytes to {args.output}")
+    else:
+        sys.stdout.buffer.write(data)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    """Cancel jobs: queued ones never start; running ones stop at their next check."""
+    from cloud.submit import Client
+
+    client = Client(settings, broker=_no_broker(settings))
+    for job_id in args.job_ids:
+        left = client.job(job_id).cancel()
+        print(f"{job_id}: {'stopping (it sees should_stop, reason cancelled)' if left == 'running' else left}")
+    return 0
+
+
+def cmd_put(args: argparse.Namespace, settings: Settings) -> int:
+    """Store an input file; print the reference to pass as an argument (``current_job().inputs.get(ref)``)."""
+    from cloud.submit import Client
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    print(Client(settings, broker=_no_broker(settings)).put_input(path))
+    return 0
+
+
+def _no_broker(settings: Settings):
+    """A broker object that never connects (commands that only read and write storage)."""
     from cloud.client import connect
 
-    try:
-        kwargs = json.loads(args.kwargs)
-    except ValueError as e:
-        raise UsageError(f"--kwargs is not JSON: {e}") from None
-    if not isinstance(kwargs, dict):
-        raise UsageError(f"--kwargs must be a JSON object, got {args.kwargs!r}")
-    broker = connect(settings)
-    try:
-        try:
-            actor = broker.get_actor(args.actor)
-        except ActorNotFound:
-            known = ", ".join(sorted(broker.actors)) or "none"
-            raise UsageError(f"no actor {args.actor!r} (known: {known})") from None
-        for _ in range(args.count):
-            message = actor.send_with_options(kwargs=kwargs)
-            print(message.message_id)
-    finally:
-        broker.close()
-    return 0
+    return connect(settings, check=False)
+
+
+def _batch_status(client, job_id: str) -> str | None:
+    from cloud.batch import batch_of, read_manifest
+
+    batch_id = batch_of(job_id)
+    manifest = read_manifest(client.storage, batch_id) if batch_id else None
+    if manifest and any(j == job_id for _, j in manifest["jobs"]):
+        return "queued"
+    return None
 
 
 def cmd_queues(args: argparse.Namespace, settings: Settings) -> int:
@@ -179,7 +335,18 @@ def cmd_job(args: argparse.Namespace, settings: Settings) -> int:
     storage = storage_from_settings(settings)
     record = RecordStore(storage).get(args.job_id)
     if record is None:
-        print(f"burrow: no record for job {args.job_id!r} in {settings.storage_url}", file=sys.stderr)
+        from cloud.batch import batch_of, read_manifest
+
+        batch_id = batch_of(args.job_id)
+        manifest = read_manifest(storage, batch_id) if batch_id else None
+        if manifest and any(j == args.job_id for _, j in manifest["jobs"]):
+            print(f"job {args.job_id}  status queued  (batch {batch_id}; no node has started it yet)")
+            return 0
+        print(
+            f"burrow: no record for job {args.job_id!r} in {settings.storage_url} (an unknown id, or a job sent "
+            "with actor.send() that no node has started yet)",
+            file=sys.stderr,
+        )
         return 1
     if args.json:
         print(json.dumps(record, indent=2))
@@ -187,6 +354,10 @@ def cmd_job(args: argparse.Namespace, settings: Settings) -> int:
     print(f"job {record['job_id']}  actor {record['actor']}  queue {record['queue']}  status {record['status']}")
     if record.get("reason"):
         print(f"reason   {record['reason']}")
+    if record.get("cancel") and record["status"] == "running":
+        print("cancel   requested: it stops at its next check")
+    if record.get("result") is not None:
+        print("result   " + ("artifact result.json" if "artifact" in record["result"] else "kept (burrow result ID)"))
     if record.get("progress"):
         print(f"progress {record['progress']['fraction']:.1%} {record['progress'].get('note', '')}")
     for attempt in record["attempts"]:
@@ -242,6 +413,25 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+class _ActorsHelp(argparse.Action):
+    """``submit --help``: the usual help, then every actor with its parameters (imported, never connected)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            from cloud.submit import describe_actor
+
+            broker = _no_broker(Settings.from_env())
+            lines = [f"  {describe_actor(actor)}" for _, actor in sorted(broker.actors.items())]
+            parser.epilog = "actors:\n" + ("\n".join(lines) or "  (none)")
+        except BurrowError as e:
+            parser.epilog = f"actors: cannot list them ({e})"
+        parser.print_help()
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="burrow", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -252,11 +442,45 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--grace-s", type=float, default=None, help="shutdown grace period (BURROW_GRACE_S)")
     node.set_defaults(func=cmd_node)
 
-    submit = sub.add_parser("submit", help="send a job to an actor")
-    submit.add_argument("actor", help="actor name, e.g. simulate")
-    submit.add_argument("--kwargs", default="{}", help="keyword arguments as JSON, e.g. '{\"seed\": 1}'")
+    submit = sub.add_parser(
+        "submit",
+        help="submit a job (or a CSV/JSONL file of jobs) to an actor",
+        add_help=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    submit.add_argument("-h", "--help", action=_ActorsHelp, help="show this help and the actors")
+    submit.add_argument("actor", help="actor name, e.g. simulate (see the list below)")
+    submit.add_argument("--kwargs", default="{}", help="keyword arguments as JSON, or @file.json")
+    submit.add_argument("--args", default="[]", help="positional arguments as a JSON list, or @file.json")
+    submit.add_argument("--file", default=None, help="one job per row of a .csv (header = argument names) or .jsonl")
+    submit.add_argument("--skip-invalid", action="store_true", help="with --file: submit the good rows anyway")
+    submit.add_argument("--batch-id", default=None, help="with --file: the batch's id (default: from its content)")
+    submit.add_argument("--type", choices=["sync", "polling", "batch", "stream"], default=None)
+    submit.add_argument("--model", default=None)
+    submit.add_argument("--priority", choices=["urgent", "bulk", "test"], default=None)
+    submit.add_argument("--subcloud", default=None)
+    submit.add_argument("--ttl-s", type=float, default=None, help="seconds after which the job must not start")
+    submit.add_argument("--key", default=None, help="idempotency key: the same key makes the job once")
     submit.add_argument("--count", type=int, default=1)
+    submit.add_argument("--wait", action="store_true", help="wait and print the result (stream: the chunks)")
+    submit.add_argument("--timeout-s", type=float, default=None, help="with --wait: give up after this long")
+    submit.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     submit.set_defaults(func=cmd_submit)
+
+    result = sub.add_parser("result", help="print a job's result, or save one of its artifacts")
+    result.add_argument("job_id")
+    result.add_argument("--artifact", default=None, metavar="NAME", help="an artifact instead of the return value")
+    result.add_argument("-o", "--output", default=None, metavar="FILE", help="save to FILE instead of printing")
+    result.add_argument("--wait-s", type=float, default=0.0, help="wait this long for the job to settle")
+    result.set_defaults(func=cmd_result)
+
+    cancel = sub.add_parser("cancel", help="cancel jobs: queued ones never start, running ones stop")
+    cancel.add_argument("job_ids", nargs="+", metavar="ID")
+    cancel.set_defaults(func=cmd_cancel)
+
+    put = sub.add_parser("put", help="store an input file; prints the reference to pass to a job")
+    put.add_argument("file")
+    put.set_defaults(func=cmd_put)
 
     queues = sub.add_parser("queues", help="per queue: ready, running (node registry), slots serving it, dead letters")
     queues.set_defaults(func=cmd_queues)

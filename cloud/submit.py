@@ -87,14 +87,21 @@ def idempotent_job_id(key: str) -> str:
     return "k-" + hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
-def describe_actor(actor: dramatiq.Actor) -> str:
-    """``name(param: type = default, …)  [queue, job type]`` for help texts and errors."""
+def describe_actor(actor: dramatiq.Actor, *, annotated: bool = True) -> str:
+    """``name(param: type = default, …)  [queue, job type]`` for help texts; ``annotated=False``: the short
+    ``name(param, param=default)`` an error message lists."""
     import inspect
 
     try:
-        signature = str(inspect.signature(actor.fn))
-    except (TypeError, ValueError):
-        signature = "(…)"
+        signature = inspect.signature(actor.fn, eval_str=True)
+    except Exception:  # unresolvable annotations
+        try:
+            signature = inspect.signature(actor.fn)
+        except (TypeError, ValueError):
+            return f"{actor.actor_name}(…)"
+    if not annotated:
+        params = [p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()]
+        return f"{actor.actor_name}{signature.replace(parameters=params, return_annotation=inspect.Signature.empty)}"
     job_type = actor.options.get("job_type", "")
     return f"{actor.actor_name}{signature}  [queue {actor.queue_name}{', ' + job_type if job_type else ''}]"
 
@@ -129,8 +136,8 @@ class Client:
         try:
             return self.broker.get_actor(actor)
         except dramatiq.errors.ActorNotFound:
-            known = "; ".join(describe_actor(a) for _, a in sorted(self.broker.actors.items())) or "none"
-            raise UnknownActor(f"no actor {actor!r}; known: {known}") from None
+            known = ", ".join(describe_actor(a, annotated=False) for _, a in sorted(self.broker.actors.items()))
+            raise UnknownActor(f"no actor {actor!r}; known: {known or 'none'}") from None
 
     # -- submitting ---------------------------------------------------------------------------------------
 
