@@ -54,6 +54,18 @@ def connect(settings: Settings, *, check: bool = True) -> QuorumRabbitmqBroker:
         topology=load_topology(settings.topology) if settings.topology else None,
     )
     dramatiq.set_broker(broker)
-    for module in settings.actor_modules:
-        importlib.import_module(module)
+    for name in settings.actor_modules:
+        module = importlib.import_module(name)
+        # A module imported earlier (by another client in this process) declared its actors on that client's
+        # broker: declare them on this one too.
+        for value in list(vars(module).values()):
+            if isinstance(value, dramatiq.Actor) and value.actor_name not in broker.actors:
+                dramatiq.actor(
+                    value.fn,
+                    broker=broker,
+                    actor_name=value.actor_name,
+                    queue_name=value.queue_name,
+                    priority=value.priority,
+                    **value.options,
+                )
     return broker
