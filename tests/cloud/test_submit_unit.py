@@ -1,0 +1,83 @@
+"""Pure parts of job submission: cancel in the job's record and in the one decision point, batch rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloud.batch import _csv, _jsonl, batch_id_for, batch_of, convert_cells
+from cloud.submit import idempotent_job_id
+from node.attempt.policy import Action, Limits, decide
+from node.contract.job_options import JobOptions
+from node.contract.record import JobStatus, Outcome, new_record, request_cancel, set_status
+
+JOB = JobOptions(job_id="j1")
+
+
+def test_a_queued_job_is_cancelled_at_once_a_running_one_is_asked_to_stop_a_finished_one_is_left_alone():
+    record = new_record("j1")
+    set_status(record, JobStatus.QUEUED)
+    assert request_cancel(record, now=1.0) is JobStatus.CANCELLED and record["status"] == "cancelled"
+    running = new_record("j2")
+    set_status(running, JobStatus.RUNNING)
+    assert request_cancel(running, now=1.0) is None and running["status"] == "running" and running["cancel"]
+    done = new_record("j3")
+    set_status(done, JobStatus.SUCCEEDED)
+    assert request_cancel(done, now=1.0) is JobStatus.SUCCEEDED and "cancel" not in done
+
+
+@pytest.mark.parametrize("outcome", [None, Outcome.FAILED, Outcome.INTERRUPTED, Outcome.CRASHED, Outcome.LOST])
+def test_a_job_whose_cancel_was_requested_is_never_run_retried_handed_back_or_given_up(outcome):
+    decision = decide(
+        JOB,
+        limits=Limits(),
+        status=JobStatus.RUNNING,
+        outcome=outcome,
+        now=0,
+        node_id="n",
+        expires_at=None,
+        cancelled=True,
+    )
+    assert decision.action is Action.ACK and decision.status is JobStatus.CANCELLED
+
+
+def test_a_cancelled_job_ends_cancelled_but_a_success_that_raced_the_cancel_stands():
+    common = dict(limits=Limits(), now=0, node_id="n", expires_at=None)
+    ended = decide(JOB, status=JobStatus.RUNNING, outcome=Outcome.CANCELLED, **common)
+    assert ended.action is Action.ACK and ended.status is JobStatus.CANCELLED
+    success = decide(JOB, status=JobStatus.RUNNING, outcome=Outcome.SUCCEEDED, cancelled=True, **common)
+    assert success.action is Action.SUCCEED
+    copy = decide(JOB, status=JobStatus.CANCELLED, outcome=None, **common)
+    assert copy.action is Action.ACK and copy.status is None
+
+
+def test_csv_rows_keep_their_file_line_numbers_and_bad_ones_are_named():
+    rows, bad = _csv('seed,samples\n1,10\n\n"2",20\n3,30,x\n"4,40\n')
+    assert rows == [(2, {"seed": "1", "samples": "10"}), (4, {"seed": "2", "samples": "20"})]
+    assert bad[0] == (5, "3 values for 2 columns")
+    rows, bad = _jsonl('{"seed": 1}\n\n[1]\n{bad\n')
+    assert rows == [(1, {"seed": 1})]
+    assert [line for line, _ in bad] == [3, 4]
+
+
+def test_csv_cells_convert_by_the_actors_type_hints():
+    def actor(seed: int, rate: float, flag: bool, name: str, extra=None) -> None: ...
+
+    assert convert_cells(actor, {"seed": "3", "rate": "0.5", "flag": "yes", "name": "007", "extra": "[1]"}) == {
+        "seed": 3,
+        "rate": 0.5,
+        "flag": True,
+        "name": "007",
+        "extra": [1],
+    }
+    with pytest.raises(ValueError, match="column 'seed'"):
+        convert_cells(actor, {"seed": "three"})
+
+
+def test_ids_are_stable_valid_and_tell_a_batch_job_from_others():
+    assert idempotent_job_id("order 17/α") == idempotent_job_id("order 17/α")
+    JobOptions(job_id=idempotent_job_id("x" * 10_000))  # any key gives a valid job id
+    rows = [(2, {"seed": "1"})]
+    assert batch_id_for("simulate", rows) == batch_id_for("simulate", list(rows))
+    assert batch_id_for("simulate", rows) != batch_id_for("train", rows)
+    batch = batch_id_for("simulate", rows)
+    assert batch_of(f"{batch}-2") == batch and batch_of("k-abc") is None
