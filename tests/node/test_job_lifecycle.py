@@ -265,7 +265,7 @@ def test_a_job_that_ignores_its_reservation_stop_is_killed_with_its_process_and_
     assert broker.get_queue_message_counts("tests") == (0, 0, 0)
 
 
-def test_inference_job_stores_its_completion_and_malformed_input_is_dead_lettered(
+def test_inference_job_keeps_its_completion_as_its_result_and_malformed_input_is_dead_lettered(
     amqp_url, broker, queue_prefix, storage, start_node
 ):
     from actors.inference import complete
@@ -274,8 +274,9 @@ def test_inference_job_stores_its_completion_and_malformed_input_is_dead_lettere
     broker.enqueue(job_message("inference", "infer", "ok", prompt="the gpu", max_tokens=8))
     broker.enqueue(job_message("inference", "infer", "bad", prompt="the gpu", max_tokens=0))
 
-    completion = wait_for(lambda: artifact(storage, "ok", "completion.json"), 60, "the completion")
-    assert completion["completion"] == " ".join(complete("the gpu", 8))
+    wait_for(lambda: RecordStore(storage).get("ok")["status"] == "succeeded", 60, "the completion")
+    record = RecordStore(storage).get("ok")
+    assert record["result"]["value"]["completion"] == " ".join(complete("the gpu", 8))
     wait_for(lambda: broker.get_queue_message_counts("inference")[2] == 1, 60, "the malformed job to dead-letter")
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     method, properties, body = connection.channel().basic_get(queue_prefix + "inference.XQ", auto_ack=True)
