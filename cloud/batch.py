@@ -193,10 +193,6 @@ class Batch:
     def counts(self) -> Counter:
         return Counter(self.statuses())
 
-    def settled(self) -> int:
-        counts = self.counts()
-        return sum(n for status, n in counts.items() if status in _SETTLED)
-
     def wait(self, timeout: float | None = None, on_progress: Callable[[Counter], None] | None = None) -> Counter:
         """Wait until every job settled (``TimeoutError`` after ``timeout``); returns the final counts."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -204,7 +200,7 @@ class Batch:
             counts = self.counts()
             if on_progress is not None:
                 on_progress(counts)
-            if sum(n for status, n in counts.items() if status in _SETTLED) >= len(self.jobs):
+            if settled_count(counts) >= len(self.jobs):
                 return counts
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"batch {self.batch_id} not settled after {timeout}s: {dict(counts)}")
@@ -299,6 +295,20 @@ def read_manifest(storage: Any, batch_id: str) -> dict[str, Any] | None:
         return json.loads(storage.get(manifest_key(batch_id))[0])
     except ObjectNotFound:
         return None
+
+
+def submitted_in_batch(storage: Any, job_id: str) -> str | None:
+    """The batch that submitted ``job_id`` (its manifest lists it), or ``None``."""
+    batch_id = batch_of(job_id)
+    manifest = read_manifest(storage, batch_id) if batch_id else None
+    if manifest and any(j == job_id for _, j in manifest["jobs"]):
+        return batch_id
+    return None
+
+
+def settled_count(counts: Counter) -> int:
+    """How many of a batch's jobs have settled, from its status counts."""
+    return sum(n for status, n in counts.items() if status in _SETTLED)
 
 
 def _target(broker: Any, message: Any) -> str:

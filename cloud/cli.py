@@ -151,9 +151,9 @@ def _submit_file(client, args: argparse.Namespace) -> int:
     with tqdm(total=len(batch.jobs), desc="settled", unit="job", file=sys.stderr, disable=args.quiet) as bar_done:
 
         def progress(counts) -> None:
-            from cloud.batch import _SETTLED
+            from cloud.batch import settled_count
 
-            bar_done.update(sum(n for s, n in counts.items() if s in _SETTLED) - bar_done.n)
+            bar_done.update(settled_count(counts) - bar_done.n)
             bar_done.set_postfix({s: n for s, n in sorted(counts.items())}, refresh=False)
 
         counts = batch.wait(args.timeout_s, on_progress=progress)
@@ -166,8 +166,10 @@ def cmd_result(args: argparse.Namespace, settings: Settings) -> int:
     from cloud.submit import Client, JobFailed
 
     client = Client(settings, broker=_no_broker(settings))
+    from cloud.batch import submitted_in_batch
+
     handle = client.job(args.job_id)
-    if handle.record() is None and _batch_status(client, args.job_id) is None and not args.wait_s:
+    if handle.record() is None and submitted_in_batch(client.storage, args.job_id) is None and not args.wait_s:
         raise UsageError(f"no job {args.job_id!r} in {settings.storage_url} (no node nor submitter recorded it)")
     try:
         if args.artifact is not None:
@@ -217,16 +219,6 @@ def _no_broker(settings: Settings):
     from cloud.client import connect
 
     return connect(settings, check=False)
-
-
-def _batch_status(client, job_id: str) -> str | None:
-    from cloud.batch import batch_of, read_manifest
-
-    batch_id = batch_of(job_id)
-    manifest = read_manifest(client.storage, batch_id) if batch_id else None
-    if manifest and any(j == job_id for _, j in manifest["jobs"]):
-        return "queued"
-    return None
 
 
 def cmd_queues(args: argparse.Namespace, settings: Settings) -> int:
@@ -335,11 +327,10 @@ def cmd_job(args: argparse.Namespace, settings: Settings) -> int:
     storage = storage_from_settings(settings)
     record = RecordStore(storage).get(args.job_id)
     if record is None:
-        from cloud.batch import batch_of, read_manifest
+        from cloud.batch import submitted_in_batch
 
-        batch_id = batch_of(args.job_id)
-        manifest = read_manifest(storage, batch_id) if batch_id else None
-        if manifest and any(j == args.job_id for _, j in manifest["jobs"]):
+        batch_id = submitted_in_batch(storage, args.job_id)
+        if batch_id is not None:
             print(f"job {args.job_id}  status queued  (batch {batch_id}; no node has started it yet)")
             return 0
         print(

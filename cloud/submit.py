@@ -38,7 +38,14 @@ from dramatiq import Message
 from node.contract.envelope import check_arguments
 from node.contract.inputs import input_key
 from node.contract.job_options import JOB_TYPES, JobOptions
-from node.contract.record import SETTLED_STATUSES, JobStatus, new_record, request_cancel, set_status
+from node.contract.record import (
+    SETTLED_STATUSES,
+    JobStatus,
+    new_record,
+    record_key,
+    request_cancel,
+    set_status,
+)
 from node.errors import MalformedMessage, ObjectNotFound
 from node.settings import Settings
 from node.storage import Storage, storage_from_settings
@@ -255,8 +262,6 @@ class Client:
         return handle
 
     def _forget(self, job_id: str) -> None:
-        from node.contract.record import record_key
-
         try:
             self.storage.delete(record_key(job_id))
         except Exception:  # the record says queued; a resubmission with the key finds it
