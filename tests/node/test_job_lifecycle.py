@@ -274,7 +274,7 @@ def test_inference_job_keeps_its_completion_as_its_result_and_malformed_input_is
     broker.enqueue(job_message("inference", "infer", "ok", prompt="the gpu", max_tokens=8))
     broker.enqueue(job_message("inference", "infer", "bad", prompt="the gpu", max_tokens=0))
 
-    wait_for(lambda: RecordStore(storage).get("ok")["status"] == "succeeded", 60, "the completion")
+    wait_for(lambda: (RecordStore(storage).get("ok") or {}).get("status") == "succeeded", 60, "the completion")
     record = RecordStore(storage).get("ok")
     assert record["result"]["value"]["completion"] == " ".join(complete("the gpu", 8))
     wait_for(lambda: broker.get_queue_message_counts("inference")[2] == 1, 60, "the malformed job to dead-letter")
