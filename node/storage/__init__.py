@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import ConfigError
 from .base import ObjectInfo, Storage
-from .local import LocalStorage
+from .local import SYNC_MODES, LocalStorage
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -34,10 +34,17 @@ def open_storage(
     access_key_id: str = "",
     secret_access_key: str = "",
 ) -> Storage:
-    """Open the backend ``url`` names: ``file:///path`` or ``s3://bucket[/prefix]``."""
+    """Open the backend ``url`` names: ``file:///path[?sync=full]`` or ``s3://bucket[/prefix]``."""
     parts = urlsplit(url)
     if parts.scheme == "file":
-        return LocalStorage(unquote(parts.path))
+        options = parse_qs(parts.query)
+        unknown = set(options) - {"sync"}
+        if unknown:
+            raise ConfigError("BURROW_STORAGE_URL", f"unknown option {sorted(unknown)[0]!r} (file:// takes ?sync=)")
+        sync = options.get("sync", ["normal"])[-1]
+        if sync not in SYNC_MODES:
+            raise ConfigError("BURROW_STORAGE_URL", f"sync={sync!r}: use one of {', '.join(SYNC_MODES)}")
+        return LocalStorage(unquote(parts.path), sync=sync)
     if parts.scheme == "s3":
         from .s3 import S3Storage  # boto3 is imported only by nodes that use S3
 

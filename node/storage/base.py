@@ -72,4 +72,14 @@ class Storage(ABC):
         parts = key.split("/")
         if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
             raise StorageError(f"invalid storage key {key!r}: use a relative path like 'jobs/<id>/record.json'")
+        if not key.isprintable() or not _encodable(key):
+            raise StorageError(f"invalid storage key {key!r}: control characters or a lone surrogate")
         return key
+
+
+def _encodable(key: str) -> bool:
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,196 +1,248 @@
-"""A local-directory backend: the embedded default, and what tests compare S3 against."""
+"""A local-directory backend: the embedded default, and what tests compare S3 against.
+
+Objects live in one SQLite database (``<root>/objects.sqlite``, write-ahead log) rather than one file each:
+SQLite gives atomic conditional writes between processes (a transaction), ETags that cannot repeat, and a
+write that costs one append to the log. A file per object cost a temp file, two fsyncs and a rename — on
+this VM ~0.85 ms, more than a short job's whole run. Bodies over ``INLINE_MAX`` (checkpoints, large
+artifacts) are files under ``<root>/blobs/``, named by a random token, written before the row that names
+them and removed once no row does.
+"""
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import hashlib
-import itertools
 import os
 import shutil
+import sqlite3
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
-from ..errors import ObjectNotFound, PreconditionFailed
+from ..errors import ObjectNotFound, PreconditionFailed, StorageError
 from .base import ObjectInfo, Storage
 
-_ETAG_XATTR = "user.burrow.etag"
-#: Conditional writes lock one of this many stripe files (by key hash), so lock files never pile up.
-LOCK_STRIPES = 64
+#: Bodies up to this size are kept in the database; larger ones are blob files.
+INLINE_MAX = 1 << 20
+#: How long a writer waits for another process's transaction before giving up.
+BUSY_TIMEOUT_MS = 60_000
+SYNC_MODES = ("normal", "full")
+
+#: One writer at a time per store within a process: threads queue on this lock instead of in SQLite's busy
+#: handler, which sleeps in steps of milliseconds (fatal to short jobs) when a write lock is taken.
+_write_locks: dict[Path, threading.Lock] = {}
+_write_locks_guard = threading.Lock()
+
+_SCHEMA = "CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, etag TEXT NOT NULL, size INTEGER NOT NULL, data BLOB, file TEXT)"  # noqa: E501
 
 
 class LocalStorage(Storage):
-    """Objects are files under ``root``; every write is atomic and durable (temp file, fsync, rename, fsync
-    of the directory).
+    """Objects in a SQLite database under ``root``; safe between the processes and threads of one machine.
 
-    A create-if-absent links the written file in (``link`` fails if the name exists); a replace-if-unchanged
-    holds an ``flock`` (one of ``LOCK_STRIPES`` stripe files) around check-and-replace. Both are safe between
-    processes on one machine, which is all a local directory can serve.
+    A create-if-absent and a replace-if-unchanged are each one ``BEGIN IMMEDIATE`` transaction (the check and
+    the write under SQLite's write lock). The ETag is a random token written with the body.
 
-    The ETag of an object is a random token stored with the file as an extended attribute, written before
-    the rename: it can never repeat, unlike inode numbers and modification times (ext4 reuses inodes, and a
-    coarse clock repeats mtimes). On a filesystem without user extended attributes the ETag is a hash of the
-    content (S3's own rule).
+    Durability (``sync``): ``"normal"`` (default) — a write is durable once ``put`` returns against the death
+    of any process at any instant (SIGKILL, OOM: the log is in the kernel's page cache), but a power cut of
+    the machine may lose the last writes (never corrupt the store). ``"full"`` — every write is fsynced before
+    ``put`` returns: power-cut durable, ~0.5 ms per write on an SSD-backed VM. Choose it with
+    ``file:///dir?sync=full``.
 
     Parameters:
-        root: The directory holding the objects; created if missing.
+        root: The directory holding the store; created on the first write.
+        sync: ``"normal"`` or ``"full"`` (see above).
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, sync: str = "normal") -> None:
+        if sync not in SYNC_MODES:
+            raise StorageError(f"local storage sync={sync!r}: use one of {', '.join(SYNC_MODES)}")
         self.root = Path(root)
-        self._xattrs = True
-        self._locks_ready = False
-        self._counter = itertools.count()
+        self.sync = sync
+        self._db_path = self.root / "objects.sqlite"
+        self._local = threading.local()
+        with _write_locks_guard:
+            self._write_lock = _write_locks.setdefault(self._db_path.absolute(), threading.Lock())
 
     def __repr__(self) -> str:
         return f"LocalStorage({str(self.root)!r})"
 
-    def _path(self, key: str) -> Path:
-        return self.root / self.check_key(key)
+    # -- the database -------------------------------------------------------------------------------------
 
-    @contextmanager
-    def _locked(self, key: str) -> Iterator[None]:
-        locks = self.root / ".locks"
-        if not self._locks_ready:
-            locks.mkdir(parents=True, exist_ok=True)
-            self._locks_ready = True
-        stripe = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=2).digest(), "big") % LOCK_STRIPES
-        with open(locks / f"{stripe:02d}", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
+    def _db(self, *, create: bool) -> sqlite3.Connection | None:
+        """This thread's connection (one per thread and per process: a forked worker opens its own)."""
+        local = self._local
+        if getattr(local, "pid", None) == os.getpid() and local.db is not None:
+            return local.db
+        if not create and not self._db_path.exists():
+            return None  # reading a store nobody wrote yet: empty, and nothing created
+        self.root.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            db.execute("PRAGMA journal_mode=WAL")  # persistent: set once per store
+        db.execute(f"PRAGMA synchronous={self.sync.upper()}")
+        db.execute(_SCHEMA)
+        local.pid, local.db = os.getpid(), db
+        return db
 
-    def _etag_of(self, target: int | str, read: Callable[[], bytes]) -> str:
-        if self._xattrs:
-            try:
-                return os.getxattr(target, _ETAG_XATTR).decode()
-            except OSError as e:
-                if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-                    self._xattrs = False
-                elif e.errno != errno.ENODATA:
-                    raise
-        return hashlib.blake2b(read(), digest_size=16).hexdigest()  # no token: a file written by other means
-
-    def _temp_file(self, path: Path) -> tuple[int, str]:
-        # Unique without mkstemp's random-name retries: pid, thread and a counter name it.
-        tmp = f"{path.parent}/.{path.name}.{os.getpid()}.{threading.get_ident()}.{next(self._counter)}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        try:
-            return os.open(tmp, flags, 0o644), tmp
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(tmp, flags, 0o644), tmp
-
-    def _write_atomically(self, path: Path, write: Callable[[BinaryIO], None], *, create_only: bool = False) -> str:
-        """Write through a temp file; replace ``path``, or with ``create_only`` link it in only if it is absent
-        (an atomic create-if-absent without a lock: ``link`` fails when the name exists)."""
-        fd, tmp = self._temp_file(path)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                write(handle)
-                handle.flush()
-                etag = uuid.uuid4().hex
-                if self._xattrs:
-                    try:
-                        os.setxattr(handle.fileno(), _ETAG_XATTR, etag.encode())
-                    except OSError as e:
-                        if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
-                            raise
-                        self._xattrs = False
-                os.fsync(handle.fileno())
-            if create_only:
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    raise PreconditionFailed(f"{path.relative_to(self.root).as_posix()!r} already exists") from None
-                finally:
-                    os.unlink(tmp)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)  # the rename itself must survive a power cut
-        finally:
-            os.close(directory)
-        return etag if self._xattrs else self._etag_of(str(path), path.read_bytes)
-
-    def put(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> ObjectInfo:
-        path = self._path(key)
-        if if_match is None:
-            etag = self._write_atomically(path, lambda h: h.write(data), create_only=if_none_match)
-            return ObjectInfo(key=key, etag=etag, size=len(data))
-        with self._locked(key):
-            current = self.head(key)
-            if if_none_match and current is not None:
-                raise PreconditionFailed(f"{key!r} already exists")
-            if if_match is not None and (current is None or current.etag != if_match):
-                raise PreconditionFailed(f"{key!r} changed since etag {if_match!r} was read")
-            return ObjectInfo(key=key, etag=self._write_atomically(path, lambda h: h.write(data)), size=len(data))
-
-    def get(self, key: str) -> tuple[bytes, ObjectInfo]:
-        path = self._path(key)
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-                etag = self._etag_of(handle.fileno(), lambda: data)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise ObjectNotFound(key) from None
-        return data, ObjectInfo(key=key, etag=etag, size=len(data))
-
-    def head(self, key: str) -> ObjectInfo | None:
-        path = self._path(key)
-        try:
-            with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                etag = self._etag_of(handle.fileno(), handle.read)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+    def _row(self, key: str) -> tuple[str, int, bytes | None, str | None] | None:
+        self.check_key(key)
+        db = self._db(create=False)
+        if db is None:
             return None
+        return db.execute("SELECT etag, size, data, file FROM objects WHERE key = ?", (key,)).fetchone()
+
+    def _write(
+        self,
+        key: str,
+        size: int,
+        data: bytes | None,
+        file: str | None,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
+        self.check_key(key)
+        db = self._db(create=True)
+        etag = uuid.uuid4().hex
+        with self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                current = db.execute("SELECT etag, file FROM objects WHERE key = ?", (key,)).fetchone()
+                if if_none_match and current is not None:
+                    raise PreconditionFailed(f"{key!r} already exists")
+                if if_match is not None and (current is None or current[0] != if_match):
+                    raise PreconditionFailed(f"{key!r} changed since etag {if_match!r} was read")
+                db.execute(
+                    "INSERT INTO objects (key, etag, size, data, file) VALUES (?, ?, ?, ?, ?) ON CONFLICT(key)"
+                    " DO UPDATE SET etag = excluded.etag, size = excluded.size, data = excluded.data,"
+                    " file = excluded.file",
+                    (key, etag, size, data, file),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                if file is not None:
+                    self._blob_path(file).unlink(missing_ok=True)
+                raise
+        if current is not None and current[1] is not None:
+            self._blob_path(current[1]).unlink(missing_ok=True)  # no row names it any more
         return ObjectInfo(key=key, etag=etag, size=size)
 
+    # -- blob files -----------------------------------------------------------------------------------------
+
+    def _blob_path(self, name: str) -> Path:
+        return self.root / "blobs" / name[:2] / name
+
+    def _new_blob(self, fill) -> tuple[str, int]:
+        """Write a blob file through ``fill(handle)``; return its name and size. Not visible until a row names it."""
+        name = uuid.uuid4().hex
+        path = self._blob_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as handle:
+            fill(handle)
+            handle.flush()
+            if self.sync == "full":
+                os.fsync(handle.fileno())
+            size = handle.tell()
+        if self.sync == "full":
+            directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        return name, size
+
+    def _read(self, key: str, use) -> ObjectInfo:
+        """Call ``use(data, path)`` with the object's body (inline bytes or its blob file) and return its info.
+
+        A blob can be replaced between reading its row and opening it: read the row again then."""
+        for _ in range(10):
+            row = self._row(key)
+            if row is None:
+                raise ObjectNotFound(key)
+            etag, size, data, file = row
+            try:
+                use(data, None if file is None else self._blob_path(file))
+            except FileNotFoundError:
+                continue
+            return ObjectInfo(key=key, etag=etag, size=size)
+        raise StorageError(f"{key!r} kept changing while it was read")
+
+    # -- the Storage contract -------------------------------------------------------------------------------
+
+    def put(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> ObjectInfo:
+        data = bytes(data)
+        if len(data) <= INLINE_MAX:
+            return self._write(key, len(data), data, None, if_match=if_match, if_none_match=if_none_match)
+        name, size = self._new_blob(lambda h: h.write(data))
+        return self._write(key, size, None, name, if_match=if_match, if_none_match=if_none_match)
+
+    def get(self, key: str) -> tuple[bytes, ObjectInfo]:
+        body: list[bytes] = []
+
+        def use(data: bytes | None, path: Path | None) -> None:
+            body.append(data if path is None else path.read_bytes())
+
+        info = self._read(key, use)
+        return body[-1], info
+
+    def head(self, key: str) -> ObjectInfo | None:
+        row = self._row(key)
+        return None if row is None else ObjectInfo(key=key, etag=row[0], size=row[1])
+
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        self.check_key(key)
+        db = self._db(create=False)
+        if db is None:
+            return
+        with self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT file FROM objects WHERE key = ?", (key,)).fetchone()
+                db.execute("DELETE FROM objects WHERE key = ?", (key,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        if row is not None and row[0] is not None:
+            self._blob_path(row[0]).unlink(missing_ok=True)
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        if not self.root.is_dir():
+        db = self._db(create=False)
+        if db is None:
             return iter(())
-        keys = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for name in filenames:
-                if name.startswith("."):
-                    continue  # temp files and locks
-                key = Path(dirpath, name).relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    keys.append(key)
-        return iter(sorted(keys))
+        if not prefix:
+            rows = db.execute("SELECT key FROM objects ORDER BY key").fetchall()
+        else:
+            # Keys compare as UTF-8 bytes (code point order): every key with the prefix sorts in [prefix, end).
+            end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+            rows = db.execute(
+                "SELECT key FROM objects WHERE key >= ? AND key < ? ORDER BY key", (prefix, end)
+            ).fetchall()
+        return iter([r[0] for r in rows])
 
     def upload_file(self, key: str, path: str | Path) -> ObjectInfo:
-        target = self._path(key)
         with open(path, "rb") as source:
-            etag = self._write_atomically(target, lambda h: shutil.copyfileobj(source, h, 1 << 20))
-        return ObjectInfo(key=key, etag=etag, size=target.stat().st_size)
+            name, size = self._new_blob(lambda h: shutil.copyfileobj(source, h, 1 << 20))
+        return self._write(key, size, None, name)
 
     def download_file(self, key: str, path: str | Path) -> ObjectInfo:
-        source = self._path(key)
-        info = self.head(key)
-        if info is None:
-            raise ObjectNotFound(key)
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+
+        def use(data: bytes | None, blob: Path | None) -> None:
+            if blob is None:
+                Path(tmp).write_bytes(data or b"")
+            else:
+                with open(blob, "rb") as source, open(tmp, "wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+
         try:
-            with open(source, "rb") as handle, os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(handle, out, 1 << 20)
+            info = self._read(key, use)
             os.replace(tmp, target)
-        except FileNotFoundError:
-            raise ObjectNotFound(key) from None
         finally:
             Path(tmp).unlink(missing_ok=True)
         return info
