@@ -72,6 +72,16 @@ def _routing(args: argparse.Namespace) -> dict[str, object]:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def _telemetry(service: str) -> None:
+    """Traces and metrics of this command, as the ``OTEL_*`` variables say (nothing when none is set)."""
+    from observability.setup import configure
+
+    try:
+        configure(service)
+    except ValueError as e:
+        raise UsageError(f"telemetry: {e}") from None
+
+
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     """Submit one job (``--kwargs``), or one per row of a CSV/JSONL file (``--file``)."""
     kwargs = _json_argument("--kwargs", args.kwargs)
@@ -84,6 +94,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("--file takes the arguments from its rows: drop --kwargs, --args, --key and --count")
     if args.count < 1:
         raise UsageError("--count must be at least 1")
+    _telemetry("burrow-submit")
     from cloud.submit import Client
 
     client = Client(settings)

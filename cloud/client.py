@@ -10,7 +10,7 @@ import pika.exceptions
 
 from node.broker import QuorumRabbitmqBroker
 from node.contract.topology import load_topology
-from node.middleware import JobSubmission
+from node.middleware import JobSubmission, Tracing
 from node.settings import Settings, mask_url
 
 from .errors import BrokerUnreachable
@@ -50,7 +50,7 @@ def connect(settings: Settings, *, check: bool = True) -> QuorumRabbitmqBroker:
         delivery_limit=settings.delivery_limit,
         queue_prefix=settings.queue_prefix,
         heartbeat_s=settings.heartbeat_s,
-        middleware=[JobSubmission()],
+        middleware=[JobSubmission(), Tracing()],
         topology=load_topology(settings.topology) if settings.topology else None,
     )
     dramatiq.set_broker(broker)

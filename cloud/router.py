@@ -11,6 +11,7 @@ Configuration is the nodes' (``AMQP_URL``, ``BURROW_STORAGE_URL``, ``BURROW_TOPO
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import dramatiq
@@ -18,13 +19,18 @@ from dramatiq.middleware import CurrentMessage
 
 from node.contract.queues import FAILED_JOBS_ACTOR, FAILED_JOBS_QUEUE
 from node.errors import BurrowError
+from observability.setup import configure
 
-from .routing.config import build_router
+from .routing.config import build_router, router_state_dir
 
 logger = logging.getLogger("burrow.router")
 
 try:
     broker, router = build_router()
+    try:
+        configure("burrow-router", discovery_name=f"router-{os.getpid()}", state_dir=router_state_dir())
+    except (ValueError, OSError) as e:
+        raise BurrowError(f"telemetry: {e}") from None
 except BurrowError as e:
     logger.error("Cannot start the router: %s", e)
     sys.exit(3)

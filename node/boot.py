@@ -22,7 +22,7 @@ from .attempt.journal import Journal, process_start_time
 from .broker import QuorumRabbitmqBroker
 from .contract.topology import load_topology
 from .errors import BurrowError
-from .middleware import JobLifecycle, JobSubmission, NodeHeartbeat, Prefetch, Shutdown, SlotConsumer
+from .middleware import JobLifecycle, JobSubmission, NodeHeartbeat, Prefetch, Shutdown, SlotConsumer, Tracing
 from .settings import Settings
 from .storage import Storage, storage_from_settings
 from .supervisor.process import die_with_parent
@@ -65,6 +65,7 @@ def build_broker(
         Pipelines(),
         CurrentMessage(),
         JobSubmission(),
+        Tracing(),  # after JobSubmission (it traces the job options that creates), before the attempt's hooks
         JobLifecycle(
             storage=storage,
             node_id=settings.node_id,
@@ -114,6 +115,28 @@ def claim_slot(settings: Settings, environ: MutableMapping[str, str]) -> SlotLea
     return lease
 
 
+def start_telemetry(settings: Settings, slot_id: str, environ: Mapping[str, str]) -> None:
+    """Traces and metrics as the ``OTEL_*`` variables say (``observability.setup``); off when none is set."""
+    from observability.setup import configure
+
+    labels = {"node": settings.node_id, "subcloud": settings.subcloud, "slot": slot_id}
+    try:
+        configure(
+            "burrow-node",
+            attributes={
+                "burrow.node.id": settings.node_id,
+                "burrow.subcloud": settings.subcloud,
+                "burrow.slot": slot_id,
+            },
+            state_dir=settings.state_dir,
+            discovery_name=slot_id,
+            discovery_labels=labels,
+            environ=environ,
+        )
+    except (ValueError, OSError) as e:
+        raise BurrowError(f"telemetry: {e}") from None
+
+
 def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroker:
     """Set up this worker process and return its broker; exits the process with a clear message on bad config."""
     environ = os.environ if environ is None else environ
@@ -125,6 +148,7 @@ def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroke
         lease = claim_slot(settings, environ)
         storage = storage_from_settings(settings)
         instance = node_instance(environ)
+        start_telemetry(settings, lease.slot.id, environ)
         journal = Journal(settings.state_dir / "journal", lease.slot.id, instance)
         broker = build_broker(settings, storage=storage, slot_id=lease.slot.id, instance=instance, journal=journal)
         dramatiq.set_broker(broker)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from dramatiq.middleware import CurrentMessage
 
@@ -38,6 +39,11 @@ class RouterBroker(QuorumRabbitmqBroker):
     @property
     def consumer_class(self):
         return TransactionalConsumer
+
+
+def router_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where this machine's router processes keep local state (their metrics discovery files)."""
+    return Settings.from_env(os.environ if environ is None else environ).state_dir
 
 
 def build_router(environ: Mapping[str, str] | None = None) -> tuple[RouterBroker, Router]:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dramatiq import Message
+from opentelemetry import metrics, propagate, trace
 
 from node.attempt.routing import next_message
 from node.broker import QuorumRabbitmqBroker
@@ -36,6 +37,10 @@ from .policy import JobHistory, Route, RouteRequest, RoutingPolicy
 from .quarantine import Quarantine, entry_id
 
 logger = logging.getLogger(__name__)
+tracer = trace.get_tracer("burrow.router")
+decisions = metrics.get_meter("burrow.router").create_counter(
+    "burrow.router.decisions", unit="{decision}", description="What the router did with a report, by kind and action"
+)
 
 #: A message the router could not handle (storage or broker trouble) comes back after this long.
 RETRY_LATER_S = 30.0
@@ -75,6 +80,23 @@ class Router:
 
     # -- entry point --------------------------------------------------------------------------------------
 
+    def _trace(self, request: RouteRequest, kind: str, route: Route) -> None:
+        """A span in the job's own trace (its ``trace`` field), so a re-dispatch shows between its attempts."""
+        carrier = request.job.trace if request.job is not None else {}
+        with tracer.start_as_current_span(
+            f"route {FAILED_JOBS_QUEUE}", context=propagate.extract(carrier or {}), kind=trace.SpanKind.CONSUMER
+        ) as span:
+            span.set_attributes(
+                {
+                    "messaging.system": "rabbitmq",
+                    "messaging.destination.name": FAILED_JOBS_QUEUE,
+                    "burrow.job.id": request.job.job_id if request.job is not None else "",
+                    "burrow.report.kind": str(kind),
+                    "burrow.route.action": route.action,
+                    "burrow.route.queue": route.queue or "",
+                }
+            )
+
     def handle(self, report: dict[str, Any], report_id: str) -> list[Outgoing]:
         """What to publish (with the ack) for ``report``; writes records and quarantine entries on the way."""
         kind = report.get("kind", "failed")
@@ -112,6 +134,8 @@ class Router:
             if job_id and route.counted:
                 record = self._record(job_id, request, route, report_id)
         logger.info("Job %s (%s): %s %s — %s", job_id or "?", kind, route.action, route.queue or "", route.reason)
+        decisions.add(1, {"kind": str(kind), "action": route.action})
+        self._trace(request, kind, route)
         if route.action == "quarantine":
             self._quarantine(request, route, report, record, raw)
             return []

@@ -22,11 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from .. import metrics
 from ..errors import FencedOut, NodeError, ObjectNotFound, PreconditionFailed
 from ..storage import Storage
 from .gil import fast_switching
 
 logger = logging.getLogger(__name__)
+tracer = trace.get_tracer("burrow.node")
 
 #: How often ``load`` re-reads the manifest when the blob it names vanished (an older attempt replaced it).
 LOAD_TRIES = 5
@@ -93,6 +98,8 @@ class Checkpointer:
         self._closed = False
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        # The attempt's trace context: uploads run on another thread, their spans are the attempt's children.
+        self._otel_context = otel_context.get_current()
 
     # -- reading ------------------------------------------------------------------------------------------
 
@@ -222,8 +229,14 @@ class Checkpointer:
         pause = self.retry_min_s
         while True:
             try:
-                with fast_switching():
+                with (
+                    fast_switching(),
+                    tracer.start_as_current_span("checkpoint upload", context=self._otel_context) as span,
+                ):
+                    span.set_attributes({"burrow.job.id": self.job_id, "burrow.checkpoint.seq": snapshot.seq})
                     self._upload(snapshot)
+                metrics.checkpoint_duration.record(max(0.0, time.time() - snapshot.taken_at))
+                metrics.checkpoint_bytes.add(self.uploaded.get("size", 0) if self.uploaded else 0)
                 self.last_error = None
                 return
             except FencedOut as e:
@@ -232,6 +245,7 @@ class Checkpointer:
                 self.on_fenced()
                 return
             except Exception as e:  # a store that is down must never crash the job
+                metrics.checkpoint_failures.add(1)
                 self.last_error = f"{type(e).__name__}: {e}"
                 logger.warning(
                     "Checkpoint %d of %s not stored (%s); retrying in %.1fs.", snapshot.seq, self.job_id, e, pause
@@ -251,11 +265,12 @@ class Checkpointer:
         suffix = ".tar" if snapshot.kind == "dir" else ""
         key = f"jobs/{self.job_id}/checkpoints/{self.attempt:05d}-{snapshot.seq:06d}{suffix}"
         if snapshot.kind == "bytes":
-            self.storage.put(key, snapshot.data or b"")
+            size = self.storage.put(key, snapshot.data or b"").size
         else:
             assert snapshot.path is not None
-            self.storage.upload_file(key, snapshot.path)
+            size = self.storage.upload_file(key, snapshot.path).size
         manifest = {
+            "size": size,
             "attempt": self.attempt,
             "seq": snapshot.seq,
             "key": key,

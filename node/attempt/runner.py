@@ -26,7 +26,9 @@ from typing import Any
 import dramatiq
 from dramatiq import Message
 from dramatiq.middleware import SkipMessage
+from opentelemetry import trace
 
+from .. import metrics
 from ..contract.job_options import JobOptions
 from ..contract.record import (
     RESULT_INLINE_MAX,
@@ -293,6 +295,10 @@ class AttemptRunner:
         checkpoint.on_fenced = lambda: context.request_stop("fenced")
         if self.journal is not None:
             self.journal.started(job.job_id, attempt_id, started_at=attempt.started_at)
+        attempt.labels = metrics.labels_of(job, message.queue_name, message.actor_name)
+        metrics.in_flight.add(1, attempt.labels)
+        if number == 1:  # from submit to the first start (a retry's message keeps the submit time)
+            metrics.queue_wait.record(max(0.0, attempt.started_at - message.message_timestamp / 1000), attempt.labels)
         attempt.token = running.enter(context, message.queue_name)
         self._local.attempt = attempt
         self.monitor.watch(attempt)
@@ -338,6 +344,11 @@ class AttemptRunner:
     ) -> None:
         context = attempt.context
         outcome = _outcome(context, exception)
+        metrics.in_flight.add(-1, attempt.labels)
+        ended = {**attempt.labels, "outcome": outcome.value}
+        metrics.attempts.add(1, ended)
+        metrics.run_duration.record(max(0.0, self.clock() - attempt.started_at), ended)
+        trace.get_current_span().set_attribute("burrow.outcome", outcome.value)
         kept_result: dict[str, Any] | None = None
         if outcome is Outcome.SUCCEEDED and result is not None:
             try:
@@ -466,6 +477,9 @@ class AttemptRunner:
         error: str | None = None,
         attempts: list[dict[str, Any]] | None = None,
     ) -> None:
+        labels = metrics.labels_of(decision.job, message.queue_name, message.actor_name)
+        status = decision.status.value if decision.status is not None else ""
+        metrics.decisions.add(1, {**labels, "action": decision.action.value, "status": status})
         try:
             route(broker, message, decision, node_id=self.node_id, error=error, attempts=attempts)
         except Exception:

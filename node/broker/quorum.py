@@ -27,6 +27,7 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
+from .. import metrics
 from ..contract.job_options import OPTION_KEY, JobOptions
 from ..contract.queues import (
     DEAD_LETTER_EXCHANGE,
@@ -340,6 +341,7 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
             )
 
         self._with_reconnect(publish, queue_name)
+        metrics.dead_letters.add(1, {"queue": queue_name, "reason": str(reason)})
 
     def _with_reconnect(self, operation, queue_name: str, *, must_exist: bool = False) -> None:
         # Dramatiq's enqueue retries immediately; a broker restart takes seconds, so retry with pauses.

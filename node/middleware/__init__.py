@@ -6,5 +6,6 @@ from .prefetch import Prefetch
 from .shutdown import Shutdown
 from .slot import SlotConsumer
 from .submission import JobSubmission
+from .tracing import Tracing
 
-__all__ = ["JobLifecycle", "JobSubmission", "NodeHeartbeat", "Prefetch", "Shutdown", "SlotConsumer"]
+__all__ = ["JobLifecycle", "JobSubmission", "NodeHeartbeat", "Prefetch", "Shutdown", "SlotConsumer", "Tracing"]
