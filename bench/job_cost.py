@@ -119,9 +119,9 @@ def measure(name: str, module_source: str, env: dict[str, str], queue: str, jobs
         except pika.exceptions.ChannelClosedByBroker:
             channel = connection.channel()
     if prefix:  # what a node declares beside its work queue (the broker is shared: leave nothing behind)
-        for delete, name in ((channel.queue_delete, "burrow.nodes"), (channel.exchange_delete, "burrow.dead-letter")):
+        for delete, declared in ((channel.queue_delete, "burrow.nodes"), (channel.exchange_delete, "burrow.dead-letter")):
             try:
-                delete(prefix + name)
+                delete(prefix + declared)
             except pika.exceptions.ChannelClosedByBroker:
                 channel = connection.channel()
     connection.close()
