@@ -119,7 +119,8 @@ def measure(name: str, module_source: str, env: dict[str, str], queue: str, jobs
         except pika.exceptions.ChannelClosedByBroker:
             channel = connection.channel()
     if prefix:  # what a node declares beside its work queue (the broker is shared: leave nothing behind)
-        for delete, declared in ((channel.queue_delete, "burrow.nodes"), (channel.exchange_delete, "burrow.dead-letter")):
+        declared_by_node = ((channel.queue_delete, "burrow.nodes"), (channel.exchange_delete, "burrow.dead-letter"))
+        for delete, declared in declared_by_node:
             try:
                 delete(prefix + declared)
             except pika.exceptions.ChannelClosedByBroker:
