@@ -119,10 +119,9 @@ def measure(name: str, module_source: str, env: dict[str, str], queue: str, jobs
         except pika.exceptions.ChannelClosedByBroker:
             channel = connection.channel()
     if prefix:  # what a node declares beside its work queue (the broker is shared: leave nothing behind)
-        declared_by_node = ((channel.queue_delete, "burrow.nodes"), (channel.exchange_delete, "burrow.dead-letter"))
-        for delete, declared in declared_by_node:
+        for method, declared in (("queue_delete", "burrow.nodes"), ("exchange_delete", "burrow.dead-letter")):
             try:
-                delete(prefix + declared)
+                getattr(channel, method)(prefix + declared)
             except pika.exceptions.ChannelClosedByBroker:
                 channel = connection.channel()
     connection.close()
