@@ -65,17 +65,7 @@ class TestStorageContract:
     def test_concurrent_conditional_writers_never_lose_an_update(self, backend: Storage):
         backend.put("counter", b"0")
 
-        def increment(times: int) -> None:
-            done = 0
-            while done < times:
-                data, info = backend.get("counter")
-                try:
-                    backend.put("counter", str(int(data) + 1).encode(), if_match=info.etag)
-                    done += 1
-                except PreconditionFailed:
-                    continue
-
-        threads = [threading.Thread(target=increment, args=(10,)) for _ in range(4)]
+        threads = [threading.Thread(target=increment, args=(backend, 10)) for _ in range(4)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -124,11 +114,8 @@ def test_local_etags_never_repeat(tmp_path):
     assert storage.head("jobs/1/record.json").etag == info.etag == storage.get("jobs/1/record.json")[1].etag
 
 
-def _increment_then_die(root: str, times: int) -> None:
-    """In a child process: conditionally increment a counter, then die by SIGKILL (no clean close)."""
-    import signal
-
-    storage = LocalStorage(root)
+def increment(storage: Storage, times: int) -> None:
+    """Add ``times`` to the object ``counter`` by conditional read-modify-writes, retrying lost races."""
     done = 0
     while done < times:
         data, info = storage.get("counter")
@@ -137,6 +124,13 @@ def _increment_then_die(root: str, times: int) -> None:
             done += 1
         except PreconditionFailed:
             continue
+
+
+def _increment_then_die(root: str, times: int) -> None:
+    """In a child process: conditionally increment a counter, then die by SIGKILL (no clean close)."""
+    import signal
+
+    increment(LocalStorage(root), times)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
