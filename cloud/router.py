@@ -16,24 +16,34 @@ import sys
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
+from opentelemetry import metrics
 
 from node.contract.queues import FAILED_JOBS_ACTOR, FAILED_JOBS_QUEUE
 from node.errors import BurrowError
 from observability.setup import configure
 
-from .routing.config import build_router, router_state_dir
+from .routing import gauges
+from .routing.config import build_router, quarantine_count_s, router_state_dir
 
 logger = logging.getLogger("burrow.router")
 
 try:
     broker, router = build_router()
     try:
-        configure("burrow-router", discovery_name=f"router-{os.getpid()}", state_dir=router_state_dir())
+        telemetry = configure("burrow-router", discovery_name=f"router-{os.getpid()}", state_dir=router_state_dir())
+        count_every_s = quarantine_count_s()
     except (ValueError, OSError) as e:
         raise BurrowError(f"telemetry: {e}") from None
 except BurrowError as e:
     logger.error("Cannot start the router: %s", e)
     sys.exit(3)
+if telemetry.metrics != "none":
+    gauges.register(
+        metrics.get_meter("burrow.router"),
+        router.registry,
+        router.quarantine,
+        quarantine_every_s=count_every_s,
+    )
 dramatiq.set_broker(broker)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import dramatiq
 from dramatiq.middleware import Callbacks, CurrentMessage, Pipelines
 
-from . import context
+from . import context, metrics
 from .attempt.journal import Journal, process_start_time
 from .broker import QuorumRabbitmqBroker
 from .contract.topology import load_topology
@@ -51,7 +51,13 @@ def node_instance(environ: Mapping[str, str]) -> str:
 
 
 def build_broker(
-    settings: Settings, *, storage: Storage, slot_id: str, instance: str = "", journal: Journal | None = None
+    settings: Settings,
+    *,
+    storage: Storage,
+    slot_id: str,
+    instance: str = "",
+    journal: Journal | None = None,
+    lease: SlotLease | None = None,
 ) -> QuorumRabbitmqBroker:
     """The node's broker with the node middleware stack.
 
@@ -90,6 +96,11 @@ def build_broker(
             subcloud=settings.subcloud,
             models=settings.models,
             interval_s=settings.node_heartbeat_s,
+            on_beat=(
+                (lambda beat: lease.publish_status(node_id=beat.node, state=beat.state, running=len(beat.running)))
+                if lease is not None
+                else None
+            ),
         ),
     ]
     topology = load_topology(settings.topology) if settings.topology else None
@@ -135,6 +146,7 @@ def start_telemetry(settings: Settings, slot_id: str, environ: Mapping[str, str]
         )
     except (ValueError, OSError) as e:
         raise BurrowError(f"telemetry: {e}") from None
+    metrics.prime()
 
 
 def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroker:
@@ -150,7 +162,9 @@ def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroke
         instance = node_instance(environ)
         start_telemetry(settings, lease.slot.id, environ)
         journal = Journal(settings.state_dir / "journal", lease.slot.id, instance)
-        broker = build_broker(settings, storage=storage, slot_id=lease.slot.id, instance=instance, journal=journal)
+        broker = build_broker(
+            settings, storage=storage, slot_id=lease.slot.id, instance=instance, journal=journal, lease=lease
+        )
         dramatiq.set_broker(broker)
         context.install(context.NodeContext(settings=settings, storage=storage, slot=lease.slot))
         logger.info(

@@ -45,16 +45,17 @@ class PrivateRabbitmq:
     Parameters:
         base: A directory for all of the node's files.
         config: Extra lines for ``rabbitmq.conf``.
+        plugins: Plugins to enable (``rabbitmq_prometheus``, …).
     """
 
-    def __init__(self, base: Path, config: str = "") -> None:
+    def __init__(self, base: Path, config: str = "", plugins: tuple[str, ...] = ()) -> None:
         self.base = base
         self.port = free_port()
         self.dist_port = free_port()
         self.nodename = f"burrow-test-{uuid.uuid4().hex[:8]}@localhost"
         self.process: subprocess.Popen | None = None
         base.mkdir(parents=True, exist_ok=True)
-        (base / "enabled_plugins").write_text("[].\n")
+        (base / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         (base / "rabbitmq.conf").write_text(f"listeners.tcp.default = {self.port}\n{config}")
         self.env = {
             **os.environ,
@@ -66,6 +67,7 @@ class PrivateRabbitmq:
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
             "RABBITMQ_LOG_BASE": str(base / "log"),
             "HOME": str(base),
+            "ERL_CRASH_DUMP": str(base / "erl_crash.dump"),  # not in the working directory
         }
 
     @property

@@ -224,3 +224,13 @@ def runs_until_stopped(job_key: str) -> str:
 def echo(value: object, repeat: int = 1) -> object:
     """Return ``value`` (``repeat`` times in a list when ``repeat`` > 1): the job's result."""
     return value if repeat == 1 else [value] * repeat
+
+
+@dramatiq.actor(queue_name=QUEUE)
+def checkpoints_once(job_key: str) -> None:
+    """Store one checkpoint (waiting until it is stored), then succeed."""
+    from node.job import current_job
+
+    job = current_job()
+    job.checkpoint.save(job_key.encode())
+    job.checkpoint.flush()

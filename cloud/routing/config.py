@@ -41,6 +41,12 @@ class RouterBroker(QuorumRabbitmqBroker):
         return TransactionalConsumer
 
 
+def quarantine_count_s(environ: Mapping[str, str] | None = None) -> float:
+    """How often the router counts the quarantine for its gauge (``BURROW_QUARANTINE_COUNT_S``, default 30):
+    counting lists storage."""
+    return _Reader(os.environ if environ is None else environ).number("BURROW_QUARANTINE_COUNT_S", 30.0, minimum=0)
+
+
 def router_state_dir(environ: Mapping[str, str] | None = None) -> Path:
     """Where this machine's router processes keep local state (their metrics discovery files)."""
     return Settings.from_env(os.environ if environ is None else environ).state_dir

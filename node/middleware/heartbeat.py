@@ -48,6 +48,8 @@ class NodeHeartbeat(dramatiq.Middleware):
         models: The models it serves (empty: all of its subcloud's).
         interval_s: Seconds between beats (0 disables the registry for this process).
         clock: Wall clock (Unix seconds).
+        on_beat: Also called with each heartbeat, broker or not (the worker's slot status file, which the
+            supervisor reads for the slot-state metric).
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class NodeHeartbeat(dramatiq.Middleware):
         models: tuple[str, ...] = (),
         interval_s: float = 10.0,
         clock: Callable[[], float] = time.time,
+        on_beat: Callable[[Heartbeat], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.slot_id = slot_id
@@ -66,6 +69,7 @@ class NodeHeartbeat(dramatiq.Middleware):
         self.models = models
         self.interval_s = interval_s
         self.clock = clock
+        self.on_beat = on_beat
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._connection: pika.BlockingConnection | None = None
@@ -99,6 +103,7 @@ class NodeHeartbeat(dramatiq.Middleware):
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self.interval_s <= 0:
+            self._tell(self.heartbeat())  # the slot status still says the worker is up
             return
         work_queues = getattr(broker, "work_queues", None)
         self._queues = tuple(work_queues() if work_queues else sorted(broker.get_declared_queues()))
@@ -118,8 +123,17 @@ class NodeHeartbeat(dramatiq.Middleware):
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._publish(self.heartbeat())
+            beat = self.heartbeat()
+            self._tell(beat)
+            self._publish(beat)
             self._stop.wait(self.interval_s)
+
+    def _tell(self, beat: Heartbeat) -> None:
+        if self.on_beat is not None:
+            try:
+                self.on_beat(beat)
+            except OSError as e:  # a full disk must not stop the registry
+                logger.warning("Slot status not written: %s", e)
 
     def _publish(self, beat: Heartbeat) -> None:
         with self._lock:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from ..errors import NodeError
 from ..settings import Settings
+from . import resources
 from .supervisor import Supervisor, plan_slots, worker_specs
 
 logger = logging.getLogger("burrow.node")
@@ -57,6 +58,33 @@ def run_node(settings: Settings, environ: Mapping[str, str], *, processes: int |
         grace_s=settings.grace_s,
         backoff_min_s=settings.restart_backoff_min_s,
         backoff_max_s=settings.restart_backoff_max_s,
+        status_dir=settings.state_dir / "slots",
     )
+    report_resources(settings, supervisor, [s.device for s in slots if s.device is not None], environ)
     supervisor.install_signal_handlers()
     return supervisor.run()
+
+
+def report_resources(settings: Settings, supervisor: Supervisor, gpus: list[str], environ: Mapping[str, str]) -> None:
+    """The node's resource metrics (``node.supervisor.resources``), when the ``OTEL_*`` variables export any.
+
+    Raises:
+        NodeError: The telemetry configuration is invalid.
+    """
+    from opentelemetry import metrics
+
+    from observability.setup import configure
+
+    try:
+        telemetry = configure(
+            "burrow-node",
+            attributes={"burrow.node.id": settings.node_id, "burrow.subcloud": settings.subcloud},
+            state_dir=settings.state_dir,
+            discovery_name="node",  # the workers' files are named after their slots
+            discovery_labels={"node": settings.node_id, "subcloud": settings.subcloud},
+            environ=environ,
+        )
+    except (ValueError, OSError) as e:
+        raise NodeError(f"telemetry: {e}") from None
+    if telemetry.metrics != "none":
+        resources.register(metrics.get_meter("burrow.node"), slots=supervisor.slot_states, gpus=resources.Gpus(gpus))

@@ -131,6 +131,7 @@ class SlotLease:
         self.slot = slot
         self.fd = fd
         self.status_path = status_path
+        self.claimed_at = time.time()
 
     @classmethod
     def claim(cls, slots: Sequence[Slot], state_dir: Path, *, preferred: str | None = None) -> SlotLease:
@@ -175,7 +176,7 @@ class SlotLease:
             "slot": self.slot.id,
             "pid": os.getpid(),
             "cuda_visible_devices": self.slot.cuda_visible_devices,
-            "claimed_at": time.time(),
+            "claimed_at": self.claimed_at,
             **extra,
         }
         tmp = self.status_path.with_suffix(f".{os.getpid()}.tmp")

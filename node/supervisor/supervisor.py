@@ -19,9 +19,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from opentelemetry import metrics
 
 from ..settings import Settings
 from .process import die_with_parent
+from .resources import read_status, slot_state
 from .slots import Slot, check_capacity, configured_slots
 
 logger = logging.getLogger("burrow.supervisor")
@@ -30,6 +34,10 @@ logger = logging.getLogger("burrow.supervisor")
 STABLE_AFTER_S = 30.0
 #: Extra time, beyond the grace period, before the supervisor SIGKILLs a child that has not exited.
 KILL_MARGIN_S = 5.0
+
+restarts = metrics.get_meter("burrow.node").create_counter(
+    "burrow.worker.restarts", unit="{restart}", description="Worker processes that died and were restarted"
+)
 
 
 def restart_delay(consecutive_failures: int, min_s: float, max_s: float) -> float:
@@ -47,11 +55,13 @@ class ChildSpec:
         name: Shown in logs, e.g. ``worker cpu-0``.
         argv: Command line.
         env: Full environment of the child.
+        slot: The slot the child serves (its status file is ``<state_dir>/slots/<slot>.json``).
     """
 
     name: str
     argv: list[str]
     env: dict[str, str]
+    slot: str = ""
 
 
 @dataclass
@@ -67,11 +77,18 @@ class _Child:
 def worker_specs(
     settings: Settings, slots: Sequence[Slot], environ: Mapping[str, str], *, python: str = sys.executable
 ) -> list[ChildSpec]:
-    """One ``dramatiq node.actors`` child per slot, each told which slot is its own."""
+    """One ``dramatiq node.actors`` child per slot, each told which slot is its own.
+
+    With a fixed Prometheus port (``OTEL_EXPORTER_PROMETHEUS_PORT=P``) the supervisor serves P and the worker of
+    the n-th slot P+1+n, so a container can publish one port range.
+    """
     gpus = ",".join(s.device for s in slots if s.device is not None) or "none"
+    base_port = int(environ.get("OTEL_EXPORTER_PROMETHEUS_PORT") or 0)
     specs = []
-    for slot in slots:
+    for n, slot in enumerate(slots):
         env = dict(environ)
+        if base_port:
+            env["OTEL_EXPORTER_PROMETHEUS_PORT"] = str(base_port + 1 + n)
         env.update(
             BURROW_SLOT=slot.id,
             BURROW_GPUS=gpus,
@@ -84,7 +101,7 @@ def worker_specs(
             "--processes", "1", "--threads", "1",
             "--worker-shutdown-timeout", str(int(settings.grace_s * 1000)),
         ]  # fmt: skip
-        specs.append(ChildSpec(name=f"worker {slot.id}", argv=argv, env=env))
+        specs.append(ChildSpec(name=f"worker {slot.id}", argv=argv, env=env, slot=slot.id))
     return specs
 
 
@@ -98,6 +115,7 @@ class Supervisor:
         backoff_max_s: Largest restart delay.
         on_start: Called with (spec, pid) whenever a child starts (tests and status reporting use it).
         kill_margin_s: Extra time past ``grace_s`` before a child that has not exited is killed.
+        status_dir: Where the workers write their slot status files (for ``slot_states``).
     """
 
     def __init__(
@@ -109,6 +127,7 @@ class Supervisor:
         backoff_max_s: float,
         on_start: Callable[[ChildSpec, int], None] | None = None,
         kill_margin_s: float = KILL_MARGIN_S,
+        status_dir: Path | None = None,
     ) -> None:
         self.children = [_Child(spec) for spec in specs]
         self.grace_s = grace_s
@@ -117,6 +136,17 @@ class Supervisor:
         self.on_start = on_start
         self.kill_margin_s = kill_margin_s
         self.stopping = threading.Event()
+        self.status_dir = status_dir
+
+    def slot_states(self) -> dict[str, str]:
+        """Each slot's state (``node.supervisor.resources.slot_state``); safe from another thread."""
+        states = {}
+        for child in self.children:
+            process = child.process
+            alive = process is not None and process.returncode is None  # only the main loop polls
+            status = read_status(self.status_dir / f"{child.spec.slot}.json") if self.status_dir else None
+            states[child.spec.slot] = slot_state(alive, self.stopping.is_set(), status)
+        return states
 
     def request_stop(self, signum: int | None = None, frame: object = None) -> None:
         if self.stopping.is_set():
@@ -161,6 +191,7 @@ class Supervisor:
         child.process = None
         child.restart_at = now + delay
         child.restarts += 1
+        restarts.add(1, {"slot": child.spec.slot, "code": str(code)})
 
     def run(self) -> int:
         """Run until ``request_stop``; returns the exit code for the supervisor."""

@@ -19,9 +19,10 @@ from tests.conftest import send, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-def targets(state: Path) -> list[str]:
+def targets(state: Path, pattern: str = "cpu-*.json") -> list[str]:
+    """The scrape targets discovery names (by default the workers', not the supervisor's ``node.json``)."""
     found = []
-    for path in sorted((state / "metrics").glob("*.json")):
+    for path in sorted((state / "metrics").glob(pattern)):
         for group in json.loads(path.read_text()):
             found += group["targets"]
     return found
@@ -70,6 +71,12 @@ def test_a_node_exports_job_metrics_and_a_killed_worker_leaves_no_stale_endpoint
     labels = {label for (_, ls) in samples for label, _ in ls}
     assert not labels & {"job_id", "message_id"}
     assert not any(m.message_id in v for (_, ls) in samples for _, v in ls for m in [*ok, bad])
+
+    # And the supervisor reports the node's CPU and memory, and no GPU series on a machine without one
+    [node] = targets(state, "node.json")
+    resources = scrape(node)
+    assert value(resources, "system_memory_limit_bytes") > 0
+    assert not any(name.startswith("hw_") for (name, _) in resources)
 
     # When the worker is SIGKILLed, the supervisor restarts it
     pid = int((state / "metrics" / ".cpu-0.pid").read_text())
