@@ -4,7 +4,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean prometheus
+
+# The observability tests run a real Prometheus (a system package): installed here when it is missing.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  echo "Installing Prometheus (apt-get install prometheus) for the observability tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -q prometheus >/dev/null || { $$SUDO apt-get update -q >/dev/null && \
+	    $$SUDO apt-get install -y -q prometheus >/dev/null; }; }
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +29,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint prometheus
 	$(BIN)/pytest
 
 clean:
