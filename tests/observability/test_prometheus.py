@@ -186,7 +186,12 @@ def test_every_dashboard_query_and_alert_returns_data_from_a_live_node(
         submitter.declare_queue(name, ensure=True)
     actors = {
         name: dramatiq.Actor(
-            lambda **kw: None, broker=submitter, actor_name=name, queue_name="tests", priority=0, options={"job_type": "sync"}
+            lambda **kw: None,
+            broker=submitter,
+            actor_name=name,
+            queue_name="tests",
+            priority=0,
+            options={"job_type": "sync"},
         )
         for name in ("counted", "fails_on_node", "checkpoints_once")
     }
