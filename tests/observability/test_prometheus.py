@@ -326,3 +326,21 @@ def test_the_generated_dashboards_and_rules_are_up_to_date():
     from observability.generate import main
 
     assert main(["--check"]) == 0, "run `python -m observability.generate`"
+
+
+def test_the_compose_stack_mounts_files_that_exist():
+    # No Docker engine here: check the compose file's structure and that everything it mounts is shipped
+    compose = yaml.safe_load((OBSERVABILITY / "docker-compose.yml").read_text())
+    assert {"rabbitmq", "minio", "otel-collector", "prometheus", "grafana"} <= set(compose["services"])
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert (OBSERVABILITY / source).exists(), f"{name} mounts {source}, which is not in observability/"
+    collector = yaml.safe_load((OBSERVABILITY / "collector" / "config.yml").read_text())
+    assert collector["exporters"]["prometheus"]["endpoint"].endswith(":8889")
+    provisioned = yaml.safe_load(
+        (OBSERVABILITY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
+    uids = {json.loads(p.read_text())["panels"][1]["datasource"]["uid"]
+            for p in (OBSERVABILITY / "grafana" / "dashboards").glob("*.json")}  # fmt: skip
+    assert uids == {provisioned["datasources"][0]["uid"]}
