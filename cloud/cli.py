@@ -318,6 +318,29 @@ def cmd_nodes(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_top(args: argparse.Namespace, settings: Settings) -> int:
+    from cloud.top import run
+
+    return run(settings, interval_s=args.interval, frames=args.frames)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors on one line like every other error (``--help`` shows the usage)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"burrow: error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+    return value
+
+
 def cmd_quarantine(args: argparse.Namespace, settings: Settings) -> int:
     from cloud import operate
 
@@ -435,7 +458,7 @@ class _ActorsHelp(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="burrow", description=__doc__)
+    parser = _Parser(prog="burrow", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -500,6 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
     nodes = sub.add_parser("nodes", help="live and recently dead nodes (the node registry)")
     nodes.add_argument("--window-s", type=float, default=3600.0, help="how far back to look")
     nodes.set_defaults(func=cmd_nodes)
+
+    top = sub.add_parser("top", help="queue depths, their rates, nodes and slots, redrawn in place (Ctrl-C quits)")
+    top.add_argument("--interval", type=_positive, default=2.0, help="seconds between frames (default 2)")
+    top.add_argument("--frames", type=int, default=None, help="stop after this many frames (default: never)")
+    top.add_argument("--once", action="store_const", const=1, dest="frames", help="one frame, then exit")
+    top.set_defaults(func=cmd_top)
 
     quarantine = sub.add_parser("quarantine", help="jobs the router could not place: list, show, requeue, purge")
     qsub = quarantine.add_subparsers(dest="action", required=True)
