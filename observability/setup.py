@@ -160,7 +160,10 @@ def _prometheus_reader(
     from prometheus_client import start_http_server
 
     host = environ.get("OTEL_EXPORTER_PROMETHEUS_HOST") or "127.0.0.1"
-    port = int(environ.get("OTEL_EXPORTER_PROMETHEUS_PORT") or 0)
+    raw_port = environ.get("OTEL_EXPORTER_PROMETHEUS_PORT") or "0"
+    if not raw_port.strip().isdigit() or int(raw_port) > 65535:
+        raise ValueError(f"OTEL_EXPORTER_PROMETHEUS_PORT={raw_port!r}: not a port number (0 picks a free one)")
+    port = int(raw_port)
     reader = PrometheusMetricReader()
     server, _ = start_http_server(port, addr=host)
     bound = server.server_address[1]

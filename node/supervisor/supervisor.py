@@ -83,7 +83,10 @@ def worker_specs(
     the n-th slot P+1+n, so a container can publish one port range.
     """
     gpus = ",".join(s.device for s in slots if s.device is not None) or "none"
-    base_port = int(environ.get("OTEL_EXPORTER_PROMETHEUS_PORT") or 0)
+    try:
+        base_port = int(environ.get("OTEL_EXPORTER_PROMETHEUS_PORT") or 0)
+    except ValueError:
+        base_port = 0  # the supervisor's own telemetry set-up refuses the value, naming it
     specs = []
     for n, slot in enumerate(slots):
         env = dict(environ)

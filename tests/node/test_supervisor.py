@@ -50,6 +50,15 @@ def test_worker_specs_assign_one_slot_each():
     assert specs[0].argv[-6:] == ["--processes", "1", "--threads", "1", "--worker-shutdown-timeout", "12000"]
 
 
+def test_a_fixed_prometheus_port_gives_each_worker_the_next_one():
+    settings = Settings.from_env({})
+    specs = worker_specs(settings, node_slots(["0", "1"], 1), {"OTEL_EXPORTER_PROMETHEUS_PORT": "9400"})
+    assert [s.env["OTEL_EXPORTER_PROMETHEUS_PORT"] for s in specs] == ["9401", "9402"]  # the supervisor has 9400
+    assert [s.slot for s in specs] == ["gpu-0", "gpu-1"]
+    free = worker_specs(settings, node_slots(["0"], 1), {})
+    assert "OTEL_EXPORTER_PROMETHEUS_PORT" not in free[0].env
+
+
 def test_crashing_child_is_restarted_with_growing_backoff():
     starts: list[float] = []
     spec = ChildSpec("crasher", [sys.executable, "-c", "raise SystemExit(1)"], {})
