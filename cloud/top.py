@@ -73,9 +73,10 @@ def run(settings: Any, *, interval_s: float, frames: int | None = None, out: Tex
     try:
         names = [*work_queue_names(broker), FAILED_JOBS_QUEUE]
         while frames is None or shown < frames:
-            rows = queue_rows(broker, registry.nodes(), names)
+            views = registry.nodes()
+            rows = queue_rows(broker, views, names)
             now_mono = time.monotonic()
-            frame = render(rows, previous, now_mono - taken_at, registry.nodes(), time.time())
+            frame = render(rows, previous, now_mono - taken_at, views, time.time())
             _draw(out, frame)
             previous, taken_at, shown = {r["queue"]: r["ready"] for r in rows}, now_mono, shown + 1
             if frames is None or shown < frames:

@@ -17,6 +17,7 @@ Where series come from (metric names as Prometheus sees them):
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from node.contract.job_options import JOB_TYPES, PRIORITIES
@@ -353,6 +354,4 @@ def build(spec: Dashboard, datasource_uid: str = "prometheus") -> dict:
                     target = target.legend_format(query.legend)
                 kind = kind.with_target(target)
             builder = builder.with_panel(kind)
-    import json
-
     return json.loads(JSONEncoder(sort_keys=True, indent=2).encode(builder.build()))

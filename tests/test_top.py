@@ -45,16 +45,18 @@ def test_a_bad_interval_is_one_line():
 def test_burrow_top_once_shows_a_busy_node_and_its_queue(broker, start_node, node_env, tmp_path):
     # Given a node whose only slot runs a job that holds it
     release = tmp_path / "release"
-    start_node(env={"BURROW_CPU_SLOTS": "1", "BURROW_NODE_HEARTBEAT_S": "0.3"})
+    start_node(env={"BURROW_CPU_SLOTS": "1", "BURROW_NODE_HEARTBEAT_S": "1"})
     send(broker, "tests", "holds_slot", job_key="busy", release_file=str(release))
 
     # When an operator runs `burrow top --once`
     def frame() -> str | None:
         done = burrow("top", "--once", env=node_env)
         assert done.returncode == 0, done.stderr
-        return done.stdout if "cpu-0 busy" in done.stdout else None
+        lines = done.stdout.splitlines()
+        node_up = any(line.startswith("test-node") and " up " in line for line in lines)
+        return done.stdout if "cpu-0 busy" in done.stdout and node_up else None
 
-    shown = wait_for(frame, 90, "a frame with the busy slot")
+    shown = wait_for(frame, 90, "a frame with the node up and its slot busy")
     release.touch()
 
     # Then the frame lists the queue (with the job running) and the node

@@ -175,7 +175,7 @@ def test_every_dashboard_query_and_alert_returns_data_from_a_live_node(
         "AMQP_URL": rabbitmq.url,
         "BURROW_TOPOLOGY": str(topology_file),
         "OTEL_METRICS_EXPORTER": "prometheus",
-        "BURROW_NODE_HEARTBEAT_S": "0.5",
+        "BURROW_NODE_HEARTBEAT_S": "1",  # live for 3 s: a loaded machine that delays a beat keeps its node
         "BURROW_QUARANTINE_COUNT_S": "0.2",
     }
     topology = load_topology(topology_file)
