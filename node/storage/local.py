@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,14 +77,29 @@ class LocalStorage(Storage):
         if not create and not self._db_path.exists():
             return None  # reading a store nobody wrote yet: empty, and nothing created
         self.root.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self._db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            db.execute("PRAGMA journal_mode=WAL")  # persistent: set once per store
-        db.execute(f"PRAGMA synchronous={self.sync.upper()}")
-        db.execute(_SCHEMA)
+        # One thread of this process at a time sets up a connection: switching a new store to WAL returns
+        # "database is locked" at once (no busy handler) while another connection is in the middle of it.
+        with self._write_lock:
+            db = sqlite3.connect(self._db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._use_wal(db)
+            db.execute(f"PRAGMA synchronous={self.sync.upper()}")
+            db.execute(_SCHEMA)
         local.pid, local.db = os.getpid(), db
         return db
+
+    @staticmethod
+    def _use_wal(db: sqlite3.Connection) -> None:
+        """Put the store in WAL mode (persistent: done once per store), waiting out another process doing
+        the same, which the busy timeout does not cover."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _row(self, key: str) -> tuple[str, int, bytes | None, str | None] | None:
         self.check_key(key)

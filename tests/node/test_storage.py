@@ -182,3 +182,26 @@ def test_local_reads_create_nothing_and_sync_is_chosen_by_url(tmp_path):
 def test_keys_with_control_characters_or_lone_surrogates_are_refused(tmp_path, key):
     with pytest.raises(StorageError, match="invalid storage key"):
         LocalStorage(tmp_path).put(key, b"x")
+
+
+def test_threads_opening_a_new_store_at_once_all_succeed(tmp_path):
+    # The first connections race to switch a new store to WAL; SQLite answers one of them "database is
+    # locked" at once. 200 new stores, six threads each, all writing first thing (failed ~4 in 200 before).
+    errors: list[BaseException] = []
+    for n in range(200):
+        storage = LocalStorage(tmp_path / f"s{n}")
+        start = threading.Barrier(6)
+
+        def write(worker: int, storage: LocalStorage = storage, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                storage.put(f"k{worker}", b"x")
+            except BaseException as e:  # collected: the assertion names them
+                errors.append(e)
+
+        threads = [threading.Thread(target=write, args=(w,)) for w in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
