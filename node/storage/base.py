@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,6 +68,8 @@ class Storage(ABC):
     @staticmethod
     def check_key(key: str) -> str:
         """Reject keys that could escape the root or are ambiguous."""
+        if _PLAIN_KEY.fullmatch(key):  # the keys Burrow makes itself: nothing more to check
+            return key
         from ..errors import StorageError
 
         parts = key.split("/")
@@ -75,6 +78,10 @@ class Storage(ABC):
         if not key.isprintable() or not _encodable(key):
             raise StorageError(f"invalid storage key {key!r}: control characters or a lone surrogate")
         return key
+
+
+#: Segments of letters, digits and ``._:=@+-`` not starting with a dot, joined by single slashes.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_:=@+-][A-Za-z0-9._:=@+-]*(?:/[A-Za-z0-9_:=@+-][A-Za-z0-9._:=@+-]*)*")
 
 
 def _encodable(key: str) -> bool:

@@ -10,13 +10,13 @@ them and removed once no row does.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import sqlite3
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,12 +29,59 @@ INLINE_MAX = 1 << 20
 BUSY_TIMEOUT_MS = 60_000
 SYNC_MODES = ("normal", "full")
 
-#: One writer at a time per store within a process: threads queue on this lock instead of in SQLite's busy
-#: handler, which sleeps in steps of milliseconds (fatal to short jobs) when a write lock is taken.
-_write_locks: dict[Path, threading.Lock] = {}
+
+class _WriteLock:
+    """One writer of a store at a time: the threads of a process queue on a mutex, processes on an ``flock`` of
+    ``objects.lock``. Both wake the next writer the moment the lock is free, where SQLite's own busy handler
+    polls, sleeping 1 to 100 ms between looks (fatal to short jobs when two workers write at once).
+
+    The lock file's descriptor is closed in forked children (e.g. DataLoader workers): one that outlived its
+    parent would otherwise hold the lock of a writer that died mid-write.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.mutex = threading.Lock()
+        self._fd: int | None = None
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> None:
+        self.mutex.acquire()
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self.mutex.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self.mutex.release()
+
+
+_write_locks: dict[Path, _WriteLock] = {}
 _write_locks_guard = threading.Lock()
 
+_INSERT = "INSERT INTO objects (key, etag, size, data, file) VALUES (?, ?, ?, ?, ?) ON CONFLICT(key)"
+_UPSERT = " DO UPDATE SET etag = excluded.etag, size = excluded.size, data = excluded.data, file = excluded.file"
+_REPLACE = "UPDATE objects SET etag = ?, size = ?, data = ?, file = ? WHERE key = ? AND etag = ?"
 _SCHEMA = "CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, etag TEXT NOT NULL, size INTEGER NOT NULL, data BLOB, file TEXT)"  # noqa: E501
+
+
+def _write_lock(root: Path) -> _WriteLock:
+    with _write_locks_guard:
+        lock = _write_locks.get(root)
+        if lock is None:
+            lock = _write_locks[root] = _WriteLock(root / "objects.lock")
+        return lock
 
 
 class LocalStorage(Storage):
@@ -61,8 +108,7 @@ class LocalStorage(Storage):
         self.sync = sync
         self._db_path = self.root / "objects.sqlite"
         self._local = threading.local()
-        with _write_locks_guard:
-            self._write_lock = _write_locks.setdefault(self._db_path.absolute(), threading.Lock())
+        self._write_lock = _write_lock(self.root.absolute())
 
     def __repr__(self) -> str:
         return f"LocalStorage({str(self.root)!r})"
@@ -120,29 +166,40 @@ class LocalStorage(Storage):
     ) -> ObjectInfo:
         self.check_key(key)
         db = self._db(create=True)
-        etag = uuid.uuid4().hex
-        with self._write_lock:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                current = db.execute("SELECT etag, file FROM objects WHERE key = ?", (key,)).fetchone()
-                if if_none_match and current is not None:
+        etag = os.urandom(16).hex()
+        row = (key, etag, size, data, file)
+        try:
+            if if_none_match:
+                # One statement (SQLite runs it as its own transaction): the create happens only if absent.
+                with self._write_lock:
+                    created = db.execute(_INSERT + " DO NOTHING", row).rowcount
+                if not created:
                     raise PreconditionFailed(f"{key!r} already exists")
-                if if_match is not None and (current is None or current[0] != if_match):
+                return ObjectInfo(key=key, etag=etag, size=size)
+            if if_match is not None:
+                # The etag names one version of the row, so the blob it names is known before the write, and
+                # the write itself is one statement that takes effect only if that version is still there.
+                current = db.execute("SELECT file FROM objects WHERE key = ? AND etag = ?", (key, if_match)).fetchone()
+                with self._write_lock:
+                    replaced = current is not None and db.execute(_REPLACE, (*row[1:], key, if_match)).rowcount
+                if not replaced:
                     raise PreconditionFailed(f"{key!r} changed since etag {if_match!r} was read")
-                db.execute(
-                    "INSERT INTO objects (key, etag, size, data, file) VALUES (?, ?, ?, ?, ?) ON CONFLICT(key)"
-                    " DO UPDATE SET etag = excluded.etag, size = excluded.size, data = excluded.data,"
-                    " file = excluded.file",
-                    (key, etag, size, data, file),
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                if file is not None:
-                    self._blob_path(file).unlink(missing_ok=True)
-                raise
-        if current is not None and current[1] is not None:
-            self._blob_path(current[1]).unlink(missing_ok=True)  # no row names it any more
+            else:
+                with self._write_lock:
+                    db.execute("BEGIN IMMEDIATE")
+                    try:
+                        current = db.execute("SELECT file FROM objects WHERE key = ?", (key,)).fetchone()
+                        db.execute(_INSERT + _UPSERT, row)
+                        db.execute("COMMIT")
+                    except BaseException:
+                        db.execute("ROLLBACK")
+                        raise
+        except BaseException:
+            if file is not None:
+                self._blob_path(file).unlink(missing_ok=True)
+            raise
+        if current is not None and current[0] is not None:
+            self._blob_path(current[0]).unlink(missing_ok=True)  # no row names it any more
         return ObjectInfo(key=key, etag=etag, size=size)
 
     # -- blob files -----------------------------------------------------------------------------------------
@@ -152,7 +209,7 @@ class LocalStorage(Storage):
 
     def _new_blob(self, fill) -> tuple[str, int]:
         """Write a blob file through ``fill(handle)``; return its name and size. Not visible until a row names it."""
-        name = uuid.uuid4().hex
+        name = os.urandom(16).hex()
         path = self._blob_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as handle:

@@ -78,9 +78,9 @@ class RecordStore:
             record, etag = self._read_private(job_id, known if attempt == 0 else None)
             if record is None:
                 record = new_record(job_id, actor=actor, queue=queue)
-            before = json.dumps(record, separators=(",", ":"))
+            before = json.dumps(record, separators=(",", ":")) if etag is not None else None
             value = mutate(record)
-            if etag is not None and json.dumps(record, separators=(",", ":")) == before:
+            if before is not None and json.dumps(record, separators=(",", ":")) == before:
                 return record, value  # nothing changed (e.g. a replayed begin): nothing to write
             record["updated_at"] = time.time()
             body = json.dumps(record, separators=(",", ":")).encode()
