@@ -136,6 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved floor/batch rounds (medians printed)")
     args = parser.parse_args()
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     work = Path(tempfile.mkdtemp(prefix="burrow-bench-"))
@@ -172,20 +173,24 @@ def main() -> None:
     print(f"  Client.submit(sync).result()         {ms(percentile(sync, 0.5))} {ms(percentile(sync, 0.99))}")
     print(f"  ratio p50                            {statistics.median(sync) / statistics.median(bare):7.1f}x")
 
-    csv_file = work / "jobs.csv"
-    csv_file.write_text("job_key\n" + "".join(f"row-{n}\n" for n in range(args.rows)))
-    rows, _ = read_rows(csv_file)
-    began = time.perf_counter()
-    batch = submit_batch(client, "counted", rows, convert=True, source=str(csv_file))
-    batch_rate = len(batch.jobs) / (time.perf_counter() - began)
     sample = client.build("counted", (), {"job_key": "row-0"}, job_id="b-0000000000-2", job_type="batch").encode()
     floor_queue = prefix + "floor"
     channel = pika.BlockingConnection(pika.URLParameters(URL)).channel()
     channel.queue_declare(floor_queue, durable=True, arguments={"x-queue-type": "quorum"})
     bodies = [(floor_queue, sample)] * args.rows
-    pipelined = floor_rate(bodies, pipelined=True)
+    # Interleaved rounds (floor, then a batch of new rows), medians: this machine's speed drifts within a run.
+    floors, batches = [], []
+    for round_ in range(args.rounds):
+        floors.append(floor_rate(bodies, pipelined=True))
+        csv_file = work / f"jobs-{round_}.csv"
+        csv_file.write_text("job_key\n" + "".join(f"row-{round_}-{n}\n" for n in range(args.rows)))
+        rows, _ = read_rows(csv_file)
+        began = time.perf_counter()
+        batch = submit_batch(client, "counted", rows, convert=True, source=str(csv_file))
+        batches.append(len(batch.jobs) / (time.perf_counter() - began))
+    pipelined, batch_rate = statistics.median(floors), statistics.median(batches)
     blocking = floor_rate(bodies[: max(1, args.rows // 5)], pipelined=False)
-    print(f"\nbatch of {args.rows} CSV rows                       jobs/s   vs floor")
+    print(f"\nbatch of {args.rows} CSV rows, median of {args.rounds} rounds   jobs/s   vs floor")
     print(f"  pipelined confirms, bodies only (floor)  {pipelined:8.0f}    1.00")
     print(f"  blocking confirm per message             {blocking:8.0f}    {blocking / pipelined:4.2f}")
     print(f"  burrow submit --file (check + manifest)  {batch_rate:8.0f}    {batch_rate / pipelined:4.2f}")

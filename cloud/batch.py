@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import hashlib
 import json
 import time
@@ -33,6 +34,7 @@ import aio_pika
 import dramatiq
 from dramatiq.common import q_name
 
+from node.contract.job_options import ROUTING_OPTIONS
 from node.contract.record import SETTLED_STATUSES
 from node.errors import MalformedMessage, NoSuchQueue, ObjectNotFound, PreconditionFailed
 
@@ -115,13 +117,19 @@ def _csv(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, s
     return rows, bad
 
 
+@functools.lru_cache(maxsize=256)
+def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    """``fn``'s resolved annotations (once per actor, not per row)."""
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: treat every parameter as unannotated
+        return {}
+
+
 def convert_cells(fn: Callable[..., Any], fields: dict[str, Any]) -> dict[str, Any]:
     """CSV cells (strings) converted to the types ``fn``'s parameters are annotated with; ``ValueError`` names
     the cell that does not convert. Unannotated cells are JSON when they parse as JSON, else text."""
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # unresolvable annotations: treat every parameter as unannotated
-        hints = {}
+    hints = _type_hints(fn)
     out = {}
     for name, cell in fields.items():
         if not isinstance(cell, str):
@@ -255,22 +263,32 @@ def submit_batch(
     now = time.time()
     bad = list(unreadable)
     messages = []
+    build = client.builder(actor, now=now, **options)
     for line, fields in rows:
         try:
             kwargs = convert_cells(actor.fn, fields) if convert else fields
-            messages.append((line, client.build(actor, (), kwargs, job_id=f"{batch_id}-{line}", now=now, **options)))
+            messages.append((line, *build((), kwargs, f"{batch_id}-{line}")))
         except (MalformedMessage, ValueError, CloudError) as e:
             bad.append((line, str(e)))
     if bad and not skip_invalid:
         raise InvalidRows(source, sorted(bad))
     if not messages:
         raise CloudError(f"no valid row in {source}")
-    jobs = [(line, message.message_id) for line, message in messages]
+    jobs = [(line, message.message_id) for line, message, _ in messages]
     published = _open_manifest(client.storage, batch_id, actor.actor_name, jobs, now)
     batch = Batch(client, batch_id, jobs)
     if published < len(messages):
-        targets = [_target(client.broker, message) for _, message in messages]
-        batch.published_now = _publish(client, batch_id, jobs, messages, targets, published, on_published)
+        # Every row has the batch's actor and options, hence its queue: looked up (and checked) once per queue.
+        targets: dict[tuple[str, ...], str] = {}
+        bodies = []
+        for _, message, body in messages:
+            job = message.options["job"]
+            route_key = (message.queue_name, *(str(job.get(n)) for n in ROUTING_OPTIONS))
+            if route_key not in targets:
+                targets[route_key] = _target(client.broker, message)
+            bodies.append((targets[route_key], body, message.message_id))
+        first = messages[0][1]
+        batch.published_now = _publish(client, batch_id, jobs, first, bodies, published, on_published)
     elif on_published is not None:
         on_published(len(messages), len(messages))
     return batch
@@ -323,15 +341,12 @@ def _target(broker: Any, message: Any) -> str:
     return broker.physical(queue)
 
 
-def _publish(client, batch_id, jobs, messages, targets, start, on_published) -> int:
+def _publish(client, batch_id, jobs, first, bodies, start, on_published) -> int:
     url = client.settings.amqp_url.split(";")[0]
-    bodies = [
-        (target, message.encode(), message.message_id) for (_, message), target in zip(messages, targets, strict=True)
-    ]
 
     def confirmed(count: int) -> None:
-        manifest = {"batch_id": batch_id, "actor": messages[0][1].actor_name, "jobs": jobs, "published": count}
-        manifest["created_at"] = messages[0][1].message_timestamp / 1000
+        manifest = {"batch_id": batch_id, "actor": first.actor_name, "jobs": jobs, "published": count}
+        manifest["created_at"] = first.message_timestamp / 1000
         client.storage.put(manifest_key(batch_id), json.dumps(manifest).encode())
         if on_published is not None:
             on_published(count, len(bodies))
@@ -348,6 +363,7 @@ async def _publish_async(url: str, bodies: list[tuple[str, bytes, str]], start: 
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = channel.default_exchange
+        recording: asyncio.Future | None = None
         for first in range(start, len(bodies), STRETCH):
             stretch = bodies[first : first + STRETCH]
             await asyncio.gather(
@@ -365,4 +381,10 @@ async def _publish_async(url: str, bodies: list[tuple[str, bytes, str]], start: 
                     for target, body, message_id in stretch
                 )
             )
-            await asyncio.to_thread(confirmed, first + len(stretch))
+            # The manifest is written beside the next stretch's publishing, not between them (one write at a
+            # time, in order: the count it records is always confirmed).
+            if recording is not None:
+                await recording
+            recording = asyncio.ensure_future(asyncio.to_thread(confirmed, first + len(stretch)))
+        if recording is not None:
+            await recording

@@ -28,7 +28,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from dramatiq import Message
 
 from node.contract.envelope import check_arguments
 from node.contract.inputs import input_key
-from node.contract.job_options import JOB_TYPES, JobOptions
+from node.contract.job_options import JOB_TYPES, JobOptions, check_job_id
 from node.contract.record import (
     SETTLED_STATUSES,
     JobStatus,
@@ -169,13 +169,42 @@ class Client:
         Raises:
             UnknownActor, MalformedMessage, PayloadTooLarge: Nothing was published.
         """
-        actor = self.actor(actor)
-        kwargs = dict(kwargs or {})
-        check_arguments(actor.fn, list(args), kwargs)
-        now = time.time() if now is None else now
         if idempotency_key is not None:
             job_id = idempotent_job_id(idempotency_key)
-        job_id = job_id or str(uuid.uuid4())
+        build = self.builder(
+            actor,
+            job_type=job_type,
+            model=model,
+            priority=priority,
+            subcloud=subcloud,
+            ttl_s=ttl_s,
+            reply_to=reply_to,
+            now=now,
+        )
+        return build(args, kwargs, job_id or str(uuid.uuid4()))[0]
+
+    def builder(
+        self,
+        actor: str | dramatiq.Actor,
+        *,
+        job_type: str | None = None,
+        model: str | None = None,
+        priority: str | None = None,
+        subcloud: str | None = None,
+        ttl_s: float | None = None,
+        reply_to: str | None = None,
+        now: float | None = None,
+    ) -> Callable[[tuple | list, dict[str, Any] | None, str], tuple[Message, bytes]]:
+        """What ``build`` does for many jobs of one actor with the same options (a batch): the options are
+        resolved and checked once; the function returned checks each job's arguments, id and size and returns
+        its message and body (encoded once, for the size check and the publish alike).
+
+        Raises:
+            UnknownActor, MalformedMessage: The actor or the options are bad (the function raises
+                ``MalformedMessage`` or ``PayloadTooLarge`` for a bad job).
+        """
+        actor = self.actor(actor)
+        now = time.time() if now is None else now
         routing = {}
         for name, value in (("job_type", job_type), ("model", model), ("priority", priority), ("subcloud", subcloud)):
             value = value if value is not None else actor.options.get(name)
@@ -184,28 +213,36 @@ class Client:
         routing.setdefault("job_type", "polling")
         ttl = ttl_s if ttl_s is not None else actor.options.get("ttl_s")
         try:
-            job = JobOptions(
-                job_id=job_id, expires_at=now + float(ttl) if ttl is not None else None, reply_to=reply_to, **routing
-            )
-        except ValueError as e:
+            expires_at = now + float(ttl) if ttl is not None else None
+            template = JobOptions(job_id="template", expires_at=expires_at, reply_to=reply_to, **routing).to_options()
+        except (TypeError, ValueError) as e:
             raise MalformedMessage("options.job", str(e)) from None
-        message = Message(
-            queue_name=actor.queue_name,
-            actor_name=actor.actor_name,
-            args=tuple(args),
-            kwargs=kwargs,
-            options={"job": job.to_options()},
-            message_id=job_id,  # one id for the job and its message: `burrow job <id>` finds either
-            message_timestamp=int(now * 1000),
-        )
-        size = len(message.encode())
-        if size > self.settings.max_payload_bytes:
-            raise PayloadTooLarge(
-                f"job {job_id} ({actor.actor_name}) is {size} bytes, over the {self.settings.max_payload_bytes}-byte "
-                "limit (BURROW_MAX_PAYLOAD_BYTES): store big inputs with Client.put_input() (or `burrow put`) and pass "
-                "the reference it returns; the actor reads it with current_job().inputs.get(ref)"
+        limit = self.settings.max_payload_bytes
+        timestamp = int(now * 1000)
+
+        def build(args: tuple | list, kwargs: dict[str, Any] | None, job_id: str) -> tuple[Message, bytes]:
+            kwargs = dict(kwargs or {})
+            check_arguments(actor.fn, list(args), kwargs)
+            check_job_id(job_id)  # InvalidJob (a MalformedMessage) names what is wrong with it
+            message = Message(
+                queue_name=actor.queue_name,
+                actor_name=actor.actor_name,
+                args=tuple(args),
+                kwargs=kwargs,
+                options={"job": {**template, "job_id": job_id, "avoid_nodes": [], "trace": {}}},
+                message_id=job_id,  # one id for the job and its message: `burrow job <id>` finds either
+                message_timestamp=timestamp,
             )
-        return message
+            body = message.encode()
+            if len(body) > limit:
+                raise PayloadTooLarge(
+                    f"job {job_id} ({actor.actor_name}) is {len(body)} bytes, over the {limit}-byte limit "
+                    "(BURROW_MAX_PAYLOAD_BYTES): store big inputs with Client.put_input() (or `burrow put`) and pass "
+                    "the reference it returns; the actor reads it with current_job().inputs.get(ref)"
+                )
+            return message, body
+
+        return build
 
     def submit(
         self,

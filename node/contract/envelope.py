@@ -78,6 +78,13 @@ def check_arguments(fn: Callable[..., Any], args: Any, kwargs: Mapping[str, Any]
         signature = _signature(fn)
     except ValueError:  # a builtin without a signature: nothing to check
         return
+    shape = _shape(fn)
+    if shape is not None:  # the common case, checked with set operations; anything off is bound for its error
+        positional, required, names = shape
+        if len(args) <= len(positional):
+            given = set(positional[: len(args)])
+            if given.isdisjoint(kwargs) and names.issuperset(kwargs) and required <= given.union(kwargs):
+                return
     try:
         signature.bind(*args, **kwargs)
     except TypeError as e:
@@ -87,6 +94,19 @@ def check_arguments(fn: Callable[..., Any], args: Any, kwargs: Mapping[str, Any]
 @functools.lru_cache(maxsize=1024)
 def _signature(fn: Callable[..., Any]) -> inspect.Signature:
     return inspect.signature(fn)  # computing it costs more than the bind: once per actor
+
+
+@functools.lru_cache(maxsize=1024)
+def _shape(fn: Callable[..., Any]) -> tuple[tuple[str, ...], frozenset[str], frozenset[str]] | None:
+    """(positional names, required names, all names) of a signature without ``*args``, ``**kwargs`` or
+    positional-only parameters; ``None`` for any other (those are always checked by ``bind``)."""
+    kinds = inspect.Parameter
+    params = list(_signature(fn).parameters.values())
+    if any(p.kind not in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY) for p in params):
+        return None
+    positional = tuple(p.name for p in params if p.kind is kinds.POSITIONAL_OR_KEYWORD)
+    required = frozenset(p.name for p in params if p.default is kinds.empty)
+    return positional, required, frozenset(p.name for p in params)
 
 
 def _finite(name: str, value: Any) -> None:
