@@ -188,6 +188,7 @@ def main() -> None:
         began = time.perf_counter()
         batch = submit_batch(client, "counted", rows, convert=True, source=str(csv_file))
         batches.append(len(batch.jobs) / (time.perf_counter() - began))
+        print(f"  round {round_ + 1}: floor {floors[-1]:6.0f}/s, batch {batches[-1]:6.0f}/s", flush=True)
     pipelined, batch_rate = statistics.median(floors), statistics.median(batches)
     blocking = floor_rate(bodies[: max(1, args.rows // 5)], pipelined=False)
     print(f"\nbatch of {args.rows} CSV rows, median of {args.rounds} rounds   jobs/s   vs floor")

@@ -5,10 +5,10 @@ converted by its type hints, the payload limit); bad rows are reported with thei
 submitted unless the caller skips them. Row ``n`` of batch ``B`` becomes job ``B-n``; the batch id is given,
 or derived from the actor and the rows, so submitting the same file twice makes each job once.
 
-The batch's manifest (``batches/<id>.json``) lists its jobs and how many are published, written after each
-stretch of publisher confirms: a second submission of the same batch publishes only what the first did not get
-confirmed (after a crash of the first submitter, at most the stretch in flight is published twice: the nodes
-run a copy of a job that already succeeded not again).
+The batch's manifest (``batches/<id>.json``) lists its jobs; how many are published is written beside it
+(``batches/<id>.published.json``) after each stretch of publisher confirms: a second submission of the same
+batch publishes only what the first did not get confirmed (after a crash of the first submitter, at most the
+stretches in flight are published twice: the nodes run a copy of a job that already succeeded not again).
 
 Publishing pipelines publisher confirms (``aio-pika``: pika's blocking adapter waits for each confirm before
 the next publish, ~4× slower here).
@@ -305,7 +305,16 @@ def _open_manifest(storage: Any, batch_id: str, actor: str, jobs: list[tuple[int
         existing = json.loads(storage.get(key)[0])
     if [tuple(j) for j in existing["jobs"]] != [tuple(j) for j in jobs]:
         raise CloudError(f"batch {batch_id} exists with other rows: choose another --batch-id")
-    return int(existing["published"])
+    try:
+        progress = json.loads(storage.get(progress_key(batch_id))[0])
+    except ObjectNotFound:
+        progress = {}
+    return max(int(existing.get("published", 0)), int(progress.get("published", 0)))
+
+
+def progress_key(batch_id: str) -> str:
+    """Where a batch's published count is kept, apart from its (large, written once) manifest."""
+    return f"batches/{batch_id}.published.json"
 
 
 def read_manifest(storage: Any, batch_id: str) -> dict[str, Any] | None:
@@ -345,9 +354,7 @@ def _publish(client, batch_id, jobs, first, bodies, start, on_published) -> int:
     url = client.settings.amqp_url.split(";")[0]
 
     def confirmed(count: int) -> None:
-        manifest = {"batch_id": batch_id, "actor": first.actor_name, "jobs": jobs, "published": count}
-        manifest["created_at"] = first.message_timestamp / 1000
-        client.storage.put(manifest_key(batch_id), json.dumps(manifest).encode())
+        client.storage.put(progress_key(batch_id), json.dumps({"published": count}).encode())
         if on_published is not None:
             on_published(count, len(bodies))
 
