@@ -130,6 +130,37 @@ def measure(name: str, module_source: str, env: dict[str, str], queue: str, jobs
     return rate
 
 
+def _s3_pairs_worker(endpoint: str, count: int, results) -> None:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    began = time.perf_counter()
+    for n in range(count):
+        key = f"records/{os.getpid()}-{n}.json"
+        try:
+            client.get_object(Bucket="bench", Key=key)
+        except client.exceptions.NoSuchKey:
+            pass
+        client.put_object(Bucket="bench", Key=key, Body=b"x" * 600, IfNoneMatch="*")
+    results.put(count / (time.perf_counter() - began))
+
+
+def s3_pairs(endpoint: str, processes: int, count: int = 300) -> float:
+    """What the S3 endpoint alone sustains of a short job's storage traffic (its record read and its one
+    conditional write) from ``processes`` processes: the ceiling of any full stack on that endpoint."""
+    import multiprocessing
+
+    results = multiprocessing.Queue()
+    workers = [
+        multiprocessing.Process(target=_s3_pairs_worker, args=(endpoint, count, results)) for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(results.get() for _ in workers)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=3000)
@@ -176,7 +207,7 @@ def main() -> None:
         args.jobs,
         same,
     )
-    s3_rate = None
+    s3_rate = s3_floor = None
     try:
         import logging
 
@@ -193,6 +224,8 @@ def main() -> None:
 
         endpoint = f"http://{host}:{port}"
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
+        s3_floor = s3_pairs(endpoint, args.processes)
+        print(f"{'S3 endpoint alone: a GET + a conditional PUT per job':55} {s3_floor:8.0f} jobs/s", flush=True)
         name, physical, env = queue("benchs.")
         s3_rate = measure(
             "full stack, S3 endpoint (moto on loopback), prefetch 1",
@@ -237,6 +270,7 @@ def main() -> None:
     print(f"full stack (local, sync=full) / bare broker   {durable / bare:5.2f}x")
     if s3_rate is not None:
         print(f"full stack (S3) / bare Burrow broker          {s3_rate / bare:5.2f}x")
+        print(f"full stack (S3) / S3 endpoint alone           {s3_rate / s3_floor:5.2f}x")
     print(f"full stack (local) / plain Dramatiq           {local / plain:5.2f}x")
     print(f"short-job settings: full stack / bare broker  {fast / bare_short:5.2f}x   (goal >= 0.8)")
     print(f"short-job settings / plain Dramatiq, same threads {fast / plain_short:5.2f}x   (goal >= 0.5)")
