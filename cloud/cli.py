@@ -324,6 +324,17 @@ def cmd_top(args: argparse.Namespace, settings: Settings) -> int:
     return run(settings, interval_s=args.interval, frames=args.frames)
 
 
+def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
+    from cloud.autoscale.config import load_config
+    from cloud.autoscale.run import run
+    from node.errors import ConfigError
+
+    path = args.config or os.environ.get("BURROW_AUTOSCALE_CONFIG")
+    if not path:
+        raise ConfigError("BURROW_AUTOSCALE_CONFIG", "no autoscaler file: pass --config FILE or set the variable")
+    return run(settings, load_config(path), once=args.once, interval_s=args.interval, state_file=args.state)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its usage errors on one line like every other error (``--help`` shows the usage)."""
 
@@ -529,6 +540,17 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--frames", type=int, default=None, help="stop after this many frames (default: never)")
     top.add_argument("--once", action="store_const", const=1, dest="frames", help="one frame, then exit")
     top.set_defaults(func=cmd_top)
+
+    autoscale = sub.add_parser(
+        "autoscale", help="size node pools (local processes, SaladCloud container groups) from their queues' depth"
+    )
+    autoscale.add_argument("--config", help="the groups' TOML file (default: BURROW_AUTOSCALE_CONFIG)")
+    autoscale.add_argument("--once", action="store_true", help="one round, then exit (for a cron trigger)")
+    autoscale.add_argument("--interval", type=_positive, default=None, help="seconds between rounds (default: file)")
+    autoscale.add_argument(
+        "--state", type=Path, default=None, help="where the scale-down delay is remembered between runs"
+    )
+    autoscale.set_defaults(func=cmd_autoscale)
 
     quarantine = sub.add_parser("quarantine", help="jobs the router could not place: list, show, requeue, purge")
     qsub = quarantine.add_subparsers(dest="action", required=True)
