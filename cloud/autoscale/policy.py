@@ -81,9 +81,13 @@ def decide(
     if depth is None:
         return ScaleDecision(current, "queue depth unknown: holding"), state
     target = wanted(depth, policy)
-    if current < policy.min_replicas or target > current:
-        target = max(target, policy.min_replicas)
-        return ScaleDecision(target, f"{depth} job(s) for {current} replica(s): scaling up"), ScaleState()
+    if target > current:
+        reason = (
+            f"below min_replicas ({policy.min_replicas})"
+            if current < policy.min_replicas and depth <= current * policy.jobs_per_replica
+            else f"{depth} job(s) for {current} replica(s)"
+        )
+        return ScaleDecision(target, f"{reason}: scaling up"), ScaleState()
     if current > policy.max_replicas:
         return ScaleDecision(policy.max_replicas, f"above max_replicas ({policy.max_replicas})"), ScaleState()
     band = max(1, math.floor(current * policy.hysteresis))
