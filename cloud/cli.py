@@ -324,6 +324,14 @@ def cmd_top(args: argparse.Namespace, settings: Settings) -> int:
     return run(settings, interval_s=args.interval, frames=args.frames)
 
 
+def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    from node.supervisor.health import check
+
+    healthy, why = check(settings.state_dir)
+    print(why)
+    return 0 if healthy else 1
+
+
 def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
     from cloud.autoscale.config import load_config
     from cloud.autoscale.run import run
@@ -540,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--frames", type=int, default=None, help="stop after this many frames (default: never)")
     top.add_argument("--once", action="store_const", const=1, dest="frames", help="one frame, then exit")
     top.set_defaults(func=cmd_top)
+
+    health = sub.add_parser("health", help="exit 0 if this machine's `burrow node` has a live worker (HEALTHCHECK)")
+    health.set_defaults(func=cmd_health)
 
     autoscale = sub.add_parser(
         "autoscale", help="size node pools (local processes, SaladCloud container groups) from their queues' depth"
