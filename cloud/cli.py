@@ -324,6 +324,17 @@ def cmd_top(args: argparse.Namespace, settings: Settings) -> int:
     return run(settings, interval_s=args.interval, frames=args.frames)
 
 
+def cmd_keygen(args: argparse.Namespace, settings: Settings) -> int:
+    from node.contract.signing import new_key_pair
+
+    private, public = new_key_pair(args.key_id)
+    print("# Submitters and the router only (a secret):")
+    print(f"BURROW_SIGNING_KEY={private}")
+    print("# Nodes (comma-separated: add the new key's entry before signing with it, to rotate):")
+    print(f"BURROW_TRUSTED_KEYS={public}")
+    return 0
+
+
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     from node.supervisor.health import check
 
@@ -548,6 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--frames", type=int, default=None, help="stop after this many frames (default: never)")
     top.add_argument("--once", action="store_const", const=1, dest="frames", help="one frame, then exit")
     top.set_defaults(func=cmd_top)
+
+    keygen = sub.add_parser("keygen", help="a new Ed25519 key pair for signed jobs (BURROW_SIGNING_KEY, _TRUSTED_KEYS)")
+    keygen.add_argument("key_id", help="the key's id (letters, digits, - and _), e.g. 2026-12")
+    keygen.set_defaults(func=cmd_keygen)
 
     health = sub.add_parser("health", help="exit 0 if this machine's `burrow node` has a live worker (HEALTHCHECK)")
     health.set_defaults(func=cmd_health)

@@ -50,7 +50,7 @@ def connect(settings: Settings, *, check: bool = True) -> QuorumRabbitmqBroker:
         delivery_limit=settings.delivery_limit,
         queue_prefix=settings.queue_prefix,
         heartbeat_s=settings.heartbeat_s,
-        middleware=[JobSubmission(), Tracing()],
+        middleware=[JobSubmission(signer=settings.signer()), Tracing()],
         topology=load_topology(settings.topology) if settings.topology else None,
     )
     dramatiq.set_broker(broker)

@@ -219,17 +219,21 @@ class Client:
             raise MalformedMessage("options.job", str(e)) from None
         limit = self.settings.max_payload_bytes
         timestamp = int(now * 1000)
+        signer = self.settings.signer()
 
         def build(args: tuple | list, kwargs: dict[str, Any] | None, job_id: str) -> tuple[Message, bytes]:
             kwargs = dict(kwargs or {})
             check_arguments(actor.fn, list(args), kwargs)
             check_job_id(job_id)  # InvalidJob (a MalformedMessage) names what is wrong with it
+            job = {**template, "job_id": job_id, "avoid_nodes": [], "trace": {}}
+            if signer is not None:
+                job["signature"] = signer.sign(actor.actor_name, args, kwargs, job)
             message = Message(
                 queue_name=actor.queue_name,
                 actor_name=actor.actor_name,
                 args=tuple(args),
                 kwargs=kwargs,
-                options={"job": {**template, "job_id": job_id, "avoid_nodes": [], "trace": {}}},
+                options={"job": job},
                 message_id=job_id,  # one id for the job and its message: `burrow job <id>` finds either
                 message_timestamp=timestamp,
             )

@@ -113,6 +113,7 @@ def build_broker(
         middleware=middleware,
         topology=topology,
         serves=serves,
+        trusted_keys=settings.trusted(),
     )
 
 

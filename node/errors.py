@@ -76,6 +76,9 @@ class MalformedMessage(BurrowError, MiddlewareError):
         field: The offending field, as a path (``options.job.job_id``, ``kwargs``); empty if the whole body.
     """
 
+    #: The dead-letter reason (``node.contract.queues.DeadLetterReason``) such a message gets.
+    reason = "malformed"
+
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}" if field else problem)
         self.field = field

@@ -50,6 +50,10 @@ class Settings:
         s3_region: Region for S3 (``BURROW_S3_REGION``, falls back to ``AWS_REGION``; R2 uses ``auto``).
         s3_access_key_id: Access key (``AWS_ACCESS_KEY_ID``); empty means boto3's own credential chain.
         s3_secret_access_key: Secret key (``AWS_SECRET_ACCESS_KEY``); never printed.
+        signing_key: The cloud's job-signing key (``BURROW_SIGNING_KEY``, ``<key id>:<base64 Ed25519 private
+            key>``; submitters and the router, never nodes); never printed.
+        trusted_keys: Public keys whose signatures a node accepts (``BURROW_TRUSTED_KEYS``, comma-separated
+            ``<key id>:<base64>``); set, the node runs signed jobs only.
         node_id: This machine's name in job records and logs (``BURROW_NODE_ID``, default the hostname).
         subcloud: The private pool this node serves (``BURROW_SUBCLOUD``).
         gpus: ``None`` to discover (NVML, then ``CUDA_VISIBLE_DEVICES``), ``()`` for none, or an explicit tuple
@@ -85,6 +89,8 @@ class Settings:
     s3_region: str = "us-east-1"
     s3_access_key_id: str = ""
     s3_secret_access_key: str = field(default="", repr=False)
+    signing_key: str = field(default="", repr=False)
+    trusted_keys: str = ""
     node_id: str = field(default_factory=socket.gethostname)
     subcloud: str = "public"
     gpus: tuple[str, ...] | None = None
@@ -110,6 +116,26 @@ class Settings:
         if not self.storage_url:
             object.__setattr__(self, "storage_url", (Path.cwd() / ".burrow" / "storage").as_uri())
 
+    def signer(self):
+        """The job signer of ``signing_key`` (``node.contract.signing.Signer``), or ``None``.
+
+        Raises:
+            ConfigError: The key is malformed.
+        """
+        from .contract.signing import load_signer
+
+        return load_signer("BURROW_SIGNING_KEY", self.signing_key)
+
+    def trusted(self) -> dict:
+        """The public keys of ``trusted_keys`` by key id (empty: signatures are not required).
+
+        Raises:
+            ConfigError: A key is malformed.
+        """
+        from .contract.signing import load_trusted
+
+        return load_trusted("BURROW_TRUSTED_KEYS", self.trusted_keys)
+
     @property
     def masked_amqp_url(self) -> str:
         return ";".join(mask_url(u) for u in self.amqp_url.split(";"))
@@ -124,7 +150,7 @@ class Settings:
         env = os.environ if environ is None else environ
         r = _Reader(env)
         defaults = cls()
-        return cls(
+        settings = cls(
             amqp_url=r.url("AMQP_URL", defaults.amqp_url, schemes=("amqp", "amqps")),
             storage_url=r.url("BURROW_STORAGE_URL", defaults.storage_url, schemes=("file", "s3")),
             s3_endpoint_url=r.url("BURROW_S3_ENDPOINT_URL", "", schemes=("http", "https")),
@@ -151,7 +177,11 @@ class Settings:
             actor_modules=r.modules("BURROW_ACTOR_MODULES", defaults.actor_modules),
             topology=Path(r.text("BURROW_TOPOLOGY", "")) if r.text("BURROW_TOPOLOGY", "") else None,
             models=r.names("BURROW_MODELS"),
+            signing_key=r.text("BURROW_SIGNING_KEY", ""),
+            trusted_keys=r.text("BURROW_TRUSTED_KEYS", ""),
         )
+        settings.signer(), settings.trusted()  # a malformed key stops start-up, naming its variable
+        return settings
 
 
 class _Reader:

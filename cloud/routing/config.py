@@ -78,5 +78,13 @@ def build_router(environ: Mapping[str, str] | None = None) -> tuple[RouterBroker
             interval_s=1.0,
         )
     )
-    router = Router(broker=broker, storage=storage, registry=registry, policy=policy, topology=topology)
+    router = Router(
+        broker=broker,
+        storage=storage,
+        registry=registry,
+        policy=policy,
+        topology=topology,
+        signer=settings.signer(),
+        trusted=settings.trusted(),
+    )
     return broker, router

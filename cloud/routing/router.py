@@ -14,7 +14,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dramatiq import Message
@@ -26,6 +26,7 @@ from node.contract.envelope import decode_fields
 from node.contract.job_options import JobOptions
 from node.contract.queues import FAILED_JOBS_QUEUE, DeadLetterReason, wait_bucket_ms
 from node.contract.record import JobStatus, cancel_requested, set_status, status_of
+from node.contract.signing import BadSignature, Signer, verify
 from node.contract.topology import Topology
 from node.errors import InvalidTransition
 from node.storage import Storage
@@ -69,7 +70,13 @@ class Router:
         policy: RoutingPolicy,
         topology: Topology | None,
         clock: Callable[[], float] = time.time,
+        signer: Signer | None = None,
+        trusted: Mapping[str, Any] | None = None,
     ) -> None:
+        self.signer = signer
+        # A job it re-dispatches must carry a valid signature first (a node could have altered it), by its
+        # own key or one the nodes trust (an older key during a rotation).
+        self.trusted = {**(trusted or {}), **(signer.public() if signer is not None else {})}
         self.broker = broker
         self.records = RecordStore(storage)
         self.quarantine = Quarantine(storage)
@@ -131,6 +138,12 @@ class Router:
             route = self.policy.decide(request, history, nodes, self.topology, self.clock())
             if route.action == "dispatch" and not self._queue_exists(route.queue):
                 route = Route("quarantine", reason=f"{route.reason}; but queue {route.queue!r} does not exist")
+            if route.action == "dispatch" and self.signer is not None:
+                try:
+                    assert message is not None and request.job is not None
+                    verify(self.trusted, message.actor_name, message.args, message.kwargs, request.job.to_options())
+                except BadSignature as e:
+                    route = Route("quarantine", reason=f"bad-signature: {e}")
             if job_id and route.counted:
                 record = self._record(job_id, request, route, report_id)
         logger.info("Job %s (%s): %s %s — %s", job_id or "?", kind, route.action, route.queue or "", route.reason)
@@ -276,7 +289,12 @@ class Router:
         changes: dict[str, Any] = {"avoid_nodes": route.avoid_nodes, "unrecorded_success": None}
         if route.reset_counters:
             changes.update(failures=0, interruptions=0)
-        copy = next_message(message, job.replace(**changes))
+        job = job.replace(**changes)
+        if self.signer is not None:  # an operator's requeue may change what the signature covers (the expiry)
+            job = job.replace(
+                signature=self.signer.sign(message.actor_name, message.args, message.kwargs, job.to_options())
+            )
+        copy = next_message(message, job)
         copy = dataclasses.replace(copy, queue_name=route.queue)
         return self._outgoing(copy, route.queue, route.delay_s)
 

@@ -30,6 +30,7 @@ from dramatiq.message import Message
 from ..contract.envelope import check_arguments, check_fields, decode_fields
 from ..contract.job_options import JobOptions
 from ..contract.queues import DeadLetterReason
+from ..contract.signing import verify
 from ..errors import MalformedMessage
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class QuorumConsumer(_RabbitmqConsumer):
         except ConnectionClosed:
             raise
         except MalformedMessage as e:
-            self._dead_letter(queue, method.delivery_tag, body, str(e))
+            self._dead_letter(queue, method.delivery_tag, body, str(e), reason=e.reason)
         except Exception as e:  # whatever else a hostile body provokes: it must not crash this thread
             self._dead_letter(queue, method.delivery_tag, body, f"unreadable message: {type(e).__name__}: {e}")
         return None
@@ -109,6 +110,8 @@ class QuorumConsumer(_RabbitmqConsumer):
         except ActorNotFound:
             raise MalformedMessage("actor_name", f"no actor {fields['actor_name']!r} on this node") from None
         check_arguments(actor.fn, fields["args"], fields["kwargs"])
+        if self.broker.trusted_keys:  # this node runs signed jobs only
+            verify(self.broker.trusted_keys, fields["actor_name"], fields["args"], fields["kwargs"], job.to_options())
         message = Message(**{**fields, "args": tuple(fields["args"])})
         eta = message.options.get("eta")
         if eta is not None:
@@ -145,10 +148,12 @@ class QuorumConsumer(_RabbitmqConsumer):
     def _ack_now(self, tag: int) -> None:
         self._settle(tag, ack=True)
 
-    def _dead_letter(self, queue: str, tag: int, body: bytes, detail: str) -> None:
-        logger.error("Dead-lettering a malformed message on %r: %s", queue, detail)
+    def _dead_letter(
+        self, queue: str, tag: int, body: bytes, detail: str, *, reason: str = DeadLetterReason.MALFORMED
+    ) -> None:
+        logger.error("Dead-lettering a message on %r (%s): %s", queue, reason, detail)
         try:
-            self.broker.dead_letter(queue, body, reason=DeadLetterReason.MALFORMED, detail=detail)
+            self.broker.dead_letter(queue, body, reason=reason, detail=detail)
         except Exception:
             # Could not publish with a reason: let the broker dead-letter it ("rejected") rather than lose it.
             logger.warning("Falling back to a plain reject for the malformed message.", exc_info=True)

@@ -18,6 +18,8 @@ one vhost; Dramatiq and the actors only ever see the logical names.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -62,6 +64,8 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
             options name, which must exist (``NoSuchQueue`` otherwise). ``None``: one queue per actor.
         serves: The topology queues this worker takes work from, most urgent first; Dramatiq then sees one
             queue (``SLOT_QUEUE``) whose consumer is a ``PriorityConsumer`` over them.
+        trusted_keys: Ed25519 public keys by key id (``Settings.trusted``): the consumers then dead-letter
+            unsigned or altered jobs as ``bad-signature`` (``node.contract.signing``).
     """
 
     #: What Dramatiq calls the one consumer of a worker that serves topology queues.
@@ -78,8 +82,11 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         confirm_delivery: bool = True,
         topology: Topology | None = None,
         serves: list[str] | None = None,
+        trusted_keys: Mapping[str, Any] | None = None,
     ) -> None:
         self.topology = topology
+        #: Public keys whose job signatures this node accepts; set, it runs signed jobs only.
+        self.trusted_keys = dict(trusted_keys or {})
         self.serves = list(serves or [])  # set first: Dramatiq's constructor asks for the declared queues
         super().__init__(url=url, middleware=middleware, confirm_delivery=confirm_delivery)
         for parameters in self.parameters if isinstance(self.parameters, list) else [self.parameters]:

@@ -103,6 +103,8 @@ class JobOptions:
             be written; the next delivery records the success without running the job again.
         reply_to: A queue that a waiting submitter reads (sync jobs): the node publishes the job's outcome
             there once the record holds it.
+        signature: ``<key id>:<base64 Ed25519 signature>`` by the cloud (``node.contract.signing``); nodes
+            with trusted keys run only jobs whose signature matches.
         version: Schema version of this dict.
     """
 
@@ -118,6 +120,7 @@ class JobOptions:
     trace: dict[str, str] = field(default_factory=dict)
     unrecorded_success: str | None = None
     reply_to: str | None = None
+    signature: str | None = None
     version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -149,6 +152,8 @@ class JobOptions:
             problems.append("unrecorded_success must be an attempt id")
         if self.reply_to is not None and not (isinstance(self.reply_to, str) and 0 < len(self.reply_to) <= 255):
             problems.append("reply_to must be a queue name (1-255 characters)")
+        if self.signature is not None and not (isinstance(self.signature, str) and 0 < len(self.signature) <= 256):
+            problems.append("signature must be a string of 1-256 characters")
         if isinstance(self.version, bool) or self.version != SCHEMA_VERSION:
             problems.append(f"unsupported job schema version {self.version!r} (this node reads {SCHEMA_VERSION})")
         if problems:

@@ -34,6 +34,7 @@ class DeadLetterReason(StrEnum):
     STALE = "stale"  # a copy of a job whose record is already final
     DELIVERY_LIMIT = "delivery_limit"  # the broker's: delivered too often without an ack
     REJECTED = "rejected"  # the broker's: nacked without requeue (a fallback when publishing failed)
+    BAD_SIGNATURE = "bad-signature"  # signed jobs required, and this one is unsigned or altered
 
 
 def wait_bucket_ms(delay_ms: int) -> int:

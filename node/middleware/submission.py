@@ -7,6 +7,7 @@ from dramatiq import Message
 
 from ..contract.envelope import check_arguments
 from ..contract.job_options import JOB_ACTOR_OPTIONS, OPTION_KEY, ROUTING_OPTIONS, JobOptions, check_actor_options
+from ..contract.signing import Signer
 from ..errors import MalformedMessage
 
 
@@ -19,8 +20,13 @@ class JobSubmission(dramatiq.Middleware):
     ``expires_at`` = now + ttl, so expiry is fixed at submission and survives retries and re-dispatch. A
     message that already carries job options (a retry, or ``new_job(...)``) keeps them (they are checked).
     ``subcloud``, ``job_type``, ``model`` and ``priority`` (message options, else actor options) go into the
-    job options; with a topology they choose the job's queue.
+    job options; with a topology they choose the job's queue. With a ``signer`` (the cloud's
+    ``BURROW_SIGNING_KEY``) a job without a signature is signed (``node.contract.signing``); a node, which has
+    no signer, republishes jobs with the signature they came with.
     """
+
+    def __init__(self, *, signer: Signer | None = None) -> None:
+        self.signer = signer
 
     @property
     def actor_options(self) -> set[str]:
@@ -34,6 +40,9 @@ class JobSubmission(dramatiq.Middleware):
         check_actor_options(message.options)
         if OPTION_KEY in message.options:
             JobOptions.from_options(message.options, message_id=message.message_id)
+            job = message.options[OPTION_KEY]
+            if self.signer is not None and not job.get("signature"):  # e.g. new_job(...) from a cloud service
+                job["signature"] = self.signer.sign(message.actor_name, message.args, message.kwargs, job)
             return
         if actor is not None:
             check_arguments(actor.fn, message.args, message.kwargs)
@@ -53,4 +62,7 @@ class JobSubmission(dramatiq.Middleware):
             job = JobOptions(job_id=message.message_id, expires_at=expires_at, **routing)
         except ValueError as e:
             raise MalformedMessage("options.job", str(e)) from None
-        message.options[OPTION_KEY] = job.to_options()
+        options = job.to_options()
+        if self.signer is not None:
+            options["signature"] = self.signer.sign(message.actor_name, message.args, message.kwargs, options)
+        message.options[OPTION_KEY] = options
