@@ -270,6 +270,25 @@ def cmd_topology(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "apply":
         names = topology_ops.apply(broker, topology)
         print(f"{len(names)} queue(s) of {path} declared.")
+        if args.users:
+            from cloud.access import ManagementApi, apply_users, vhost_of
+
+            management = os.environ.get("BURROW_RABBITMQ_MANAGEMENT_URL", "")
+            if not management:
+                broker.close()
+                raise ConfigError(
+                    "BURROW_RABBITMQ_MANAGEMENT_URL", "needed by --users (http://admin:password@host:15672)"
+                )
+            users = apply_users(
+                ManagementApi(management), topology, prefix=settings.queue_prefix, vhost=vhost_of(settings.amqp_url)
+            )
+            for user in users:
+                if user.password is not None:
+                    print(
+                        f"user {user.user} created for subcloud {user.subcloud}; password (shown once): {user.password}"
+                    )
+                else:
+                    print(f"user {user.user} (subcloud {user.subcloud}): permissions set")
     else:
         print(f"{'queue':50} {'on broker':>10} {'ready':>8}")
         for state in topology_ops.show(broker, topology):
@@ -543,6 +562,11 @@ def build_parser() -> argparse.ArgumentParser:
     topology = sub.add_parser("topology", help="declare the queues of a topology file, or compare them with the broker")
     topology.add_argument("action", choices=["apply", "show"])
     topology.add_argument("file", nargs="?", default=None, help="topology file (default: BURROW_TOPOLOGY)")
+    topology.add_argument(
+        "--users",
+        action="store_true",
+        help="apply: also a broker user per subcloud that may consume only its queues (management API)",
+    )
     topology.set_defaults(func=cmd_topology)
 
     router = sub.add_parser("router", help="run the router: re-dispatch failed jobs, quarantine what cannot be placed")
