@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from cloud.batch import STRETCH, read_rows, submit_batch  # noqa: E402
 from cloud.submit import Client  # noqa: E402
+from node.contract.queues import WAIT_BUCKETS_MS  # noqa: E402
 from node.settings import Settings  # noqa: E402
 
 URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -195,8 +196,14 @@ def main() -> None:
     print(f"  pipelined confirms, bodies only (floor)  {pipelined:8.0f}    1.00")
     print(f"  blocking confirm per message             {blocking:8.0f}    {blocking / pipelined:4.2f}")
     print(f"  burrow submit --file (check + manifest)  {batch_rate:8.0f}    {batch_rate / pipelined:4.2f}")
-    for name in ("tests", "tests.XQ", "floor", "bare", "burrow.chunks", "failed-jobs", "failed-jobs.XQ"):
+    # Everything the node and the bench declared under the prefix (the broker is shared: leave nothing behind).
+    work = sorted(client.broker.get_declared_queues() | {"tests", "failed-jobs"})
+    names = [*work, *(f"{q}.XQ" for q in work), "floor", "bare", "burrow.chunks", "burrow.nodes"]
+    names += [f"burrow.wait.{ms}ms" for ms in WAIT_BUCKETS_MS]
+    for name in names:
         channel.queue_delete(prefix + name)
+        channel.exchange_delete(prefix + name)
+    channel.exchange_delete(prefix + "burrow.dead-letter")
     channel.connection.close()
     client.close()
 
