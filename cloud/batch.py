@@ -34,6 +34,7 @@ import aio_pika
 import dramatiq
 from dramatiq.common import q_name
 
+from node.broker.tls import context
 from node.contract.job_options import ROUTING_OPTIONS
 from node.contract.record import SETTLED_STATUSES
 from node.errors import MalformedMessage, NoSuchQueue, ObjectNotFound, PreconditionFailed
@@ -358,13 +359,14 @@ def _publish(client, batch_id, jobs, first, bodies, start, on_published) -> int:
         if on_published is not None:
             on_published(count, len(bodies))
 
-    asyncio.run(_publish_async(url, bodies, start, confirmed))
+    tls = context(client.settings.amqp_ca_file) if url.startswith("amqps:") else None
+    asyncio.run(_publish_async(url, bodies, start, confirmed, tls))
     return len(bodies) - start
 
 
-async def _publish_async(url: str, bodies: list[tuple[str, bytes, str]], start: int, confirmed) -> None:
+async def _publish_async(url: str, bodies: list[tuple[str, bytes, str]], start: int, confirmed, tls=None) -> None:
     try:
-        connection = await aio_pika.connect(url)
+        connection = await aio_pika.connect(url, ssl_context=tls)
     except Exception as e:
         raise CloudError(f"cannot publish the batch: {type(e).__name__} {e}") from None
     async with connection:

@@ -9,6 +9,7 @@ import pika
 import pika.exceptions
 
 from node.broker import QuorumRabbitmqBroker
+from node.broker.tls import apply_ca
 from node.contract.topology import load_topology
 from node.middleware import JobSubmission, Tracing
 from node.settings import Settings, mask_url
@@ -21,6 +22,7 @@ def check_reachable(settings: Settings, *, timeout_s: float = 5.0) -> None:
     reasons = []
     for url in settings.amqp_url.split(";"):
         parameters = pika.URLParameters(url)
+        apply_ca([parameters], settings.amqp_ca_file)
         parameters.connection_attempts = 1
         parameters.socket_timeout = timeout_s
         parameters.blocked_connection_timeout = timeout_s
@@ -51,6 +53,7 @@ def connect(settings: Settings, *, check: bool = True) -> QuorumRabbitmqBroker:
         queue_prefix=settings.queue_prefix,
         heartbeat_s=settings.heartbeat_s,
         middleware=[JobSubmission(signer=settings.signer()), Tracing()],
+        ca_file=settings.amqp_ca_file,
         topology=load_topology(settings.topology) if settings.topology else None,
     )
     dramatiq.set_broker(broker)

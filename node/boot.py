@@ -114,6 +114,7 @@ def build_broker(
         topology=topology,
         serves=serves,
         trusted_keys=settings.trusted(),
+        ca_file=settings.amqp_ca_file,
     )
 
 

@@ -52,6 +52,8 @@ class Settings:
         s3_secret_access_key: Secret key (``AWS_SECRET_ACCESS_KEY``); never printed.
         signing_key: The cloud's job-signing key (``BURROW_SIGNING_KEY``, ``<key id>:<base64 Ed25519 private
             key>``; submitters and the router, never nodes); never printed.
+        amqp_ca_file: CA certificates that an ``amqps://`` broker's certificate must chain to
+            (``BURROW_AMQP_CA_FILE``, PEM; default: the system's).
         trusted_keys: Public keys whose signatures a node accepts (``BURROW_TRUSTED_KEYS``, comma-separated
             ``<key id>:<base64>``); set, the node runs signed jobs only.
         node_id: This machine's name in job records and logs (``BURROW_NODE_ID``, default the hostname).
@@ -91,6 +93,7 @@ class Settings:
     s3_secret_access_key: str = field(default="", repr=False)
     signing_key: str = field(default="", repr=False)
     trusted_keys: str = ""
+    amqp_ca_file: Path | None = None
     node_id: str = field(default_factory=socket.gethostname)
     subcloud: str = "public"
     gpus: tuple[str, ...] | None = None
@@ -179,6 +182,7 @@ class Settings:
             models=r.names("BURROW_MODELS"),
             signing_key=r.text("BURROW_SIGNING_KEY", ""),
             trusted_keys=r.text("BURROW_TRUSTED_KEYS", ""),
+            amqp_ca_file=r.existing_file("BURROW_AMQP_CA_FILE"),
         )
         settings.signer(), settings.trusted()  # a malformed key stops start-up, naming its variable
         return settings
@@ -241,6 +245,14 @@ class _Reader:
                     name, f"{mask_url(one)!r} has scheme {scheme!r}; expected one of {', '.join(schemes)}"
                 )
         return value
+
+    def existing_file(self, name: str) -> Path | None:
+        value = self.text(name, "")
+        if not value:
+            return None
+        if not Path(value).is_file():
+            raise ConfigError(name, f"{value!r} is not a readable file")
+        return Path(value)
 
     def gpus(self, name: str) -> tuple[str, ...] | None:
         value = self.text(name, "auto")

@@ -67,6 +67,7 @@ def build_router(environ: Mapping[str, str] | None = None) -> tuple[RouterBroker
         heartbeat_s=settings.heartbeat_s,
         middleware=[CurrentMessage()],
         topology=topology,
+        ca_file=settings.amqp_ca_file,
     )
     # Nodes heartbeat every BURROW_NODE_HEARTBEAT_S: a fresher registry read than that tells nothing new.
     registry = NodeRegistry(broker.parameters, settings.queue_prefix, refresh_s=min(1.0, settings.node_heartbeat_s))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -45,6 +46,7 @@ from ..errors import NoSuchQueue, QueueMismatchError
 from ..retrying import current_deadline
 from .consumer import QuorumConsumer
 from .priority import PriorityConsumer
+from .tls import apply_ca
 
 #: Publishing retries through a broker restart: attempts and the pause before each retry.
 PUBLISH_RETRY_DELAYS_S: tuple[float, ...] = (0, 0.1, 0.25, 0.5, 1, 2, 3, 5, 5, 5, 5, 5)
@@ -64,6 +66,7 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
             options name, which must exist (``NoSuchQueue`` otherwise). ``None``: one queue per actor.
         serves: The topology queues this worker takes work from, most urgent first; Dramatiq then sees one
             queue (``SLOT_QUEUE``) whose consumer is a ``PriorityConsumer`` over them.
+        ca_file: CA certificates (PEM) that ``amqps://`` brokers must present a certificate from.
         trusted_keys: Ed25519 public keys by key id (``Settings.trusted``): the consumers then dead-letter
             unsigned or altered jobs as ``bad-signature`` (``node.contract.signing``).
     """
@@ -83,6 +86,7 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         topology: Topology | None = None,
         serves: list[str] | None = None,
         trusted_keys: Mapping[str, Any] | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         self.topology = topology
         #: Public keys whose job signatures this node accepts; set, it runs signed jobs only.
@@ -91,6 +95,7 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         super().__init__(url=url, middleware=middleware, confirm_delivery=confirm_delivery)
         for parameters in self.parameters if isinstance(self.parameters, list) else [self.parameters]:
             parameters.heartbeat = heartbeat_s
+        apply_ca(self.parameters if isinstance(self.parameters, list) else [self.parameters], ca_file)
         self.delivery_limit = delivery_limit
         self.queue_prefix = queue_prefix
         self.dead_letter_exchange = queue_prefix + DEAD_LETTER_EXCHANGE
