@@ -18,6 +18,7 @@ import dramatiq
 from dramatiq.middleware import Callbacks, CurrentMessage, Pipelines
 
 from . import context, metrics
+from .attempt import drain
 from .attempt.journal import Journal, process_start_time
 from .broker import QuorumRabbitmqBroker
 from .contract.topology import load_topology
@@ -78,6 +79,7 @@ def build_broker(
             instance=instance,
             slot_id=slot_id,
             journal=journal,
+            slots_dir=settings.state_dir / "slots" if lease is not None else None,
             delivery_limit=settings.delivery_limit,
             grace_s=settings.grace_s,
             end_budget_s=settings.end_budget_s,
@@ -87,7 +89,7 @@ def build_broker(
             hard_stop_s=settings.grace_s,
             cancel_check_s=settings.cancel_check_s,
         ),
-        Shutdown(),
+        Shutdown(slots_dir=settings.state_dir / "slots" if lease is not None else None, slot_id=slot_id),
         Prefetch(prefetch=settings.prefetch),
         SlotConsumer(),
         NodeHeartbeat(
@@ -122,6 +124,7 @@ def claim_slot(settings: Settings, environ: MutableMapping[str, str]) -> SlotLea
     """Claim this process's slot (the one ``BURROW_SLOT`` names, else the first free) and pin CUDA to it."""
     slots = configured_slots(settings.gpus, settings.cpu_slots, environ)
     lease = SlotLease.claim(slots, settings.state_dir, preferred=environ.get("BURROW_SLOT"))
+    drain.forget_stopped(settings.state_dir / "slots", lease.slot.id)  # a predecessor's word says nothing now
     lease.pin(environ)
     lease.publish_status(node_id=settings.node_id)
     atexit.register(lease.release)

@@ -20,6 +20,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -48,6 +49,7 @@ from ..storage.records import RecordStore
 from . import running
 from .attempt import Attempt, JobSettings
 from .context import Artifacts, AttemptContext, Inputs, JobCheckpoint
+from .drain import wait_until_drained
 from .journal import Evidence, Journal
 from .monitor import Monitor
 from .policy import SETTLE_DELAY_S, Action, Decision, decide
@@ -58,8 +60,10 @@ logger = logging.getLogger(__name__)
 
 #: Exit code of a worker process killed because its job overran its reservation and ignored the stop.
 EXIT_KILLED_OVERRUN = 4
-#: During a shutdown, a handed-back job re-enters its queue this long after SIGTERM at the earliest: by then
-#: every consumer of the node has stopped (they check every ``Prefetch`` consumer timeout).
+#: During a shutdown, a handed-back job waits up to this long for every worker of the node to confirm it
+#: stopped taking work (``node.attempt.drain``) ...
+DRAIN_WAIT_S = 5.0
+#: ... and without that word re-enters its queue this long after SIGTERM at the earliest.
 HANDBACK_HOLD_S = 1.5
 
 
@@ -72,6 +76,7 @@ class AttemptRunner:
         instance: This node instance (changes when the node restarts; see ``node.attempt.journal``).
         slot_id: This worker's slot.
         journal: This worker's journal (``None``: no local evidence, every unexplained end is *lost*).
+        slots_dir: The node's ``slots`` directory: a hand-back during a drain waits for its workers to stop.
         grace_s: The SIGTERM grace period: a shutdown's attempt ends must fit in it.
         end_budget_s: Time allowed to end an attempt (flush, record, publish) outside a shutdown.
         handback_flush_s: Longest wait for the last checkpoint upload when an attempt ends.
@@ -91,6 +96,7 @@ class AttemptRunner:
         instance: str = "",
         slot_id: str = "",
         journal: Journal | None = None,
+        slots_dir: Path | None = None,
         grace_s: float = 25.0,
         end_budget_s: float = 120.0,
         handback_flush_s: float = 10.0,
@@ -107,6 +113,7 @@ class AttemptRunner:
         self.instance = instance
         self.slot_id = slot_id
         self.journal = journal
+        self.slots_dir = slots_dir
         self.grace_s = grace_s
         self.end_budget_s = end_budget_s
         self.handback_flush_s = handback_flush_s
@@ -366,8 +373,14 @@ class AttemptRunner:
         began = running.shutdown_began_at()
         if decision.action is Action.HAND_BACK and began is not None:
             # Not back in the queue before every consumer of this draining node has stopped, or one of them
-            # would take it (and the broker would count a delivery when the drain returns it).
-            decision = dataclasses.replace(decision, delay_s=max(0.25, HANDBACK_HOLD_S - (time.monotonic() - began)))
+            # would take it (and the broker would count a delivery when the drain returns it): the workers say
+            # when they have (``node.attempt.drain``); without word in time, a fixed hold stands in.
+            wait_s = min(DRAIN_WAIT_S, deadline.remaining() / 4)
+            if self.slots_dir is not None and wait_until_drained(self.slots_dir, wait_s):
+                decision = dataclasses.replace(decision, delay_s=0.0)
+            else:
+                hold_s = max(0.25, HANDBACK_HOLD_S - (time.monotonic() - began))
+                decision = dataclasses.replace(decision, delay_s=hold_s)
         now = self.clock()
         chosen = [decision]
 

@@ -75,6 +75,11 @@ class QuorumConsumer(_RabbitmqConsumer):
         """Stop taking deliveries (acted on in the consumer thread within one consumer timeout)."""
         self._cancel_requested = True
 
+    @property
+    def stopped(self) -> bool:
+        """True once a requested cancel has taken effect: no delivery will reach this worker any more."""
+        return self._cancelled
+
     def __next__(self):
         if self._cancel_requested:
             return self._idle_after_cancel()

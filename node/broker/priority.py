@@ -75,6 +75,8 @@ class PriorityConsumer(QuorumConsumer):
         try:
             # Send the acks Dramatiq queued since the last call first: they free the slot.
             self.connection.process_data_events(time_limit=0)
+            if self._cancel_requested:
+                self._cancelled = True  # checked between polls: no basic.get is in flight
             if self._cancel_requested or len(self.known_tags) >= self.limit:
                 self.connection.process_data_events(time_limit=self.timeout_s)  # woken early by an ack
                 return None

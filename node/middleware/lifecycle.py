@@ -6,6 +6,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -40,6 +41,7 @@ class JobLifecycle(dramatiq.Middleware):
         instance: This node instance (see ``node.attempt.journal``).
         slot_id: This worker's slot.
         journal: This worker's journal of running attempts, or ``None``.
+        slots_dir: The node's slot directory (hand-backs during a drain wait for its workers to stop).
         delivery_limit: The work queues' delivery limit (the broker's last delivery gives the job up).
         grace_s: The SIGTERM grace period.
         end_budget_s: Time an ending attempt may take outside a shutdown (record write and publish).
@@ -60,6 +62,7 @@ class JobLifecycle(dramatiq.Middleware):
         instance: str = "",
         slot_id: str = "",
         journal: Journal | None = None,
+        slots_dir: Path | None = None,
         delivery_limit: int = 3,
         ttl_s: float | None = None,
         max_failures: int = 3,
@@ -96,6 +99,7 @@ class JobLifecycle(dramatiq.Middleware):
             instance=instance,
             slot_id=slot_id,
             journal=journal,
+            slots_dir=slots_dir,
             grace_s=grace_s,
             end_budget_s=end_budget_s,
             hard_stop_s=hard_stop_s,
