@@ -34,10 +34,11 @@ console.log(JSON.stringify(out));
 
 
 @pytest.fixture(scope="session")
-def models(request: pytest.FixtureRequest) -> Path:
+def models(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("npm") is None or shutil.which("node") is None:
         pytest.fail("Node.js and npm are needed to validate the Kubernetes manifests (apt-get install nodejs npm)")
-    folder = Path(request.config.cache.mkdir("k8s-models"))
+    cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
+    folder = Path(cache.mkdir("k8s-models")) if cache is not None else tmp_path_factory.mktemp("k8s-models")
     if not (folder / "node_modules" / "@kubernetes-models" / "keda").exists():
         done = subprocess.run(
             ["npm", "install", "--no-audit", "--no-fund", "--silent", "--prefix", str(folder), *PACKAGES],
