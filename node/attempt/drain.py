@@ -14,18 +14,10 @@ import os
 import time
 from pathlib import Path
 
+from ..supervisor.process import pid_alive
+
 #: How often a waiting hand-back looks at the notes.
 POLL_S = 0.02
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def note_stopped(slots_dir: Path, slot_id: str) -> None:
@@ -49,7 +41,7 @@ def still_consuming(slots_dir: Path) -> list[str]:
             pid = int(json.loads(status.read_text())["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if not _alive(pid):
+        if not pid_alive(pid):
             continue
         try:
             stopped = int((slots_dir / f"{status.stem}.stopped").read_text() or 0)

@@ -13,15 +13,7 @@ import json
 import os
 from pathlib import Path
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+from .process import pid_alive
 
 
 def check(state_dir: Path) -> tuple[bool, str]:
@@ -48,7 +40,7 @@ def check(state_dir: Path) -> tuple[bool, str]:
     for status in sorted((Path(state_dir) / "slots").glob("*.json")):
         try:
             entry = json.loads(status.read_text())
-            if _alive(int(entry["pid"])):
+            if pid_alive(int(entry["pid"])):
                 workers.append(str(entry.get("slot", status.stem)))
         except (OSError, ValueError, KeyError, TypeError):
             continue

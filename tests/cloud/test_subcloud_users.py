@@ -19,6 +19,7 @@ from tests.rabbitmq_node import PrivateRabbitmq, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
+NODE_ARGV = [sys.executable, "-m", "dramatiq", "node.actors", "--processes", "1", "--threads", "1"]
 TOPOLOGY = """
 priorities = ["urgent", "bulk"]
 job_types = ["batch"]
@@ -41,7 +42,9 @@ def private(tmp_path):
     node.stop()
 
 
-def test_a_subclouds_node_runs_its_jobs_and_is_refused_the_other_subclouds_queue(private, tmp_path, node_env):
+def test_a_subclouds_node_runs_its_jobs_and_is_refused_the_other_subclouds_queue(
+    private, tmp_path, node_env, start_node
+):
     topology = tmp_path / "topology.toml"
     topology.write_text(TOPOLOGY)
     env = {**node_env, "AMQP_URL": private.url, "BURROW_TOPOLOGY": str(topology)}
@@ -59,18 +62,11 @@ def test_a_subclouds_node_runs_its_jobs_and_is_refused_the_other_subclouds_queue
     user, password = f"{prefix}node-a", passwords[f"{prefix}node-a"]
     node_url = f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{private.port}/%2F"
     # A real node of subcloud a, with a's user only, boots and runs a's job.
-    node = subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "node.actors", "--processes", "1", "--threads", "1"],
-        env={**env, "AMQP_URL": node_url, "BURROW_SUBCLOUD": "a", "BURROW_CPU_SLOTS": "1"},
-        cwd=ROOT,
-        stdout=open(tmp_path / "node.log", "wb"),  # noqa: SIM115 - the child keeps it
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    start_node(argv=NODE_ARGV, env={**env, "AMQP_URL": node_url, "BURROW_SUBCLOUD": "a", "BURROW_CPU_SLOTS": "1"})
     client = Client(Settings.from_env(env))
     try:
         handle = client.submit("counted", job_key="in-a", subcloud="a", job_type="batch")
-        assert handle.wait(timeout=120)["status"] == "succeeded", (tmp_path / "node.log").read_text()[-3000:]
+        assert handle.wait(timeout=120)["status"] == "succeeded"
         # The same user taking from b's queue: refused by the broker.
         connection = pika.BlockingConnection(pika.URLParameters(node_url))
         with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
@@ -81,5 +77,3 @@ def test_a_subclouds_node_runs_its_jobs_and_is_refused_the_other_subclouds_queue
         connection.close()
     finally:
         client.close()
-        node.terminate()
-        node.wait(timeout=60)

@@ -25,10 +25,12 @@ def health(env: dict[str, str]) -> subprocess.CompletedProcess:
 def test_health_follows_the_node_and_its_workers(start_node, node_env):
     before = health(node_env)
     assert before.returncode == 1 and "no node has run" in before.stdout
-    node = start_node(env={"BURROW_CPU_SLOTS": "1", "BURROW_RESTART_BACKOFF_MIN_S": "30"})
+    # A dead worker comes back only after 90 s: the unhealthy moment below lasts, however slow the machine.
+    slow_restart = {"BURROW_RESTART_BACKOFF_MIN_S": "90", "BURROW_RESTART_BACKOFF_MAX_S": "90"}
+    node = start_node(env={"BURROW_CPU_SLOTS": "1", **slow_restart})
     wait_for(lambda: health(node_env).returncode == 0, 60, "the node to report healthy")
     assert "1 worker(s): cpu-0" in health(node_env).stdout
-    # Its only worker dies and (backoff 30 s) is not back yet: unhealthy, the supervisor still up.
+    # Its only worker dies and (backoff 90 s) is not back yet: unhealthy, the supervisor still up.
     status = Path(node_env["BURROW_STATE_DIR"], "slots", "cpu-0.json")
     worker = json.loads(status.read_text())["pid"]
     os.kill(worker, signal.SIGKILL)

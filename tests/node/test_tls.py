@@ -87,25 +87,16 @@ def tls_broker(tmp_path):
     node.stop()
 
 
-def test_a_node_and_a_submitter_work_over_tls_trusting_the_deployments_ca(tls_broker, node_env, tmp_path):
+def test_a_node_and_a_submitter_work_over_tls_trusting_the_deployments_ca(tls_broker, node_env, start_node):
     env = {**node_env, "AMQP_URL": tls_broker.tls_url, "BURROW_AMQP_CA_FILE": str(tls_broker.ca)}
     env["BURROW_CPU_SLOTS"] = "1"
-    node = subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "node.actors", "--processes", "1", "--threads", "1"],
-        env=env,
-        cwd=ROOT,
-        stdout=open(tmp_path / "node.log", "wb"),  # noqa: SIM115 - the child keeps it
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    start_node(argv=[sys.executable, "-m", "dramatiq", "node.actors", "--processes", "1", "--threads", "1"], env=env)
     client = Client(Settings.from_env(env))
     try:
         handle = client.submit("counted", job_key="over-tls", job_type="polling")
-        assert handle.wait(timeout=120)["status"] == "succeeded", (tmp_path / "node.log").read_text()[-3000:]
+        assert handle.wait(timeout=120)["status"] == "succeeded"
     finally:
         client.close()
-        node.terminate()
-        node.wait(timeout=60)
     # Without the deployment's CA the broker's certificate is not trusted: one line, no traceback, no password.
     untrusting = {k: v for k, v in env.items() if k != "BURROW_AMQP_CA_FILE"}
     argv = [sys.executable, "-m", "cloud.cli", "queues"]
