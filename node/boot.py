@@ -20,6 +20,7 @@ from dramatiq.middleware import Callbacks, CurrentMessage, Pipelines
 from . import context, metrics
 from .attempt import drain
 from .attempt.journal import Journal, process_start_time
+from .attempt.lease import lease_timing
 from .broker import QuorumRabbitmqBroker
 from .contract.topology import load_topology
 from .errors import BurrowError
@@ -88,6 +89,7 @@ def build_broker(
             # A job past max_run_s gets the grace period to checkpoint and stop before its process is killed.
             hard_stop_s=settings.grace_s,
             cancel_check_s=settings.cancel_check_s,
+            lease=lease_timing(settings.consumer_timeout_s),  # the attempt's lease, not the slot's
         ),
         Shutdown(slots_dir=settings.state_dir / "slots" if lease is not None else None, slot_id=slot_id),
         Prefetch(prefetch=settings.prefetch),

@@ -67,6 +67,9 @@ class Settings:
             (``BURROW_NODE_HEARTBEAT_S``; 0 disables it); a node silent for 3 of them counts as gone.
         cancel_check_s: How often a node reads a running job's record for a cancel request
             (``BURROW_CANCEL_CHECK_S``).
+        consumer_timeout_s: The broker's ``consumer_timeout`` (``BURROW_CONSUMER_TIMEOUT_S``; RabbitMQ's
+            default, 30 min): a job that runs half of it acks its delivery early and renews a lease instead
+            (``node.attempt.lease``); 0 if the broker has none.
         max_payload_bytes: Largest message a submitter may publish (``BURROW_MAX_PAYLOAD_BYTES``); bigger
             inputs go to storage and travel by reference (``node.contract.inputs``).
         prefetch: Messages each worker process holds (``BURROW_PREFETCH``); 1 so a crash costs one job.
@@ -102,6 +105,7 @@ class Settings:
     heartbeat_s: int = 30
     node_heartbeat_s: float = 10.0
     cancel_check_s: float = 2.0
+    consumer_timeout_s: float = 1800.0
     max_payload_bytes: int = 256 * 1024
     prefetch: int = 1
     delivery_limit: int = 3
@@ -168,6 +172,7 @@ class Settings:
             heartbeat_s=r.integer("BURROW_HEARTBEAT_S", defaults.heartbeat_s, minimum=0),
             node_heartbeat_s=r.number("BURROW_NODE_HEARTBEAT_S", defaults.node_heartbeat_s, minimum=0),
             cancel_check_s=r.number("BURROW_CANCEL_CHECK_S", defaults.cancel_check_s, minimum=0.1),
+            consumer_timeout_s=r.number("BURROW_CONSUMER_TIMEOUT_S", defaults.consumer_timeout_s, minimum=0),
             max_payload_bytes=r.integer("BURROW_MAX_PAYLOAD_BYTES", defaults.max_payload_bytes, minimum=1024),
             prefetch=r.integer("BURROW_PREFETCH", defaults.prefetch, minimum=1),
             delivery_limit=r.integer("BURROW_DELIVERY_LIMIT", defaults.delivery_limit, minimum=0),

@@ -46,9 +46,11 @@ class PrivateRabbitmq:
         base: A directory for all of the node's files.
         config: Extra lines for ``rabbitmq.conf``.
         plugins: Plugins to enable (``rabbitmq_prometheus``, …).
+        advanced: Erlang terms for ``advanced.config`` (settings ``rabbitmq.conf`` has no key for), e.g.
+            ``[{rabbit, [{channel_tick_interval, 1000}]}].``
     """
 
-    def __init__(self, base: Path, config: str = "", plugins: tuple[str, ...] = ()) -> None:
+    def __init__(self, base: Path, config: str = "", plugins: tuple[str, ...] = (), advanced: str = "") -> None:
         self.base = base
         self.port = free_port()
         self.dist_port = free_port()
@@ -69,16 +71,27 @@ class PrivateRabbitmq:
             "HOME": str(base),
             "ERL_CRASH_DUMP": str(base / "erl_crash.dump"),  # not in the working directory
         }
+        if advanced:
+            (base / "advanced.config").write_text(advanced + "\n")
+            self.env["RABBITMQ_ADVANCED_CONFIG_FILE"] = str(base / "advanced.config")
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
 
     def start(self, timeout_s: float = 60) -> None:
+        self.launch()
+        self.wait_ready(timeout_s)
+
+    def launch(self) -> None:
+        """Start the server process (``wait_ready`` waits until it accepts connections)."""
         with open(self.base / "server.out", "ab") as out:
             self.process = subprocess.Popen(
                 [RABBITMQ_SERVER], env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -106,3 +119,68 @@ class PrivateRabbitmq:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def ctl(self, *args: str) -> str:
+        """Run ``rabbitmqctl`` against this node (its HOME holds the Erlang cookie); returns its output."""
+        done = subprocess.run(
+            ["rabbitmqctl", "-q", "-n", self.nodename, *args], env=self.env, capture_output=True, text=True, timeout=60
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
+        return done.stdout
+
+
+class PrivateCluster:
+    """``size`` private nodes that form one RabbitMQ cluster at boot (classic peer discovery, a shared cookie).
+
+    The first node boots alone; the others then boot together and join it.
+    """
+
+    def __init__(self, base: Path, size: int = 3, config: str = "") -> None:
+        self.nodes = [PrivateRabbitmq(base / f"n{i}", config=config) for i in range(size)]
+        cookie = uuid.uuid4().hex.upper()
+        peers = "".join(
+            f"cluster_formation.classic_config.nodes.{i + 1} = {node.nodename}\n" for i, node in enumerate(self.nodes)
+        )
+        for node in self.nodes:
+            with open(node.base / "rabbitmq.conf", "a") as conf:
+                conf.write(f"\ncluster_formation.peer_discovery_backend = classic_config\n{peers}")
+            path = node.base / ".erlang.cookie"
+            path.write_text(cookie)
+            path.chmod(0o400)
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def start(self, timeout_s: float = 120) -> None:
+        first, rest = self.nodes[0], self.nodes[1:]
+        first.start(timeout_s)
+        for node in rest:
+            node.launch()
+        for node in rest:
+            node.wait_ready(timeout_s)
+        for node in self.nodes:  # joined, not a cluster of its own
+            deadline = time.monotonic() + timeout_s
+            while len(self.running_nodes(node)) < len(self.nodes):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{node.nodename} did not join the cluster within {timeout_s}s")
+                time.sleep(0.5)
+
+    def running_nodes(self, node: PrivateRabbitmq) -> list[str]:
+        import json
+
+        status = json.loads(node.ctl("cluster_status", "--formatter", "json"))
+        return list(status.get("running_nodes", []))
+
+    def leader_of(self, queue: str) -> PrivateRabbitmq:
+        """The node that leads quorum queue ``queue``."""
+        for line in self.nodes[0].ctl("list_queues", "name", "leader", "--no-table-headers").splitlines():
+            name, _, leader = line.partition("\t")
+            if name == queue:
+                return next(node for node in self.nodes if node.nodename == leader.strip())
+        raise LookupError(f"no queue {queue!r} on the cluster")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

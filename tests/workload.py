@@ -16,7 +16,9 @@ QUEUE = "tests"
 
 
 def _trace(key: str, **data: object) -> None:
-    node().storage.put(key, json.dumps({"pid": os.getpid(), "time": time.time(), **data}).encode())
+    context = node()
+    trace = {"pid": os.getpid(), "time": time.time(), "node": context.settings.node_id, **data}
+    context.storage.put(key, json.dumps(trace).encode())
 
 
 @dramatiq.actor(queue_name=QUEUE)
@@ -234,3 +236,21 @@ def checkpoints_once(job_key: str) -> None:
     job = current_job()
     job.checkpoint.save(job_key.encode())
     job.checkpoint.flush()
+
+
+@dramatiq.actor(queue_name=QUEUE)
+def runs_long(job_key: str, steps: int, step_s: float) -> dict:
+    """A long job: ``steps`` steps of ``step_s`` seconds (a GPU kernel stands in for the sleep), checkpointed
+    after each; each execution is traced with the step it resumed from, and the result says so too."""
+    from node.job import current_job
+
+    job = current_job()
+    saved = job.checkpoint.load()
+    start = int(saved) if saved else 0
+    _trace(f"runs/{job_key}/{os.getpid()}-{uuid.uuid4().hex[:6]}", resumed_from=start)
+    for step in range(start, steps):
+        if job.should_stop:
+            job.hand_back()
+        time.sleep(step_s)
+        job.checkpoint.save(str(step + 1).encode(), step=step + 1)
+    return {"steps": steps, "resumed_from": start}

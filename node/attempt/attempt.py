@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 from dramatiq import Message
 
 from ..contract.job_options import JobOptions
-from ..contract.record import begin_attempt, cancel_requested, newest_attempt_id
+from ..contract.record import begin_attempt, cancel_requested, newest_attempt_id, release_attempt, renew_lease
 from ..errors import FencedOut, InvalidTransition
 from .context import AttemptContext
 from .policy import Limits
+from .routing import next_message
 
 if TYPE_CHECKING:
     from .runner import AttemptRunner
@@ -61,6 +62,8 @@ class Attempt:
         self.recorded = False
         self.lock = threading.Lock()
         self.token: Any = None
+        self.broker: Any = None  # the broker it arrived through (set by the runner)
+        self.released = False  # its delivery was acked early; it renews a lease (``node.attempt.lease``)
         self._progress_written: dict[str, Any] | None = None
 
     @property
@@ -115,6 +118,56 @@ class Attempt:
         self.recorded = True
         self.context.attempt = number
         self._progress_written = progress
+
+    @property
+    def releasable(self) -> bool:
+        """Whether its delivery can be acked early (a quorum broker's delivery, and a lease timing)."""
+        return (
+            self.runner.lease is not None
+            and hasattr(self.broker, "release")
+            and getattr(self.message, "_tag", None) is not None
+        )
+
+    def release(self) -> None:
+        """Ack the delivery before the broker's ``consumer_timeout`` and leave a lease copy to guard the job
+        (call with ``lock`` held; ``node.attempt.lease``)."""
+        lease = self.runner.lease
+        assert lease is not None
+        if not self.recorded:
+            self.write_record()
+        if self.context.stop_reason == "fenced":
+            return
+        attempt_id = self.context.attempt_id
+        _, ours = self.runner.records.update(
+            self.job_id,
+            lambda record: release_attempt(
+                record, attempt_id, now=self.runner.clock(), renew_every_s=lease.renew_every_s
+            ),
+        )
+        if not ours:
+            self.context.request_stop("fenced")
+            return
+        copy = next_message(self.message, self.settings.job.replace(lease_of=attempt_id, lease_seen=0))
+        self.broker.enqueue(copy, delay=int(lease.check_every_s * 1000))
+        self.released = True  # from here the lease copy guards the job, acked or not
+        if not self.broker.release(self.message):
+            logger.warning("Job %s: the early ack of its delivery is not confirmed yet.", self.job_id)
+        logger.info(
+            "Job %s attempt %d runs past half the consumer timeout: delivery acked, lease checked every %.0fs.",
+            self.job_id,
+            self.context.attempt,
+            lease.check_every_s,
+        )
+
+    def renew(self) -> None:
+        """Renew the lease of a released attempt; one that lost it (declared lost, or superseded) stops."""
+        attempt_id = self.context.attempt_id
+        _, ours = self.runner.records.update(
+            self.job_id, lambda record: renew_lease(record, attempt_id, now=self.runner.clock())
+        )
+        if not ours:
+            logger.warning("Job %s attempt %s lost its lease; stopping it.", self.job_id, attempt_id)
+            self.context.request_stop("fenced")
 
     def write_progress(self) -> None:
         progress = self.context.progress_value

@@ -5,7 +5,9 @@ running attempt: writes its record entry once the job has run ``record_after_s``
 a record write at start), writes its progress every ``progress_every_s`` while it changes, asks it to stop
 at ``max_run_s`` and, if it ignores that for ``hard_stop_s``, calls ``on_overrun`` (which kills the process:
 the only way to free a GPU held by a hung C/CUDA call), and every ``cancel_check_s`` reads the job's record
-for a cancel request (the job then sees ``should_stop`` with reason ``cancelled``).
+for a cancel request (the job then sees ``should_stop`` with reason ``cancelled``). With a ``lease`` timing,
+an attempt that runs ``release_after_s`` acks its delivery early and then renews its lease every
+``renew_every_s`` (``node.attempt.lease``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .gil import fast_switching
+from .lease import LeaseTiming
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +32,16 @@ class Watched(Protocol):
     started_monotonic: float
     max_run_s: float | None
     recorded: bool
+    releasable: bool
+    released: bool
     lock: threading.Lock
 
     def request_stop(self, reason: str) -> None: ...
     def write_record(self) -> None: ...
     def write_progress(self) -> None: ...
     def check_cancel(self) -> None: ...
+    def release(self) -> None: ...
+    def renew(self) -> None: ...
 
 
 class Monitor:
@@ -46,6 +53,7 @@ class Monitor:
         cancel_check_s: Interval between looks at a running job's record for a cancel request.
         hard_stop_s: How long past ``max_run_s`` a job may ignore ``should_stop`` (``None``: forever).
         on_overrun: Called with an attempt that did (from the monitor thread).
+        lease: When attempts release their delivery and renew their lease (``None``: never).
     """
 
     def __init__(
@@ -56,20 +64,23 @@ class Monitor:
         hard_stop_s: float | None,
         on_overrun: Callable[[Watched], None],
         cancel_check_s: float = 2.0,
+        lease: LeaseTiming | None = None,
     ) -> None:
         self.record_after_s = record_after_s
         self.progress_every_s = progress_every_s
         self.cancel_check_s = cancel_check_s
         self.hard_stop_s = hard_stop_s
         self.on_overrun = on_overrun
+        self.lease = lease
         self._watched: dict[int, tuple[Watched, list[float]]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def watch(self, attempt: Watched) -> None:
         with self._lock:
-            # [last progress write, last cancel check]
-            self._watched[id(attempt)] = (attempt, [attempt.started_monotonic, attempt.started_monotonic])
+            # [last progress write, last cancel check, last lease renewal]
+            start = attempt.started_monotonic
+            self._watched[id(attempt)] = (attempt, [start, start, start])
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="burrow-monitor", daemon=True)
                 self._thread.start()
@@ -103,6 +114,13 @@ class Monitor:
                         return  # it finished meanwhile
                 self.on_overrun(attempt)
                 return
+        if self.lease is not None and attempt.releasable:
+            if not attempt.released and ran_s >= self.lease.release_after_s:
+                self._write(attempt, attempt.release)
+                last[2] = now
+            elif attempt.released and now - last[2] >= self.lease.renew_every_s:
+                last[2] = now
+                self._write(attempt, attempt.renew)
         if not attempt.recorded and ran_s >= self.record_after_s:
             self._write(attempt, attempt.write_record)
         elif attempt.recorded and now - last[0] >= self.progress_every_s:

@@ -4,6 +4,9 @@ Arrival: the record is read once (a short job writes nothing yet). A redelivered
 attempt ended without an ack: the node's journal and the record say how (crashed here, killed for overrun,
 or lost), the record is closed accordingly, and the job goes on with its counters updated in a *new* message
 (the broker's delivery count starts again), so a crash loop reaches ``max_failures`` like any failure.
+A *lease copy* (a job longer than the broker's ``consumer_timeout``, ``node.attempt.lease``) is looked at
+instead: dropped, published again, or — its attempt silent for a whole check period — taken as the
+redelivery of a job whose node vanished.
 
 End: the checkpoint is flushed, the decision taken, the record written (one conditional write, fenced: an
 older attempt only closes its own entry), then the job routed. All of it shares one deadline, which during a
@@ -51,9 +54,10 @@ from .attempt import Attempt, JobSettings
 from .context import Artifacts, AttemptContext, Inputs, JobCheckpoint
 from .drain import wait_until_drained
 from .journal import Evidence, Journal
+from .lease import LeaseTiming, Verdict, verdict
 from .monitor import Monitor
 from .policy import SETTLE_DELAY_S, Action, Decision, decide
-from .routing import route
+from .routing import next_message, route
 from .stream import ChunkWriter
 
 logger = logging.getLogger(__name__)
@@ -84,6 +88,8 @@ class AttemptRunner:
         progress_every_s: Interval between progress writes.
         cancel_check_s: Interval between looks at a running job's record for a cancel request.
         hard_stop_s: How long past ``max_run_s`` a job may ignore ``should_stop`` before its process is killed.
+        lease: When a long attempt acks its delivery early and renews a lease instead (``None``: the broker
+            has no ``consumer_timeout``; ``node.attempt.lease.lease_timing``).
         clock: Wall clock (Unix seconds).
         rng: Random source for backoff jitter.
     """
@@ -104,6 +110,7 @@ class AttemptRunner:
         progress_every_s: float = 10.0,
         cancel_check_s: float = 2.0,
         hard_stop_s: float | None = 30.0,
+        lease: LeaseTiming | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -118,6 +125,7 @@ class AttemptRunner:
         self.end_budget_s = end_budget_s
         self.handback_flush_s = handback_flush_s
         self.hard_stop_s = hard_stop_s
+        self.lease = lease
         self.clock = clock
         self.rng = rng or random.Random()
         self.monitor = Monitor(
@@ -126,6 +134,7 @@ class AttemptRunner:
             cancel_check_s=cancel_check_s,
             hard_stop_s=hard_stop_s,
             on_overrun=self._kill_overrun,
+            lease=lease,
         )
         self._local = threading.local()
 
@@ -143,7 +152,13 @@ class AttemptRunner:
         job = settings.job
         try:
             record, etag = self.records.read(job.job_id)
-            evidence, outcome = self._unexplained(message, job, record)
+            lease_lost = False
+            if job.lease_of is not None:  # raises SkipMessage unless the attempt it guards went silent
+                settings, lease_lost = self._look_at_lease(broker, message, settings, record), True
+                job = settings.job
+            evidence, outcome = self._unexplained(message, job, record, ended=lease_lost)
+        except SkipMessage:
+            raise
         except Exception as e:
             logger.warning("Job %s could not start (%s); offering it again later.", job.job_id, e)
             self.not_started(broker, message, settings)
@@ -169,16 +184,37 @@ class AttemptRunner:
         self._notify(broker, job, decision, record)
         raise SkipMessage(decision.reason)
 
+    def _look_at_lease(
+        self, broker: dramatiq.Broker, message: Message, settings: JobSettings, record: dict[str, Any] | None
+    ) -> JobSettings:
+        """A lease copy: drop it, or publish it again for a later look (raising ``SkipMessage``), or — the
+        attempt it guards went silent — return the job's settings without the lease: a job whose node
+        vanished, to be handled like a redelivery."""
+        job = settings.job
+        assert job.lease_of is not None
+        look = verdict(record, job.lease_of, job.lease_seen)
+        if look.verdict is Verdict.LOST and self.journal is not None and self.journal.evidence(job.job_id).running:
+            look = dataclasses.replace(look, verdict=Verdict.RENEW, reason="it still runs in a live process here")
+        if look.verdict is Verdict.LOST:
+            logger.warning("Job %s: %s; its node is gone, running it again.", job.job_id, look.reason)
+            return dataclasses.replace(settings, job=job.replace(lease_of=None, lease_seen=0))
+        if look.verdict is Verdict.RENEW:
+            copy = next_message(message, job.replace(lease_seen=look.renewals))
+            broker.enqueue(copy, delay=int(look.check_every_s * 1000))
+        logger.debug("Lease copy of job %s: %s (%s).", job.job_id, look.verdict.value, look.reason)
+        raise SkipMessage(f"lease {look.verdict.value}: {look.reason}")
+
     def not_started(self, broker: dramatiq.Broker, message: Message, settings: JobSettings) -> None:
         """Offer a job that could not start (storage or broker trouble) again later; nothing is counted."""
         self._local.attempt = None
         self._carry_out(broker, message, self._decide(settings, None, Outcome.NOT_STARTED))
 
     def _unexplained(
-        self, message: Message, job: JobOptions, record: dict[str, Any] | None
+        self, message: Message, job: JobOptions, record: dict[str, Any] | None, *, ended: bool = False
     ) -> tuple[Evidence, Outcome | None]:
-        """How the job's previous attempt ended, when this delivery says it ended without an ack."""
-        redelivered = bool(getattr(message, "redelivered", False)) or getattr(message, "delivery_count", 0) > 0
+        """How the job's previous attempt ended, when this delivery (or, ``ended``, its lease) says it ended
+        without an ack."""
+        redelivered = ended or bool(getattr(message, "redelivered", False)) or getattr(message, "delivery_count", 0) > 0
         if not redelivered or status_of(record) is JobStatus.SUCCEEDED:
             return Evidence(), None
         evidence = self.journal.evidence(job.job_id) if self.journal is not None else Evidence()
@@ -297,6 +333,7 @@ class AttemptRunner:
             inputs=Inputs(self.storage),
         )
         attempt = Attempt(self, message, settings, context, known)
+        attempt.broker = broker
         checkpoint.claim = attempt.claim
         checkpoint.on_fenced = lambda: context.request_stop("fenced")
         if self.journal is not None:

@@ -11,12 +11,18 @@ Extends Dramatiq's private ``_RabbitmqConsumer`` (Dramatiq is pinned exactly for
 * ``x-delivery-count`` and ``redelivered`` are exposed to middleware (``DeliveredMessage``);
 * ``request_cancel()`` (thread-safe) stops the flow of deliveries during a drain; a message that arrives
   after it is handed back untouched (published again, then acked: no delivery count spent) and the
-  connection keeps being serviced, so the running job's ack and heartbeats still flow.
+  connection keeps being serviced, so the running job's ack and heartbeats still flow;
+* ``release(message)`` (thread-safe) acks a delivery whose job goes on running (a job longer than the
+  broker's ``consumer_timeout``, ``node.attempt.lease``): the consumer stops taking deliveries first, so
+  the freed prefetch window brings no second job to a busy worker, and takes them again once every
+  released job of this worker on this queue has ended. Dramatiq's own ack of a released message, at the
+  job's end, is skipped.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +75,11 @@ class QuorumConsumer(_RabbitmqConsumer):
         self.timeout_s = timeout / 1000
         self._cancel_requested = False
         self._cancelled = False
+        self._paused = False  # not consuming while a released job of this worker runs
+        self._releasing: list[tuple[int, threading.Event]] = []  # (delivery tag, done) for the consumer thread
+        self._lock = threading.Lock()
         super().__init__(broker, broker.physical(queue_name), prefetch, timeout)
+        broker.consumers_by_queue[self.logical_queue_name] = self
 
     def request_cancel(self) -> None:
         """Stop taking deliveries (acted on in the consumer thread within one consumer timeout)."""
@@ -80,9 +90,83 @@ class QuorumConsumer(_RabbitmqConsumer):
         """True once a requested cancel has taken effect: no delivery will reach this worker any more."""
         return self._cancelled
 
+    def release(self, message: Message) -> threading.Event:
+        """Ack ``message``'s delivery now although its job runs on (see the module docstring); the returned
+        event is set once the ack is sent (by the consumer thread, within one consumer timeout)."""
+        done = threading.Event()
+        with self._lock:
+            self._released_ids().add(message.message_id)
+            self._releasing.append((message._tag, done))
+        return done
+
+    def ack(self, message) -> None:
+        if not self._end_of_released(message):
+            super().ack(message)
+
+    def nack(self, message) -> None:
+        if self._end_of_released(message):
+            logger.error(
+                "Message %s was acked early (its job outlived the consumer timeout) and cannot be rejected now; "
+                "its lease copy remains.",
+                message.message_id,
+            )
+            return
+        super().nack(message)
+
+    def _released_ids(self) -> set[str]:
+        # On the broker, not on this object: a consumer that reconnects while a released job runs must not
+        # take a second job either (the worker's thread is still busy).
+        return self.broker.released.setdefault(self.logical_queue_name, set())
+
+    def _end_of_released(self, message) -> bool:
+        """The job of a released message ended: forget it (True), or it was never released (False)."""
+        with self._lock:
+            released = self._released_ids()
+            if message.message_id not in released:
+                return False
+            released.discard(message.message_id)
+            for item in self._releasing:
+                if item[0] == message._tag:  # ended before its early ack was sent: ack it as usual
+                    self._releasing.remove(item)
+                    item[1].set()
+                    return False
+            return True
+
+    def _service_releases(self) -> bool:
+        """Send the early acks asked for; True while a released job of this worker runs (take nothing)."""
+        with self._lock:
+            busy = bool(self._released_ids())
+        try:
+            if busy and not self._paused:
+                self._paused = True
+                self._stop_consuming()  # before the ack: a freed prefetch window would bring the next job
+            self._send_early_acks()
+            if not busy and self._paused:
+                self._paused = False
+                self.iterator = self.channel.consume(self.queue_name, inactivity_timeout=self.timeout_s)
+                logger.info("Taking jobs from %r again (its long job ended).", self.queue_name)
+                return False
+            if busy:
+                self.connection.process_data_events(time_limit=self.timeout_s)
+        except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+            raise ConnectionClosed(e) from None
+        return busy
+
+    def _send_early_acks(self) -> None:
+        with self._lock:
+            releasing, self._releasing = self._releasing, []
+        for tag, done in releasing:
+            self.known_tags.discard(tag)
+            self.channel.basic_ack(tag)
+            done.set()
+
     def __next__(self):
         if self._cancel_requested:
             return self._idle_after_cancel()
+        if (self._releasing or self._paused or self.broker.released.get(self.logical_queue_name)) and (
+            self._service_releases()
+        ):
+            return None
         try:
             method, properties, body = next(self.iterator)
         except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
@@ -179,15 +263,20 @@ class QuorumConsumer(_RabbitmqConsumer):
         try:
             if not self._cancelled:
                 self._cancelled = True
-                # Deliveries already buffered in pika would be rejected with requeue by cancel() (spending a
-                # delivery each): hand them back untouched first.
-                for _ in range(self.channel.get_waiting_message_count()):
-                    method, _properties, body = next(self.iterator)
-                    if method is not None:
-                        self._hand_back_untouched(method.delivery_tag, body)
-                self.channel.cancel()
+                if not self._paused:
+                    self._stop_consuming()
                 logger.info("Stopped taking new jobs from %r.", self.queue_name)
+            self._send_early_acks()  # a long job's early ack still goes out during a drain
             self.connection.process_data_events(time_limit=self.timeout_s)
         except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
             raise ConnectionClosed(e) from None
         return None
+
+    def _stop_consuming(self) -> None:
+        # Deliveries already buffered in pika would be rejected with requeue by cancel() (spending a delivery
+        # each): hand them back untouched first.
+        for _ in range(self.channel.get_waiting_message_count()):
+            method, _properties, body = next(self.iterator)
+            if method is not None:
+                self._hand_back_untouched(method.delivery_tag, body)
+        self.channel.cancel()

@@ -7,7 +7,8 @@ queues in the order the topology gives (every urgent queue, then bulk, then test
 takes the first message found. So:
 
 * a slot never holds more than ``prefetch`` unacked messages across all its queues (the ack of the previous
-  job is sent before the next ``basic.get``, on the same channel);
+  job is sent before the next ``basic.get``, on the same channel); a job whose delivery was released early
+  (``QuorumConsumer.release``) still counts until it ends;
 * an urgent job waiting when the slot frees is the next one it runs, however many bulk jobs wait;
 * the cost: an idle slot polls. It backs off from ``POLL_MIN_S`` to ``POLL_MAX_S`` while every queue is
   empty, so a job submitted to an idle network waits up to ``POLL_MAX_S`` to start, and each idle slot asks
@@ -19,6 +20,7 @@ Envelope checks, ``eta`` and dead-lettering are ``QuorumConsumer``'s (this exten
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING
 
 import pika
@@ -65,6 +67,11 @@ class PriorityConsumer(QuorumConsumer):
         self._cancelled = False
         self._pause_s = POLL_MIN_S
         self.known_tags: set[int] = set()
+        self._paused = False
+        self._releasing: list = []
+        self._lock = threading.Lock()
+        for queue in self.queues:
+            broker.consumers_by_queue[queue] = self
         try:
             self.connection = pika.BlockingConnection(parameters=broker.parameters)
             self.channel = self.connection.channel()
@@ -75,9 +82,13 @@ class PriorityConsumer(QuorumConsumer):
         try:
             # Send the acks Dramatiq queued since the last call first: they free the slot.
             self.connection.process_data_events(time_limit=0)
+            self._send_early_acks()
             if self._cancel_requested:
                 self._cancelled = True  # checked between polls: no basic.get is in flight
-            if self._cancel_requested or len(self.known_tags) >= self.limit:
+            with self._lock:
+                # A released job (acked early, still running) keeps its place: the slot is busy with it.
+                held = len(self.known_tags) + len(self._released_ids())
+            if self._cancel_requested or held >= self.limit:
                 self.connection.process_data_events(time_limit=self.timeout_s)  # woken early by an ack
                 return None
             for queue in self.queues:

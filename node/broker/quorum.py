@@ -101,6 +101,10 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         self.dead_letter_exchange = queue_prefix + DEAD_LETTER_EXCHANGE
         self._wait_buckets_declared: set[int] = set()
         self._unannounced: set[str] = set()
+        #: This process's newest consumer of each queue, and the ids of messages whose delivery was acked
+        #: early while their job runs (``QuorumConsumer.release``).
+        self.consumers_by_queue: dict[str, QuorumConsumer] = {}
+        self.released: dict[str, set[str]] = {}
 
     # -- names -------------------------------------------------------------------------------------------
 
@@ -395,6 +399,13 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
             return PriorityConsumer(self, queue_name, self.serves, prefetch, timeout)
         self.declare_queue(queue_name, ensure=True)
         return self.consumer_class(self, queue_name, prefetch, timeout)
+
+    def release(self, message: Message, timeout_s: float = 5.0) -> bool:
+        """Ack ``message``'s delivery while its job runs on (``QuorumConsumer.release``); True once sent."""
+        consumer = self.consumers_by_queue.get(message.queue_name)
+        if consumer is None or getattr(message, "_tag", None) is None:
+            return False
+        return consumer.release(message).wait(timeout_s)
 
     def inspect_queue(self, queue_name: str) -> tuple[int, int] | None:
         """(ready messages, subscribed consumers) of a queue, or ``None`` if the broker lacks it; declares

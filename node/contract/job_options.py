@@ -103,6 +103,9 @@ class JobOptions:
             be written; the next delivery records the success without running the job again.
         reply_to: A queue that a waiting submitter reads (sync jobs): the node publishes the job's outcome
             there once the record holds it.
+        lease_of: On a lease copy (``node.attempt.lease``): the id of the running attempt whose released
+            delivery this copy guards.
+        lease_seen: On a lease copy: that attempt's renewal count when the copy was published.
         signature: ``<key id>:<base64 Ed25519 signature>`` by the cloud (``node.contract.signing``); nodes
             with trusted keys run only jobs whose signature matches.
         version: Schema version of this dict.
@@ -120,6 +123,8 @@ class JobOptions:
     trace: dict[str, str] = field(default_factory=dict)
     unrecorded_success: str | None = None
     reply_to: str | None = None
+    lease_of: str | None = None
+    lease_seen: int = 0
     signature: str | None = None
     version: int = SCHEMA_VERSION
 
@@ -150,6 +155,10 @@ class JobOptions:
             problems.append("trace must be an object of strings")
         if self.unrecorded_success is not None and not isinstance(self.unrecorded_success, str):
             problems.append("unrecorded_success must be an attempt id")
+        if self.lease_of is not None and not (isinstance(self.lease_of, str) and 0 < len(self.lease_of) <= 64):
+            problems.append("lease_of must be an attempt id")
+        if not isinstance(self.lease_seen, int) or isinstance(self.lease_seen, bool) or self.lease_seen < 0:
+            problems.append(f"lease_seen must be a non-negative integer, got {self.lease_seen!r}")
         if self.reply_to is not None and not (isinstance(self.reply_to, str) and 0 < len(self.reply_to) <= 255):
             problems.append("reply_to must be a queue name (1-255 characters)")
         if self.signature is not None and not (isinstance(self.signature, str) and 0 < len(self.signature) <= 256):

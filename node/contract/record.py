@@ -290,6 +290,29 @@ def end_attempt(
     return True
 
 
+def release_attempt(record: dict[str, Any], attempt_id: str, *, now: float, renew_every_s: float) -> bool:
+    """Note that attempt ``attempt_id`` acked its delivery early and renews a lease instead
+    (``node.attempt.lease``); ``False`` when it is no longer the job's open, newest attempt."""
+    entry = _entry(record, attempt_id)
+    if entry is None or entry["outcome"] is not None or newest_attempt_id(record) != attempt_id:
+        return False
+    entry.setdefault("released_at", now)
+    entry.setdefault("renewals", 0)
+    entry["lease_renew_s"] = renew_every_s
+    return True
+
+
+def renew_lease(record: dict[str, Any], attempt_id: str, *, now: float) -> bool:
+    """Count one renewal of attempt ``attempt_id``'s lease; ``False`` when it is no longer the job's open,
+    newest attempt (a lease check declared it lost, or a newer attempt runs): it must stop."""
+    entry = _entry(record, attempt_id)
+    if entry is None or entry["outcome"] is not None or newest_attempt_id(record) != attempt_id:
+        return False
+    entry["renewals"] = int(entry.get("renewals", 0)) + 1
+    entry["renewed_at"] = now
+    return True
+
+
 def mark_killed(record: dict[str, Any], attempt_id: str, error: str) -> None:
     """Note that ``attempt_id`` is being killed for overrunning its reservation (the next attempt closes it)."""
     entry = _entry(record, attempt_id)

@@ -14,6 +14,7 @@ from dramatiq import Message
 from dramatiq.middleware import SkipMessage
 
 from ..attempt.journal import Journal
+from ..attempt.lease import LeaseTiming
 from ..attempt.policy import Limits, expiry
 from ..attempt.runner import AttemptRunner, JobSettings
 from ..contract.envelope import check_fields
@@ -50,6 +51,8 @@ class JobLifecycle(dramatiq.Middleware):
         progress_every_s: How often a running job's progress is written to its record.
         cancel_check_s: How often a running job's record is read for a cancel request.
         handback_flush_s: How long an ending attempt waits for its last checkpoint upload.
+        lease: When a long job acks its delivery early and renews a lease instead (``node.attempt.lease``;
+            ``None``: never).
         clock: Wall clock (Unix seconds).
         rng: Random source for backoff jitter.
     """
@@ -78,6 +81,7 @@ class JobLifecycle(dramatiq.Middleware):
         progress_every_s: float = 10.0,
         cancel_check_s: float = 2.0,
         handback_flush_s: float = 10.0,
+        lease: LeaseTiming | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -107,6 +111,7 @@ class JobLifecycle(dramatiq.Middleware):
             progress_every_s=progress_every_s,
             cancel_check_s=cancel_check_s,
             handback_flush_s=handback_flush_s,
+            lease=lease,
             clock=clock,
             rng=rng,
         )
