@@ -14,6 +14,8 @@ from pathlib import Path
 import pika
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+#: Not /usr/sbin/rabbitmqctl: that wrapper runs as the rabbitmq user, whose HOME has another Erlang cookie.
+RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -123,7 +125,7 @@ class PrivateRabbitmq:
     def ctl(self, *args: str) -> str:
         """Run ``rabbitmqctl`` against this node (its HOME holds the Erlang cookie); returns its output."""
         done = subprocess.run(
-            ["rabbitmqctl", "-q", "-n", self.nodename, *args], env=self.env, capture_output=True, text=True, timeout=60
+            [RABBITMQCTL, "-q", "-n", self.nodename, *args], env=self.env, capture_output=True, text=True, timeout=60
         )
         if done.returncode != 0:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
@@ -160,12 +162,11 @@ class PrivateCluster:
             node.launch()
         for node in rest:
             node.wait_ready(timeout_s)
-        for node in self.nodes:  # joined, not a cluster of its own
-            deadline = time.monotonic() + timeout_s
-            while len(self.running_nodes(node)) < len(self.nodes):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{node.nodename} did not join the cluster within {timeout_s}s")
-                time.sleep(0.5)
+        deadline = time.monotonic() + timeout_s
+        while len(self.running_nodes(first)) < len(self.nodes):  # each joined, none a cluster of its own
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the nodes did not form one cluster within {timeout_s}s")
+            time.sleep(0.5)
 
     def running_nodes(self, node: PrivateRabbitmq) -> list[str]:
         import json

@@ -1,0 +1,89 @@
+"""Acceptance: a 3-node RabbitMQ cluster loses the node that leads the work queue mid-run (private nodes on
+loopback, never the shared broker). Nodes, router and submitter list every cluster node in ``AMQP_URL`` and
+fail over to the survivors: no job is lost and none succeeds twice. The stall is printed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from node.broker import QuorumRabbitmqBroker
+from node.storage.records import RecordStore
+from tests.conftest import job_message, wait_for
+from tests.rabbitmq_node import RABBITMQ_SERVER, PrivateCluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
+
+NODE_ARGV = [sys.executable, "-m", "dramatiq", "node.actors", "--processes", "1", "--threads", "1"]
+ROUTER_ARGV = [sys.executable, "-m", "dramatiq", "cloud.router", "--processes", "1", "--threads", "2"]
+FAST = {"BURROW_NODE_HEARTBEAT_S": "2", "BURROW_ROUTER_COOLDOWN_S": "0.1", "BURROW_CPU_SLOTS": "1"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if not Path(RABBITMQ_SERVER).exists() and shutil.which("rabbitmq-server") is None:
+        pytest.fail("rabbitmq-server is not installed: the cluster test needs private nodes", pytrace=False)
+    cluster = PrivateCluster(tmp_path_factory.mktemp("cluster"), size=3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _events(storage, prefix: str) -> list[float]:
+    return sorted(json.loads(storage.get(key)[0])["time"] for key in storage.list(prefix))
+
+
+def test_losing_the_leader_of_the_work_queue_loses_no_job_and_runs_none_twice_to_success(
+    cluster, queue_prefix, storage, start_node, tmp_path, capsys
+):
+    # Given two nodes and a router on a 3-node cluster, every client listing all three nodes
+    amqp_url = ";".join(cluster.urls)
+    for name in ("node-a", "node-b"):
+        env = {**FAST, "AMQP_URL": amqp_url, "BURROW_NODE_ID": name, "BURROW_STATE_DIR": str(tmp_path / name)}
+        start_node(argv=NODE_ARGV, env=env)
+    start_node(argv=ROUTER_ARGV, env={**FAST, "AMQP_URL": amqp_url})
+    submitter = QuorumRabbitmqBroker(url=amqp_url, queue_prefix=queue_prefix)
+    records = RecordStore(storage)
+    keys = [f"job-{i:02d}" for i in range(16)]
+
+    def submit(batch: list[str]) -> None:
+        for key in batch:
+            if key.endswith(("3", "7")):  # these fail on node A: the router sends them to node B
+                submitter.enqueue(job_message("tests", "fails_on_node", key, job_key=key, bad_node="node-a"))
+            else:  # checkpointing jobs
+                submitter.enqueue(job_message("tests", "runs_long", key, job_key=key, steps=4, step_s=0.25))
+
+    submit(keys[:8])
+    wait_for(lambda: len(list(storage.list("runs/"))) >= 3, 90, "the first jobs to run")
+
+    # When the node that leads the work queue stops mid-run: the first one listed, to which every client
+    # connected (a queue's leader is the node its declaring client is connected to)
+    leader = cluster.leader_of(queue_prefix + "tests")
+    assert leader is cluster.nodes[0]
+    stopped_at = time.time()
+    leader.stop()
+    submit(keys[8:])  # the submitter fails over too
+
+    # Then every job succeeds, exactly once, and nothing is left in the queue
+    def succeeded() -> list[str]:
+        return [k for k in keys if (records.get(k) or {}).get("status") == "succeeded"]
+
+    wait_for(lambda: len(succeeded()) == len(keys), 180, "every job to succeed")
+    for key in keys:
+        outcomes = [a["outcome"] for a in records.get(key)["attempts"]]
+        assert outcomes.count("succeeded") == 1, (key, outcomes)
+    wait_for(lambda: submitter.get_queue_message_counts("tests") == (0, 0, 0), 60, "an empty work queue")
+    submitter.close()
+
+    # (the stall: from the leader's stop to the next job that starts)
+    starts = [t for t in _events(storage, "runs/") if t > stopped_at]
+    with capsys.disabled():
+        stall_s = starts[0] - stopped_at
+        print(f"\n[cluster failover] leader {leader.nodename} stopped; work resumed after {stall_s:.1f}s")
