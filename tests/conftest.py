@@ -288,6 +288,9 @@ def start_node(node_env: dict[str, str], tmp_path: Path, request) -> Iterator[Ca
         return node
 
     yield start
+    for node in started:  # all at once: each drains within its grace period, side by side
+        if node.process.poll() is None:
+            node.process.terminate()
     for node in started:
         node.stop()
     outcome = getattr(request.node, "rep_call", None)

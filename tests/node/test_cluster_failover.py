@@ -1,6 +1,7 @@
 """Acceptance: a 3-node RabbitMQ cluster loses the node that leads the work queue mid-run (private nodes on
 loopback, never the shared broker). Nodes, router and submitter list every cluster node in ``AMQP_URL`` and
-fail over to the survivors: no job is lost and none succeeds twice. The stall is printed."""
+fail over to the survivors: no job is lost, none succeeds twice, and the router still places and quarantines
+failed jobs. The stall is printed."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def cluster(tmp_path_factory):
         cluster.start()
         yield cluster
     finally:
-        cluster.stop()
+        cluster.discard()  # its files are thrown away: no clean shutdown needed
 
 
 def _events(storage, prefix: str) -> list[float]:
@@ -70,6 +71,8 @@ def test_losing_the_leader_of_the_work_queue_loses_no_job_and_runs_none_twice_to
     stopped_at = time.time()
     leader.stop()
     submit(keys[8:])  # the submitter fails over too
+    # (and a job that fails on every node: only the router can place it again, then quarantine it)
+    submitter.enqueue(job_message("tests", "fails_on_node", "poison", job_key="poison", bad_node="*"))
 
     # Then every job succeeds, exactly once, and nothing is left in the queue
     def succeeded() -> list[str]:
@@ -79,6 +82,9 @@ def test_losing_the_leader_of_the_work_queue_loses_no_job_and_runs_none_twice_to
     for key in keys:
         outcomes = [a["outcome"] for a in records.get(key)["attempts"]]
         assert outcomes.count("succeeded") == 1, (key, outcomes)
+    # and the router, failed over too, re-dispatched the failing job to the other node, then quarantined it
+    wait_for(lambda: (records.get("poison") or {}).get("status") == "quarantined", 120, "the poison job quarantined")
+    assert {json.loads(storage.get(k)[0])["node"] for k in storage.list("runs/poison/")} == {"node-a", "node-b"}
     wait_for(lambda: submitter.get_queue_message_counts("tests") == (0, 0, 0), 60, "an empty work queue")
     submitter.close()
 

@@ -251,8 +251,8 @@ def test_a_job_over_its_reservation_is_stopped_checkpointed_and_retried_as_a_fai
 def test_a_job_that_ignores_its_reservation_stop_is_killed_with_its_process_and_counted_as_a_failure(
     broker, storage, start_node
 ):
-    # Given a job stuck in code that never checks should_stop, past its max_run_s (1 s) and the 5 s grace
-    start_node("--processes", "1")
+    # Given a job stuck in code that never checks should_stop, past its max_run_s (1 s) and a 1 s grace
+    start_node("--processes", "1", env={"BURROW_GRACE_S": "1"})
     broker.enqueue(job_message("tests", "hangs_once", "hung", job_key="hung"))
 
     # Then its worker process is killed, the job comes back, and the next attempt completes

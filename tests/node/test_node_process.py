@@ -97,8 +97,8 @@ def test_killing_one_worker_leaves_the_other_running_and_it_comes_back(broker, s
     start_node()
     state_dir = tmp_path / "state"
     first = wait_for(lambda: len(slot_statuses(state_dir)) == 2 and slot_statuses(state_dir), 60, "two workers")
-    send(broker, "tests", "tracked", job_key="a", work_s=4)
-    send(broker, "tests", "tracked", job_key="b", work_s=4)
+    send(broker, "tests", "tracked", job_key="a", work_s=2)
+    send(broker, "tests", "tracked", job_key="b", work_s=2)
     wait_for(lambda: runs(storage, "a") and runs(storage, "b"), 60, "both jobs to start")
     (pid_a,), (pid_b,) = runs(storage, "a"), runs(storage, "b")
     assert pid_a != pid_b

@@ -84,7 +84,7 @@ def tls_broker(tmp_path):
     node.tls_url = f"amqps://guest:guest@localhost:{port}/%2F"
     node.ca = pki / "ca.pem"
     yield node
-    node.stop()
+    node.discard()  # its files are thrown away: no clean shutdown needed
 
 
 def test_a_node_and_a_submitter_work_over_tls_trusting_the_deployments_ca(tls_broker, node_env, start_node):
@@ -105,3 +105,52 @@ def test_a_node_and_a_submitter_work_over_tls_trusting_the_deployments_ca(tls_br
     assert "CERTIFICATE_VERIFY_FAILED" in done.stderr or "certificate verify failed" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and ":guest@" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def https_s3(tmp_path):
+    """The loopback S3 endpoint (moto) served over https with a certificate from the test's CA."""
+    import ssl
+    import threading
+
+    from moto.moto_server.threaded_moto_server import MotoRequestHandler
+    from moto.server import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    pki = tmp_path / "pki-s3"
+    pki.mkdir()
+    write_pki(pki)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki / "server.pem", pki / "server.key")
+    app = DomainDispatcherApplication(create_backend_app)
+    server = make_server("127.0.0.1", 0, app, True, request_handler=MotoRequestHandler, ssl_context=context)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://localhost:{server.server_address[1]}", pki / "ca.pem"
+    server.shutdown()
+    thread.join()
+
+
+def test_s3_storage_over_https_trusts_the_deployments_ca_and_refuses_an_unknown_one(https_s3, monkeypatch):
+    import boto3
+
+    from node.storage import open_storage
+
+    endpoint, ca = https_s3
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca))  # boto3's own setting for a private CA
+    keys = {"access_key_id": "testing", "secret_access_key": "testing"}
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", verify=str(ca), **_aws(keys))
+    client.create_bucket(Bucket="tls-bucket")
+    storage = open_storage("s3://tls-bucket/jobs", endpoint_url=endpoint, **keys)
+    storage.put("records/a.json", b"{}")
+    assert storage.get("records/a.json")[0] == b"{}"
+
+    # Trusting only the system's CAs, the endpoint's certificate is refused
+    monkeypatch.delenv("AWS_CA_BUNDLE")
+    untrusting = open_storage("s3://tls-bucket/jobs", endpoint_url=endpoint, **keys)
+    with pytest.raises(Exception, match="(?i)certificate verify failed"):
+        untrusting.get("records/a.json")
+
+
+def _aws(keys: dict[str, str]) -> dict[str, str]:
+    return {"aws_access_key_id": keys["access_key_id"], "aws_secret_access_key": keys["secret_access_key"]}

@@ -1,0 +1,91 @@
+"""CPU per no-op job of the node's job middleware, in one process, without a broker.
+
+Drives the hooks a worker thread runs for each message (``JobSubmission``, ``Tracing`` and ``JobLifecycle``
+over local storage) for N no-op jobs, and prints the process CPU per job next to a baseline measured in the
+same run: the same loop through Dramatiq's own per-message work only (decoding the body, the message proxy,
+``CurrentMessage``). The broker round trip is left out on purpose: this is the figure the node core can cut
+(bench/README.md, "where the time goes"). ``--profile`` prints the top functions by own time.
+
+    python bench/lifecycle_cpu.py [--jobs 3000] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dramatiq
+from dramatiq import Message
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import CurrentMessage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from node.middleware import JobLifecycle, JobSubmission, Tracing  # noqa: E402
+from node.storage import LocalStorage  # noqa: E402
+
+
+def _broker(middleware: list) -> tuple[StubBroker, dramatiq.Actor]:
+    broker = StubBroker(middleware=middleware)
+    actor = dramatiq.Actor(lambda: None, broker=broker, actor_name="noop", queue_name="q", priority=0, options={})
+    broker.declare_actor(actor)
+    return broker, actor
+
+
+def run(jobs: int, *, full: bool, folder: Path) -> float:
+    """CPU seconds per job for ``jobs`` no-op jobs (``full``: through the node's job middleware)."""
+    middleware = [CurrentMessage()]
+    if full:
+        storage = LocalStorage(folder)
+        middleware += [JobSubmission(), Tracing(), JobLifecycle(storage=storage, node_id="bench")]
+    broker, actor = _broker(middleware)
+    bodies = [
+        broker.enqueue(Message(queue_name="q", actor_name="noop", args=(), kwargs={}, options={})).encode()
+        for _ in range(jobs)
+    ]
+    broker.flush_all()
+    began = time.process_time()
+    for body in bodies:
+        message = MessageProxy(Message.decode(body))
+        try:
+            broker.emit_before("process_message", message)
+            result = actor.fn()
+            broker.emit_after("process_message", message, result=result)
+        except dramatiq.middleware.SkipMessage:
+            broker.emit_after("skip_message", message)
+    return (time.process_time() - began) / jobs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.profile:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            run(args.jobs, full=True, folder=Path(tmp) / "profile")
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+            return
+        bare, full = [], []
+        for n in range(args.rounds):  # interleaved, so drift hits both alike
+            bare.append(run(args.jobs, full=False, folder=Path(tmp) / f"bare-{n}"))
+            full.append(run(args.jobs, full=True, folder=Path(tmp) / f"full-{n}"))
+    bare_us, full_us = min(bare) * 1e6, min(full) * 1e6
+    print(f"{args.jobs} no-op jobs, best of {args.rounds} interleaved rounds, process CPU per job:")
+    print(f"  Dramatiq's own per-message work (baseline): {bare_us:7.1f} µs")
+    print(f"  + node job middleware (local storage):      {full_us:7.1f} µs ({full_us / bare_us:.1f}× baseline)")
+    print(f"  the node middleware's own cost:             {full_us - bare_us:7.1f} µs per job")
+
+
+if __name__ == "__main__":
+    main()
