@@ -38,7 +38,7 @@ def _broker(middleware: list) -> tuple[StubBroker, dramatiq.Actor]:
     return broker, actor
 
 
-def run(jobs: int, *, full: bool, folder: Path) -> float:
+def run(jobs: int, *, full: bool, folder: Path, profiler: cProfile.Profile | None = None) -> float:
     """CPU seconds per job for ``jobs`` no-op jobs (``full``: through the node's job middleware)."""
     middleware = [CurrentMessage()]
     if full:
@@ -50,6 +50,8 @@ def run(jobs: int, *, full: bool, folder: Path) -> float:
         for _ in range(jobs)
     ]
     broker.flush_all()
+    if profiler is not None:
+        profiler.enable()
     began = time.process_time()
     for body in bodies:
         message = MessageProxy(Message.decode(body))
@@ -59,7 +61,10 @@ def run(jobs: int, *, full: bool, folder: Path) -> float:
             broker.emit_after("process_message", message, result=result)
         except dramatiq.middleware.SkipMessage:
             broker.emit_after("skip_message", message)
-    return (time.process_time() - began) / jobs
+    spent = time.process_time() - began
+    if profiler is not None:
+        profiler.disable()
+    return spent / jobs
 
 
 def main() -> None:
@@ -71,9 +76,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.profile:
             profiler = cProfile.Profile()
-            profiler.enable()
-            run(args.jobs, full=True, folder=Path(tmp) / "profile")
-            profiler.disable()
+            run(args.jobs, full=True, folder=Path(tmp) / "profile", profiler=profiler)
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
             return
         bare, full = [], []
