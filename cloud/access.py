@@ -8,7 +8,8 @@ administrator's credentials in it):
 * read (consume, ``basic.get``): the subcloud's work queues only — a node of ``acme`` cannot take a job of
   ``public``, and the broker closes its channel with ``ACCESS_REFUSED`` if it tries;
 * configure (declare): its own work and dead-letter queues and what every node declares (wait queues, the
-  dead-letter exchange, the registry and chunk streams, ``failed-jobs``);
+  dead-letter exchange, the registry and chunk streams, ``failed-jobs``, the cancel exchange and each worker's
+  server-named queue bound to it);
 * write (publish, bind): the same, and the default exchange — through which Burrow publishes retries,
   hand-backs, reports and chunks. RabbitMQ cannot restrict a default-exchange publish by queue, so a node could
   publish *into* another subcloud's queue; with signed jobs on (``BURROW_TRUSTED_KEYS``) such a message is
@@ -57,9 +58,10 @@ def permissions(prefix: str, subcloud: str) -> tuple[str, str, str]:
     p, s = re.escape(prefix), re.escape(subcloud)
     work = rf"{s}\.[^.]+\.[^.]+\.[^.]+"  # {subcloud}.{job type}.{model}.{priority}
     shared = r"burrow\.(wait\.\d+ms|dead-letter|nodes|chunks)|failed-jobs(\.XQ)?"
-    configure = rf"^{p}({work}(\.XQ)?|{shared})$"
-    write = rf"^(amq\.default|{p}({work}(\.XQ)?|{shared}))$"
-    read = rf"^{p}({work}|burrow\.(wait\.\d+ms|dead-letter))$"
+    own = r"amq\.gen-[^.]+"  # a worker's exclusive, server-named queue for cancel broadcasts
+    configure = rf"^({own}|{p}({work}(\.XQ)?|{shared}|burrow\.cancel))$"
+    write = rf"^(amq\.default|{own}|{p}({work}(\.XQ)?|{shared}))$"
+    read = rf"^({own}|{p}({work}|burrow\.(wait\.\d+ms|dead-letter|cancel)))$"
     return configure, write, read
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -61,6 +62,8 @@ from .replies import ReplyListener
 RECORDED_AT_SUBMIT = frozenset({"polling", "stream", "batch"})
 #: Longest pause between two reads of a record while waiting for a job to settle.
 POLL_MAX_S = 1.0
+
+logger = logging.getLogger(__name__)
 
 
 class UnknownActor(CloudError):
@@ -457,6 +460,13 @@ class JobHandle:
             return request_cancel(record, now=time.time(), by="submitter")
 
         _, left = self.client.records.update(self.job_id, mutate)
+        if left is None:
+            try:  # the node running it stops it now, rather than at its next record read
+                self.client.broker.broadcast_cancel(self.job_id)
+            except Exception as e:
+                logger.warning(
+                    "Cancel of job %s not broadcast (%s); its node reads it from the record.", self.job_id, e
+                )
         return left.value if left is not None else "running"
 
     def stream(self, from_seq: int = 0, *, timeout: float | None = None) -> Iterator[Any]:

@@ -24,7 +24,16 @@ from .attempt.lease import lease_timing
 from .broker import QuorumRabbitmqBroker
 from .contract.topology import load_topology
 from .errors import BurrowError
-from .middleware import JobLifecycle, JobSubmission, NodeHeartbeat, Prefetch, Shutdown, SlotConsumer, Tracing
+from .middleware import (
+    CancelListener,
+    JobLifecycle,
+    JobSubmission,
+    NodeHeartbeat,
+    Prefetch,
+    Shutdown,
+    SlotConsumer,
+    Tracing,
+)
 from .settings import Settings
 from .storage import Storage, storage_from_settings
 from .supervisor.process import die_with_parent
@@ -94,6 +103,7 @@ def build_broker(
         Shutdown(slots_dir=settings.state_dir / "slots" if lease is not None else None, slot_id=slot_id),
         Prefetch(prefetch=settings.prefetch),
         SlotConsumer(),
+        CancelListener(storage=storage),
         NodeHeartbeat(
             node_id=settings.node_id,
             slot_id=slot_id,

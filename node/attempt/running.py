@@ -59,3 +59,9 @@ def running_jobs() -> list[tuple[str, str]]:
     """The jobs running in this process now: (job id, queue it came from)."""
     with _lock:
         return sorted((context.job_id, queue) for context, queue in _running.items())
+
+
+def contexts_of(job_id: str) -> list[JobContext]:
+    """The running contexts of job ``job_id`` in this process (usually none or one)."""
+    with _lock:
+        return [context for context in _running if context.job_id == job_id]

@@ -17,6 +17,7 @@ one vhost; Dramatiq and the actors only ever see the logical names.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +34,7 @@ from dramatiq.middleware import Middleware
 from .. import metrics
 from ..contract.job_options import OPTION_KEY, JobOptions
 from ..contract.queues import (
+    CANCEL_EXCHANGE,
     DEAD_LETTER_EXCHANGE,
     DETAIL_HEADER,
     REASON_HEADER,
@@ -333,6 +335,21 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
             )
 
         self._with_reconnect(publish, routing_key)
+
+    def broadcast_cancel(self, job_id: str) -> None:
+        """Tell every worker process that job ``job_id`` was cancelled (``node.middleware.cancel``); best
+        effort and unconfirmed routing: a worker that misses it sees the cancel in the record."""
+        exchange = self.queue_prefix + CANCEL_EXCHANGE
+
+        def publish() -> None:
+            channel = self.channel
+            declared = channel.__dict__.setdefault("_burrow_declared", set())
+            if exchange not in declared:
+                channel.exchange_declare(exchange=exchange, exchange_type="fanout", durable=True)
+                declared.add(exchange)
+            channel.basic_publish(exchange=exchange, routing_key="", body=json.dumps({"job_id": job_id}).encode())
+
+        self._with_reconnect(publish, exchange)
 
     def dead_letter(self, queue_name: str, body: bytes, *, reason: str, detail: str = "") -> None:
         """Put ``body`` into ``queue_name``'s dead-letter queue with ``reason`` (and ``detail``) in its headers.

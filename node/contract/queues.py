@@ -14,6 +14,10 @@ DEAD_LETTER_EXCHANGE = "burrow.dead-letter"
 REASON_HEADER = "x-burrow-reason"
 DETAIL_HEADER = "x-burrow-detail"
 
+#: The fanout exchange a submitter's cancel is broadcast on: every worker process binds a queue of its own to it
+#: (``node.middleware.cancel``) and stops the job at once if it runs it. The record stays the authority.
+CANCEL_EXCHANGE = "burrow.cancel"
+
 #: The durable queue of jobs whose budget is spent, consumed by the cloud-side router actor.
 FAILED_JOBS_QUEUE = "failed-jobs"
 FAILED_JOBS_ACTOR = "route_failed_job"

@@ -1,5 +1,6 @@
 """Node middleware: Dramatiq hooks only, one concern per module, each a ``dramatiq.Middleware``."""
 
+from .cancel import CancelListener
 from .heartbeat import NodeHeartbeat
 from .lifecycle import JobLifecycle
 from .prefetch import Prefetch
@@ -8,4 +9,13 @@ from .slot import SlotConsumer
 from .submission import JobSubmission
 from .tracing import Tracing
 
-__all__ = ["JobLifecycle", "JobSubmission", "NodeHeartbeat", "Prefetch", "Shutdown", "SlotConsumer", "Tracing"]
+__all__ = [
+    "CancelListener",
+    "JobLifecycle",
+    "JobSubmission",
+    "NodeHeartbeat",
+    "Prefetch",
+    "Shutdown",
+    "SlotConsumer",
+    "Tracing",
+]

@@ -152,7 +152,10 @@ class LocalStorage(Storage):
         db = self._db(create=False)
         if db is None:
             return None
-        return db.execute("SELECT etag, size, data, file FROM objects WHERE key = ?", (key,)).fetchone()
+        row = db.execute("SELECT etag, size, data, file FROM objects WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            self._local.seen = (key, row[0], row[3])  # a version's file never changes: see ``_write``
+        return row
 
     def _write(
         self,
@@ -179,7 +182,13 @@ class LocalStorage(Storage):
             if if_match is not None:
                 # The etag names one version of the row, so the blob it names is known before the write, and
                 # the write itself is one statement that takes effect only if that version is still there.
-                current = db.execute("SELECT file FROM objects WHERE key = ? AND etag = ?", (key, if_match)).fetchone()
+                seen = getattr(self._local, "seen", None)
+                if seen is not None and seen[0] == key and seen[1] == if_match:
+                    current = (seen[2],)  # this thread read that version last: its file is known
+                else:
+                    current = db.execute(
+                        "SELECT file FROM objects WHERE key = ? AND etag = ?", (key, if_match)
+                    ).fetchone()
                 with self._write_lock:
                     replaced = current is not None and db.execute(_REPLACE, (*row[1:], key, if_match)).rowcount
                 if not replaced:

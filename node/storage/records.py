@@ -38,13 +38,6 @@ class RecordStore:
             return None, None
         return json.loads(data), info.etag
 
-    def _read_private(self, job_id: str, known: tuple[dict[str, Any] | None, str | None] | None):
-        if known is None:
-            return self.read(job_id)
-        record, etag = known
-        # ``known`` may be shared with its reader: mutate a copy (records are small JSON documents).
-        return (json.loads(json.dumps(record)) if record is not None else None), etag
-
     def create(self, record: dict[str, Any]) -> bool:
         """Store ``record`` (a ``new_record`` filled in) unless the job already has one; ``False`` if it has."""
         record["updated_at"] = time.time()
@@ -75,15 +68,34 @@ class RecordStore:
         """
         key = record_key(job_id)
         for attempt in range(self.conflicts):
-            record, etag = self._read_private(job_id, known if attempt == 0 else None)
+            if attempt == 0 and known is not None:
+                record, etag = known
+                shared = True  # ``known`` may be shared with its reader: mutate a copy
+            else:
+                record, etag = self.read(job_id)
+                shared = False
+            before = None
             if record is None:
                 record = new_record(job_id, actor=actor, queue=queue)
-            before = json.dumps(record, separators=(",", ":")) if etag is not None else None
+                record.pop("updated_at", None)
+            else:
+                # Encoded once without its time stamp: that text tells whether the mutation changed anything,
+                # and (decoded) is the private copy; the stamp is appended to the body, not encoded again.
+                if shared:
+                    record = {k: v for k, v in record.items() if k != "updated_at"}
+                else:
+                    record.pop("updated_at", None)
+                before = json.dumps(record, separators=(",", ":"))
+                if shared:
+                    record = json.loads(before)
             value = mutate(record)
-            if before is not None and json.dumps(record, separators=(",", ":")) == before:
+            record.pop("updated_at", None)
+            after = json.dumps(record, separators=(",", ":"))
+            if after == before:
                 return record, value  # nothing changed (e.g. a replayed begin): nothing to write
-            record["updated_at"] = time.time()
-            body = json.dumps(record, separators=(",", ":")).encode()
+            record["updated_at"] = now = time.time()
+            stamp = f'"updated_at":{json.dumps(now)}}}'
+            body = (after[:-1] + ("," if after != "{}" else "") + stamp).encode()
             try:
                 if etag is None:
                     self.storage.put(key, body, if_none_match=True)

@@ -62,11 +62,15 @@ def test_a_subclouds_node_runs_its_jobs_and_is_refused_the_other_subclouds_queue
     user, password = f"{prefix}node-a", passwords[f"{prefix}node-a"]
     node_url = f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{private.port}/%2F"
     # A real node of subcloud a, with a's user only, boots and runs a's job.
-    start_node(argv=NODE_ARGV, env={**env, "AMQP_URL": node_url, "BURROW_SUBCLOUD": "a", "BURROW_CPU_SLOTS": "1"})
+    node = start_node(
+        argv=NODE_ARGV, env={**env, "AMQP_URL": node_url, "BURROW_SUBCLOUD": "a", "BURROW_CPU_SLOTS": "1"}
+    )
     client = Client(Settings.from_env(env))
     try:
         handle = client.submit("counted", job_key="in-a", subcloud="a", job_type="batch")
         assert handle.wait(timeout=120)["status"] == "succeeded"
+        # (with everything a node needs allowed: its heartbeats and its cancel-broadcast queue too)
+        assert "not received" not in node.output() and "not sent" not in node.output(), node.output()
         # The same user taking from b's queue: refused by the broker.
         connection = pika.BlockingConnection(pika.URLParameters(node_url))
         with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:

@@ -189,6 +189,22 @@ def test_cancel_a_queued_job_and_a_running_job_neither_is_retried_nor_re_dispatc
     assert queued.status() == "cancelled" and running.status() == "cancelled"
 
 
+def test_a_cancel_reaches_a_running_job_at_once_by_broadcast_not_at_the_next_record_read(
+    client, start_node, tmp_path, storage
+):
+    # Given a node that reads a running job's record for a cancel only every 10 minutes
+    running = client.submit("runs_until_stopped", job_key="broadcast")
+    node(start_node, tmp_path, BURROW_CANCEL_CHECK_S="600")
+    wait_for(lambda: running.status() == "running" and runs(storage, "broadcast"), 60, "the job running")
+
+    # When its submitter cancels it, the job stops (well before the next record read) and ends cancelled
+    assert running.cancel() == "running"
+    with pytest.raises(JobFailed) as caught:
+        running.result(timeout=60)
+    assert caught.value.status == "cancelled"
+    assert running.record()["attempts"][-1]["outcome"] == "cancelled"
+
+
 def test_an_oversized_payload_is_refused_before_anything_is_published(client, tmp_path, node_env):
     big = "x" * (client.settings.max_payload_bytes + 1)
     with pytest.raises(PayloadTooLarge, match="put_input"):
