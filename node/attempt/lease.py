@@ -62,7 +62,8 @@ def lease_timing(consumer_timeout_s: float) -> LeaseTiming | None:
 
 
 class Verdict(Enum):
-    DROP = "drop"  # the guarded attempt is over (or was never recorded): its end sent the job on
+    DROP = "drop"  # the guarded attempt is over: its end sent the job on
+    UNKNOWN = "unknown"  # no record, or no such attempt in it: not a copy this code published (dead-letter it)
     RENEW = "renew"  # it renewed its lease since the copy was published: look again one period later
     LOST = "lost"  # it did not: its node is gone, the job runs again
 
@@ -86,13 +87,13 @@ def verdict(record: dict[str, Any] | None, attempt_id: str, seen: int) -> Look:
         return Look(Verdict.DROP, seen, 0.0, reason)
 
     if record is None:
-        return drop("the job has no record")
+        return Look(Verdict.UNKNOWN, seen, 0.0, "the job has no record")
     status = status_of(record)
     if status in FINAL_STATUSES:
         return drop(f"the job is {status.value}")
     entry = next((a for a in record.get("attempts", []) if a.get("attempt_id") == attempt_id), None)
     if entry is None:
-        return drop(f"no attempt {attempt_id} in the record")
+        return Look(Verdict.UNKNOWN, seen, 0.0, f"no attempt {attempt_id} in the job's record")
     if entry.get("outcome") is not None:
         return drop(f"attempt {entry.get('number')} ended {entry['outcome']}")
     if newest_attempt_id(record) != attempt_id:

@@ -33,6 +33,7 @@ from opentelemetry import trace
 
 from .. import metrics
 from ..contract.job_options import JobOptions
+from ..contract.queues import DeadLetterReason
 from ..contract.record import (
     RESULT_INLINE_MAX,
     JobStatus,
@@ -201,6 +202,11 @@ class AttemptRunner:
         if look.verdict is Verdict.RENEW:
             copy = next_message(message, job.replace(lease_seen=look.renewals))
             broker.enqueue(copy, delay=int(look.check_every_s * 1000))
+        elif look.verdict is Verdict.UNKNOWN:  # a lease copy no node published: set aside, never dropped
+            reason = f"a lease copy that guards nothing: {look.reason}"
+            logger.error("Job %s: %s; dead-lettering it.", job.job_id, reason)
+            decision = Decision(Action.DEAD_LETTER, job, reason=reason, dead_letter_reason=DeadLetterReason.STALE)
+            self._carry_out(broker, message, decision)
         logger.debug("Lease copy of job %s: %s (%s).", job.job_id, look.verdict.value, look.reason)
         raise SkipMessage(f"lease {look.verdict.value}: {look.reason}")
 

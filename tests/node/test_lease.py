@@ -71,8 +71,12 @@ def test_a_lease_copy_is_dropped_once_its_attempt_is_over_or_superseded():
     final = _running()
     set_status(final, JobStatus.CANCELLED)
     assert verdict(final, "a1", seen=0).verdict is Verdict.DROP
-    assert verdict(None, "a1", seen=0).verdict is Verdict.DROP
-    assert verdict(_running(), "unknown", seen=0).verdict is Verdict.DROP
+
+
+def test_a_lease_copy_of_an_attempt_the_record_does_not_know_is_set_aside_not_dropped():
+    # A node records the release before it publishes the copy: a copy that finds nothing is not one of ours.
+    assert verdict(None, "a1", seen=0).verdict is Verdict.UNKNOWN
+    assert verdict(_running(), "unknown", seen=0).verdict is Verdict.UNKNOWN
 
 
 def test_a_lost_attempt_may_not_renew_nor_release_again():

@@ -115,3 +115,16 @@ def test_a_message_for_an_unknown_actor_is_malformed_not_retried(tmp_path):
     with pytest.raises(SkipMessage):
         lifecycle.before_process_message(broker, message)
     assert broker.set_aside[0][0] == "malformed" and broker.set_aside[0][1].startswith("actor_name")
+
+
+def test_a_lease_copy_that_guards_no_known_attempt_is_dead_lettered_not_dropped(tmp_path):
+    # Given a message that claims to be the lease copy of an attempt no record knows (forged, or its record lost)
+    lifecycle, broker = make(LocalStorage(tmp_path))
+    job = {"job_id": "leased", "lease_of": "0" * 32, "lease_seen": 3}
+    message = Message(queue_name="q", actor_name="job", args=(), kwargs={}, options={"job": job})
+
+    # When it arrives, it is not run, and it is set aside with a reason rather than acked away
+    with pytest.raises(SkipMessage):
+        lifecycle.before_process_message(broker, message)
+    assert broker.set_aside == [("stale", "a lease copy that guards nothing: the job has no record")]
+    assert broker.published == []
