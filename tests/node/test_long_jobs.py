@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from node.broker import QuorumRabbitmqBroker
+from node.contract.topology import load_topology, queue_name
 from node.storage.records import RecordStore
 from tests.conftest import job_message, wait_for
 from tests.rabbitmq_node import RABBITMQ_SERVER, PrivateRabbitmq
@@ -100,12 +101,22 @@ def test_a_job_three_times_the_consumer_timeout_completes_once_and_its_slot_take
 
 
 def test_a_node_killed_after_releasing_a_long_job_still_has_it_run_again_from_its_checkpoint(
-    short_timeout_rabbitmq, client, storage, start_node, tmp_path
+    short_timeout_rabbitmq, queue_prefix, storage, start_node, tmp_path
 ):
+    # (on a queue topology, so a slot's polling consumer releases the job: the first test covers the other)
+    topology_file = tmp_path / "topology.toml"
+    topology_file.write_text('priorities = ["bulk"]\njob_types = ["batch"]\n[subclouds.public]\n')
+    queue = queue_name("public", "batch", "any", "bulk")
+    client = QuorumRabbitmqBroker(
+        url=short_timeout_rabbitmq.url, queue_prefix=queue_prefix, topology=load_topology(topology_file)
+    )
+    client.declare_queue(queue, ensure=True)
+    topology = {"BURROW_TOPOLOGY": str(topology_file)}
+
     # Given a long job running on node A, past the point where its delivery was acked early
-    node_a = start_node(env=_node_env(short_timeout_rabbitmq, tmp_path, "node-a"))
+    node_a = start_node(env={**_node_env(short_timeout_rabbitmq, tmp_path, "node-a"), **topology})
     records = RecordStore(storage)
-    client.enqueue(job_message("tests", "runs_long", "killed", job_key="killed", steps=16, step_s=0.5))
+    client.enqueue(job_message(queue, "runs_long", "killed", job_key="killed", steps=16, step_s=0.5))
 
     def renewed() -> bool:
         attempts = (records.get("killed") or {}).get("attempts") or [{}]
@@ -119,7 +130,7 @@ def test_a_node_killed_after_releasing_a_long_job_still_has_it_run_again_from_it
     os.kill(records.get("killed")["attempts"][-1]["pid"], signal.SIGKILL)
     os.killpg(node_a.process.pid, signal.SIGKILL)
     node_a.process.wait()
-    start_node(env=_node_env(short_timeout_rabbitmq, tmp_path, "node-b"))
+    start_node(env={**_node_env(short_timeout_rabbitmq, tmp_path, "node-b"), **topology})
 
     # Then the lease copy finds A silent, and B runs the job from A's checkpoint to success, once
     wait_for(lambda: (records.get("killed") or {}).get("status") == "succeeded", 120, "the job to succeed on B")
@@ -129,4 +140,5 @@ def test_a_node_killed_after_releasing_a_long_job_still_has_it_run_again_from_it
     runs = _runs(storage, "killed")
     assert [r["node"] for r in sorted(runs, key=lambda r: r["time"])] == ["node-a", "node-b"]
     assert record["result"]["value"]["resumed_from"] > 0
-    wait_for(lambda: client.get_queue_message_counts("tests") == (0, 0, 0), 30, "an empty queue")
+    wait_for(lambda: client.get_queue_message_counts(queue) == (0, 0, 0), 30, "an empty queue")
+    client.close()
