@@ -119,7 +119,11 @@ def measure(name: str, module_source: str, env: dict[str, str], queue: str, jobs
         except pika.exceptions.ChannelClosedByBroker:
             channel = connection.channel()
     if prefix:  # what a node declares beside its work queue (the broker is shared: leave nothing behind)
-        for method, declared in (("queue_delete", "burrow.nodes"), ("exchange_delete", "burrow.dead-letter")):
+        for method, declared in (
+            ("queue_delete", "burrow.nodes"),
+            ("exchange_delete", "burrow.dead-letter"),
+            ("exchange_delete", "burrow.cancel"),
+        ):
             try:
                 getattr(channel, method)(prefix + declared)
             except pika.exceptions.ChannelClosedByBroker:

@@ -206,6 +206,7 @@ def cleanup(prefix: str, topology: Path) -> None:
         channel.queue_delete(f"{prefix}burrow.wait.{ms}ms")
         channel.exchange_delete(f"{prefix}burrow.wait.{ms}ms")
     channel.exchange_delete(prefix + "burrow.dead-letter")
+    channel.exchange_delete(prefix + "burrow.cancel")
     connection.close()
 
 

@@ -204,6 +204,7 @@ def main() -> None:
         channel.queue_delete(prefix + name)
         channel.exchange_delete(prefix + name)
     channel.exchange_delete(prefix + "burrow.dead-letter")
+    channel.exchange_delete(prefix + "burrow.cancel")
     channel.connection.close()
     client.close()
 

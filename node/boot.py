@@ -166,6 +166,15 @@ def start_telemetry(settings: Settings, slot_id: str, environ: Mapping[str, str]
     metrics.prime()
 
 
+class _QuietSkips(logging.Filter):
+    """Drops Dramatiq's "Message … was skipped." warning: the lifecycle skips every message it carries out
+    without running (a retry, a hand-back, a lease check) and logs why itself; Dramatiq's line says nothing
+    more, at WARNING, and prints the message's arguments — a job's payload — into the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Message %s was skipped."
+
+
 def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroker:
     """Set up this worker process and return its broker; exits the process with a clear message on bad config."""
     environ = os.environ if environ is None else environ
@@ -183,6 +192,7 @@ def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroke
             settings, storage=storage, slot_id=lease.slot.id, instance=instance, journal=journal, lease=lease
         )
         dramatiq.set_broker(broker)
+        logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_QuietSkips())
         context.install(context.NodeContext(settings=settings, storage=storage, slot=lease.slot))
         logger.info(
             "Node %s slot %s (CUDA_VISIBLE_DEVICES=%r) pid %d: broker %s, storage %r",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import dramatiq
 import pika
+import psutil
 import pytest
 from dramatiq import Message
 from dramatiq.brokers.stub import StubBroker
@@ -176,6 +177,7 @@ def delete_namespace(url: str, prefix: str, queues: list[str]) -> None:
         channel.queue_delete(name)
         channel.exchange_delete(name)
     channel.exchange_delete(prefix + "burrow.dead-letter")
+    channel.exchange_delete(prefix + "burrow.cancel")
     connection.close()
 
 
@@ -251,6 +253,9 @@ class NodeProcess:
 
     def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
+        # Every process it starts inherits this: ``kill`` finds them all, even in sessions of their own.
+        self.marker = uuid.uuid4().hex
+        env = {**env, "BURROW_TEST_PROCESS": self.marker}
         with open(log_path, "wb") as log:
             # Its own session, so a test that fails mid-way can kill everything it started, orphans included.
             self.process = subprocess.Popen(
@@ -275,6 +280,40 @@ class NodeProcess:
         self.process.wait()
         return self.process.returncode
 
+    def kill(self) -> None:
+        """SIGKILL it and every process it started (a test's teardown: its state is thrown away, and a
+        graceful drain of an idle node costs seconds of Dramatiq's one-second loops)."""
+        for _ in range(10):
+            victims = []
+            for process in psutil.process_iter(["environ"]):
+                environ = process.info.get("environ") or {}
+                if environ.get("BURROW_TEST_PROCESS") == self.marker:
+                    victims.append(process)
+            if not victims:
+                break
+            for process in victims:
+                try:
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            if self.process.poll() is None:
+                self.process.wait()  # our own child: reaped here
+            _wait_dead(victims)
+        self.process.wait()
+
+
+def _wait_dead(processes: list[psutil.Process], timeout_s: float = 10) -> None:
+    """Until each process is gone or a zombie (dead: only its reaping, by init, is left)."""
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        while time.monotonic() < deadline:
+            try:
+                if process.status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.01)
+
 
 @pytest.fixture
 def start_node(node_env: dict[str, str], tmp_path: Path, request) -> Iterator[Callable[..., NodeProcess]]:
@@ -288,11 +327,8 @@ def start_node(node_env: dict[str, str], tmp_path: Path, request) -> Iterator[Ca
         return node
 
     yield start
-    for node in started:  # all at once: each drains within its grace period, side by side
-        if node.process.poll() is None:
-            node.process.terminate()
-    for node in started:
-        node.stop()
+    for node in started:  # before the test's queues are deleted: nothing may declare them again
+        node.kill()
     outcome = getattr(request.node, "rep_call", None)
     if outcome is not None and outcome.failed:
         for node in started:
