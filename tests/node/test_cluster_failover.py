@@ -22,7 +22,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300
 
 NODE_ARGV = [sys.executable, "-m", "dramatiq", "node.actors", "--processes", "1", "--threads", "1"]
 ROUTER_ARGV = [sys.executable, "-m", "dramatiq", "cloud.router", "--processes", "1", "--threads", "2"]
-FAST = {"BURROW_NODE_HEARTBEAT_S": "2", "BURROW_ROUTER_COOLDOWN_S": "0.1", "BURROW_CPU_SLOTS": "1"}
+FAST = {
+    "BURROW_NODE_HEARTBEAT_S": "2",
+    "BURROW_ROUTER_COOLDOWN_S": "0.1",
+    "BURROW_ROUTER_AVOID_DELAY_S": "0.1",
+    "BURROW_CPU_SLOTS": "1",
+}
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +83,17 @@ def test_losing_the_leader_of_the_work_queue_loses_no_job_and_runs_none_twice_to
     def succeeded() -> list[str]:
         return [k for k in keys if (records.get(k) or {}).get("status") == "succeeded"]
 
-    wait_for(lambda: len(succeeded()) == len(keys), 180, "every job to succeed")
+    try:
+        wait_for(lambda: len(succeeded()) == len(keys), 180, "every job to succeed")
+    except AssertionError:
+        # Where the missing jobs are: their records, and every queue of the test's namespace on a survivor
+        # (seen once in six runs: a re-dispatch after the failover reached no node; see the notes).
+        for key in sorted(set(keys) - set(succeeded())):
+            print(key, json.dumps(records.get(key), default=str)[:1500])
+        survivor = next(node for node in cluster.nodes if node is not leader)
+        listed = survivor.ctl("list_queues", "name", "type", "messages_ready", "messages_unacknowledged", "leader")
+        print("\n".join(line for line in listed.splitlines() if queue_prefix in line))
+        raise
     for key in keys:
         outcomes = [a["outcome"] for a in records.get(key)["attempts"]]
         assert outcomes.count("succeeded") == 1, (key, outcomes)
