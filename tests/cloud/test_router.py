@@ -329,6 +329,13 @@ def test_a_record_left_running_by_a_vanished_node_is_closed_as_lost(
     message = send(broker, "tests", "holds_slot", job_key="orphan", release_file=str(tmp_path / "never"))
     records = RecordStore(storage)
     wait_for(lambda: (records.get(message.message_id) or {}).get("status") == "running", 60, "the running record")
+    # (and a heartbeat that lists the job: the router learns what a node ran from its last word)
+    registry = NodeRegistry(pika.URLParameters(amqp_url), queue_prefix, refresh_s=0)
+    wait_for(
+        lambda: any(message.message_id in view.running for view in registry.live_nodes()),
+        60,
+        "node A's heartbeat listing the job",
+    )
 
     # When the whole node vanishes (SIGKILL: no goodbye) and nothing else serves the queue
     os.killpg(node_a.process.pid, signal.SIGKILL)
