@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -15,19 +14,11 @@ import pytest
 
 from node.broker import QuorumRabbitmqBroker
 from node.storage.records import RecordStore
+from tests.cloud.test_router import FAST, NODE_ARGV, ROUTER_ARGV
 from tests.conftest import job_message, wait_for
 from tests.rabbitmq_node import RABBITMQ_SERVER, PrivateCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
-
-NODE_ARGV = [sys.executable, "-m", "dramatiq", "node.actors", "--processes", "1", "--threads", "1"]
-ROUTER_ARGV = [sys.executable, "-m", "dramatiq", "cloud.router", "--processes", "1", "--threads", "2"]
-FAST = {
-    "BURROW_NODE_HEARTBEAT_S": "2",
-    "BURROW_ROUTER_COOLDOWN_S": "0.1",
-    "BURROW_ROUTER_AVOID_DELAY_S": "0.1",
-    "BURROW_CPU_SLOTS": "1",
-}
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +42,10 @@ def test_losing_the_leader_of_the_work_queue_loses_no_job_and_runs_none_twice_to
 ):
     # Given two nodes and a router on a 3-node cluster, every client listing all three nodes
     amqp_url = ";".join(cluster.urls)
+    # (the work queue declared first, through the first node: its leader is the node its declarer is on)
+    declarer = QuorumRabbitmqBroker(url=cluster.urls[0], queue_prefix=queue_prefix)
+    declarer.declare_queue("tests", ensure=True)
+    declarer.close()
     for name in ("node-a", "node-b"):
         env = {**FAST, "AMQP_URL": amqp_url, "BURROW_NODE_ID": name, "BURROW_STATE_DIR": str(tmp_path / name)}
         start_node(argv=NODE_ARGV, env=env)
@@ -69,8 +64,7 @@ def test_losing_the_leader_of_the_work_queue_loses_no_job_and_runs_none_twice_to
     submit(keys[:8])
     wait_for(lambda: len(list(storage.list("runs/"))) >= 3, 90, "the first jobs to run")
 
-    # When the node that leads the work queue stops mid-run: the first one listed, to which every client
-    # connected (a queue's leader is the node its declaring client is connected to)
+    # When the node that leads the work queue stops mid-run: the first one listed, which clients try first
     leader = cluster.leader_of(queue_prefix + "tests")
     assert leader is cluster.nodes[0]
     stopped_at = time.time()
