@@ -50,13 +50,4 @@ dramatiq.set_broker(broker)
 @dramatiq.actor(queue_name=FAILED_JOBS_QUEUE, actor_name=FAILED_JOBS_ACTOR)
 def route_failed_job(**report) -> None:
     """Place a job a node gave up (or a dead letter, or an operator's requeue): see ``cloud.routing.router``."""
-    from .routing.outbox import outbox_of
-
-    message = CurrentMessage.get_current_message()
-    try:
-        outgoing = router.handle(report, message.message_id)
-    except Exception:
-        # Storage or broker trouble, or a report this router cannot read: never lose it, never spin on it.
-        logger.exception("Could not route report %s; it comes back later.", message.message_id)
-        outgoing = [router.retry_later(message._message if hasattr(message, "_message") else message)]
-    outbox_of(message).extend(outgoing)
+    router.take(CurrentMessage.get_current_message())

@@ -33,7 +33,7 @@ from node.storage import Storage
 from node.storage.records import RecordStore
 
 from ..registry import NodeRegistry
-from .outbox import Outgoing
+from .outbox import Outgoing, outbox_of
 from .policy import JobHistory, Route, RouteRequest, RoutingPolicy
 from .quarantine import Quarantine, entry_id
 
@@ -103,6 +103,25 @@ class Router:
                     "burrow.route.queue": route.queue or "",
                 }
             )
+
+    def take(self, message: Any) -> None:
+        """Handle the ``failed-jobs`` delivery ``message`` (Dramatiq's message proxy): what handling it
+        publishes goes into its outbox, committed with its ack. Never raises: Dramatiq acks a message whose
+        actor raised (no ``Retries`` here), which would lose the report."""
+        try:
+            outgoing = self.handle(dict(message.kwargs), message.message_id)
+        except Exception:
+            # Storage or broker trouble, or a report this router cannot read: never lose it, never spin on it.
+            logger.exception("Could not route report %s; it comes back in %.0fs.", message.message_id, RETRY_LATER_S)
+            try:
+                outgoing = [self.retry_later(getattr(message, "_message", message))]
+            except Exception:
+                # Not even the delayed copy could be prepared (no broker): reject the report instead; the
+                # broker dead-letters it and housekeeping brings it back (``_revive``).
+                logger.exception("Could not delay report %s either; rejecting it.", message.message_id)
+                message.fail()
+                return
+        outbox_of(message).extend(outgoing)
 
     def handle(self, report: dict[str, Any], report_id: str) -> list[Outgoing]:
         """What to publish (with the ack) for ``report``; writes records and quarantine entries on the way."""
@@ -302,9 +321,7 @@ class Router:
         routing_key = self.broker.physical(queue)
         exchange = ""
         if delay_s > 0:
-            bucket = wait_bucket_ms(int(delay_s * 1000))
-            self.broker._declare_wait_bucket(bucket)
-            exchange = self.broker.wait_queue_name(bucket)
+            exchange = self.broker.declare_wait_bucket(wait_bucket_ms(int(delay_s * 1000)))
         return Outgoing(exchange, routing_key, message.encode(), message_id=message.message_id)
 
     def _queue_exists(self, queue: str | None) -> bool:

@@ -198,6 +198,12 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         channel.queue_bind(xq, self.dead_letter_exchange, routing_key=xq)
         return result
 
+    def declare_wait_bucket(self, bucket_ms: int) -> str:
+        """Declare the wait queue of ``bucket_ms`` (once per connection) and return the exchange that feeds it;
+        reconnects as a publish does, for callers that publish to it themselves (the router's outbox)."""
+        self._with_reconnect(lambda: self._declare_wait_bucket(bucket_ms), self.wait_queue_name(bucket_ms))
+        return self.wait_queue_name(bucket_ms)
+
     def _declare_wait_bucket(self, bucket_ms: int) -> None:
         if bucket_ms in self._wait_buckets_declared:
             return
@@ -426,15 +432,27 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
 
     def inspect_queue(self, queue_name: str) -> tuple[int, int] | None:
         """(ready messages, subscribed consumers) of a queue, or ``None`` if the broker lacks it; declares
-        nothing (a passive declare, whose 404 closes the channel: a fresh one is opened next time)."""
-        try:
-            method = self.channel.queue_declare(self.physical(queue_name), passive=True).method
-        except pika.exceptions.ChannelClosedByBroker as e:
-            del self.channel
-            if e.reply_code == 404:
-                return None
-            raise
-        return method.message_count, method.consumer_count
+        nothing (a passive declare, whose 404 closes the channel: a fresh one is opened next time). A lost
+        connection (a cluster node gone) is replaced, as for a publish."""
+        found: list[tuple[int, int] | None] = []
+        refused: list[Exception] = []
+
+        def look() -> None:
+            try:
+                method = self.channel.queue_declare(self.physical(queue_name), passive=True).method
+            except pika.exceptions.ChannelClosedByBroker as e:
+                del self.channel
+                if e.reply_code == 404:
+                    found.append(None)
+                else:  # an answer (e.g. 403, access refused), not a lost connection: not retried
+                    refused.append(e)
+                return
+            found.append((method.message_count, method.consumer_count))
+
+        self._with_reconnect(look, queue_name)
+        if refused:
+            raise refused[0]
+        return found[-1]
 
     def get_declared_delay_queues(self) -> set[str]:
         return set()

@@ -105,3 +105,18 @@ def test_existing_classic_queue_fails_with_a_clear_message(amqp_url, queue_prefi
 
 def test_publisher_confirms_are_on_by_default(amqp_url):
     assert QuorumRabbitmqBroker(url=amqp_url).confirm_delivery is True
+
+
+def test_a_lost_connection_is_replaced_for_inspecting_queues_and_declaring_wait_queues(broker, queue_prefix):
+    # Given a broker whose connection was lost since its last use (a cluster node gone, say): a router's
+    # worker thread keeps its connection between reports
+    broker.declare_queue("tests", ensure=True)
+    assert broker.inspect_queue("tests") == (0, 0)
+    broker.connection.close()
+
+    # Then it still inspects queues and declares wait queues, over a new connection
+    assert broker.inspect_queue("tests") == (0, 0)
+    assert broker.inspect_queue("no-such-queue") is None
+    exchange = broker.declare_wait_bucket(wait_bucket_ms(100))
+    assert exchange == broker.wait_queue_name(wait_bucket_ms(100))
+    assert broker.inspect_queue(exchange.removeprefix(queue_prefix)) == (0, 0)

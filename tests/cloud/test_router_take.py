@@ -1,0 +1,81 @@
+"""The router's handling of one delivery never lets an exception out: Dramatiq acks a message whose actor
+raised (the router has no ``Retries``), which would lose the report. Pure unit tests: a broker that fails
+as a lost connection does, local storage."""
+
+from __future__ import annotations
+
+import json
+
+import pika.exceptions
+from dramatiq import Message
+from dramatiq.errors import ConnectionClosed
+
+from cloud.routing.outbox import outbox_of
+from cloud.routing.policy import DefaultPolicy, RouterConfig
+from cloud.routing.router import RETRY_LATER_S, Router
+from node.contract.queues import FAILED_JOBS_ACTOR, FAILED_JOBS_QUEUE, wait_bucket_ms
+from node.storage import LocalStorage
+from tests.conftest import job_message
+
+
+class FailingBroker:
+    """Answers like a broker whose server went away; ``delays`` says whether wait queues still work."""
+
+    def __init__(self, *, delays: bool) -> None:
+        self.delays = delays
+
+    def physical(self, name: str) -> str:
+        return "p." + name
+
+    def wait_queue_name(self, bucket_ms: int) -> str:
+        return f"p.burrow.wait.{bucket_ms}ms"
+
+    def inspect_queue(self, queue: str):
+        raise ConnectionClosed(pika.exceptions.StreamLostError("Stream connection lost"))
+
+    def declare_wait_bucket(self, bucket_ms: int) -> str:
+        if not self.delays:
+            raise ConnectionClosed(pika.exceptions.StreamLostError("Stream connection lost"))
+        return self.wait_queue_name(bucket_ms)
+
+
+class Delivery:
+    """Stands for Dramatiq's message proxy: the message, and whether the worker will reject it."""
+
+    def __init__(self, message: Message) -> None:
+        self._message = message
+        self.failed = False
+
+    def __getattr__(self, name: str):
+        return getattr(self._message, name)
+
+    def fail(self) -> None:
+        self.failed = True
+
+
+def delivery() -> Delivery:
+    job = job_message("tests", "tracked", "job-1", job_key="a")
+    report = {"kind": "requeue", "job": job.asdict(), "reason": "an operator's requeue", "node": "", "attempts": []}
+    return Delivery(Message(FAILED_JOBS_QUEUE, FAILED_JOBS_ACTOR, (), report, {}))
+
+
+def router(tmp_path, broker) -> Router:
+    policy = DefaultPolicy(RouterConfig())
+    return Router(broker=broker, storage=LocalStorage(tmp_path), registry=None, policy=policy, topology=None)
+
+
+def test_a_report_the_router_cannot_handle_comes_back_later_through_a_wait_queue(tmp_path):
+    message = delivery()
+    router(tmp_path, FailingBroker(delays=True)).take(message)
+    (later,) = outbox_of(message)  # committed with the ack
+    assert later.exchange == f"p.burrow.wait.{wait_bucket_ms(int(RETRY_LATER_S * 1000))}ms"
+    assert later.routing_key == "p." + FAILED_JOBS_QUEUE
+    assert json.loads(later.body)["message_id"] == message.message_id  # the same report: handled once
+    assert not message.failed
+
+
+def test_a_report_that_cannot_even_be_delayed_is_rejected_not_acked(tmp_path):
+    message = delivery()
+    router(tmp_path, FailingBroker(delays=False)).take(message)  # raises nothing
+    assert message.failed  # rejected: the broker dead-letters it and housekeeping brings it back
+    assert outbox_of(message) == []
