@@ -8,7 +8,10 @@ takes the first message found. So:
 
 * a slot never holds more than ``prefetch`` unacked messages across all its queues (the ack of the previous
   job is sent before the next ``basic.get``, on the same channel); a job whose delivery was released early
-  (``QuorumConsumer.release``) still counts until it ends;
+  (``QuorumConsumer.release``) still counts until it ends. A queue may have a prefetch of its own (the
+  topology's ``[consumers.<job type>]``): the slot takes a job from it only while it holds fewer jobs than
+  that queue's and every held job's queue's prefetch allow (``may_take``), so a job of a prefetch-1 queue
+  (GPU work) never has company, and short jobs of a prefetch-4 queue run four at a time;
 * an urgent job waiting when the slot frees is the next one it runs, however many bulk jobs wait;
 * the cost: an idle slot polls. It backs off from ``POLL_MIN_S`` to ``POLL_MAX_S`` while every queue is
   empty, so a job submitted to an idle network waits up to ``POLL_MAX_S`` to start, and each idle slot asks
@@ -21,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pika
 import pika.exceptions
@@ -42,6 +46,12 @@ POLL_MAX_S = 0.5
 _CHANNEL_ERRORS = (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
 
 
+def may_take(limit: int, held: Sequence[int]) -> bool:
+    """Whether a slot may take a job from a queue of prefetch ``limit`` while it holds jobs from queues of
+    prefetches ``held``: only while it holds fewer than each of these prefetches allows."""
+    return len(held) < min((limit, *held))
+
+
 class PriorityConsumer(QuorumConsumer):
     """Takes work from ``queues`` (logical names, in priority order) for one slot (see the module docstring).
 
@@ -49,18 +59,28 @@ class PriorityConsumer(QuorumConsumer):
         broker: The node's broker.
         group: The name Dramatiq knows this consumer by (``QuorumRabbitmqBroker.SLOT_QUEUE``).
         queues: The work queues, most urgent first.
-        prefetch: Most unacked messages held at once.
+        prefetch: Most unacked messages held at once (of a queue without a prefetch of its own).
         timeout: Longest wait (milliseconds) in one call, so Dramatiq's consumer thread stays responsive.
+        limits: Prefetch by queue, for the queues that have their own.
     """
 
     def __init__(
-        self, broker: QuorumRabbitmqBroker, group: str, queues: list[str], prefetch: int, timeout: int
+        self,
+        broker: QuorumRabbitmqBroker,
+        group: str,
+        queues: list[str],
+        prefetch: int,
+        timeout: int,
+        limits: Mapping[str, int] | None = None,
     ) -> None:
         self.broker = broker
         self.queue_name = group
         self.logical_queue_name = group
         self.queues = list(queues)
         self.limit = max(1, prefetch)
+        self.limits = {queue: max(1, n) for queue, n in (limits or {}).items()}
+        self._queue_of_tag: dict[int, str] = {}  # where each held delivery came from
+        self._queue_of_released: dict[str, str] = {}  # message id → queue, for released jobs
         self.timeout_s = timeout / 1000
         self.logger = logger
         self._cancel_requested = False
@@ -85,16 +105,16 @@ class PriorityConsumer(QuorumConsumer):
             self._send_early_acks()
             if self._cancel_requested:
                 self._cancelled = True  # checked between polls: no basic.get is in flight
-            with self._lock:
-                # A released job (acked early, still running) keeps its place: the slot is busy with it.
-                held = len(self.known_tags) + len(self._released_ids())
-            if self._cancel_requested or held >= self.limit:
+            held = self._held()
+            takes = [queue for queue in self.queues if may_take(self.limit_of(queue), held)]
+            if self._cancel_requested or not takes:
                 self.connection.process_data_events(time_limit=self.timeout_s)  # woken early by an ack
                 return None
-            for queue in self.queues:
+            for queue in takes:
                 method, properties, body = self.channel.basic_get(self.broker.physical(queue), auto_ack=False)
                 if method is not None:
                     self._pause_s = POLL_MIN_S
+                    self._queue_of_tag[method.delivery_tag] = queue
                     return self._admit_or_dead_letter(queue, method, properties, body)
             pause, self._pause_s = self._pause_s, min(POLL_MAX_S, self._pause_s * 2)
             self.connection.process_data_events(time_limit=min(pause, self.timeout_s))
@@ -104,6 +124,27 @@ class PriorityConsumer(QuorumConsumer):
                 self.broker.queues_pending.update(self.queues)
             raise ConnectionClosed(e) from None
         return None
+
+    def limit_of(self, queue: str | None) -> int:
+        return self.limits.get(queue, self.limit) if queue is not None else self.limit
+
+    def _held(self) -> list[int]:
+        """The prefetch of the queue of each job this slot holds; a released job (acked early, still
+        running) keeps its place: the slot is busy with it."""
+        with self._lock:
+            tags, released = list(self.known_tags), set(self._released_ids())
+            for tag in [t for t in self._queue_of_tag if t not in tags]:
+                del self._queue_of_tag[tag]
+            for message_id in [m for m in self._queue_of_released if m not in released]:
+                del self._queue_of_released[message_id]
+            return [self.limit_of(self._queue_of_tag.get(t)) for t in tags] + [
+                self.limit_of(self._queue_of_released.get(m)) for m in released
+            ]
+
+    def release(self, message: Any) -> threading.Event:
+        with self._lock:
+            self._queue_of_released[message.message_id] = message.queue_name
+        return super().release(message)
 
     def request_cancel(self) -> None:
         """Take no more work (nothing is subscribed, so nothing arrives that would have to be handed back)."""

@@ -419,7 +419,8 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         if queue_name == self.SLOT_QUEUE and self.serves:
             for name in self.serves:
                 self.declare_queue(name, ensure=True)
-            return PriorityConsumer(self, queue_name, self.serves, prefetch, timeout)
+            limits = {q: n for q in self.serves if (n := self.topology.prefetch_of(q))} if self.topology else {}
+            return PriorityConsumer(self, queue_name, self.serves, prefetch, timeout, limits)
         self.declare_queue(queue_name, ensure=True)
         return self.consumer_class(self, queue_name, prefetch, timeout)
 

@@ -16,9 +16,16 @@ The topology file (TOML) says which queues exist::
     models = ["llama3-8b"]
     fallback = ["public"]                     # where its jobs go when no node of acme can run them
 
+    [consumers.sync]                          # short jobs: a slot holds up to 4 at once, on 4 threads
+    prefetch = 4
+
 Every (subcloud, job type, model, priority) combination of the file is one quorum queue. A node serves one
 subcloud and some of its models (``BURROW_SUBCLOUD``, ``BURROW_MODELS``) and takes work from its queues in
 priority order (``Topology.node_queues``).
+
+A job type's ``prefetch`` (default: the node's ``BURROW_PREFETCH``, 1) is the most jobs a slot holds at once
+when it takes one of that type (``node.broker.priority``): 1 keeps a slot to one job (GPU work, long jobs,
+whose crash costs much); above 1 a slot runs that many short jobs side by side, and a crash redoes them all.
 """
 
 from __future__ import annotations
@@ -86,6 +93,7 @@ class Topology:
     subclouds: dict[str, Subcloud]
     job_types: tuple[str, ...] = JOB_TYPES
     priorities: tuple[str, ...] = PRIORITIES
+    prefetch: dict[str, int] = field(default_factory=dict)  # by job type; a type not named: the node's
     source: str = field(default="", compare=False)
 
     @classmethod
@@ -104,9 +112,11 @@ class Topology:
                 raise ConfigError(f"{source}: {key}", "lists a name twice")
             return tuple(value)
 
-        unknown = set(data) - {"priorities", "job_types", "subclouds"}
+        unknown = set(data) - {"priorities", "job_types", "subclouds", "consumers"}
         if unknown:
-            raise ConfigError(f"{source}: {sorted(unknown)[0]}", "unknown key (priorities, job_types, subclouds)")
+            raise ConfigError(
+                f"{source}: {sorted(unknown)[0]}", "unknown key (priorities, job_types, subclouds, consumers)"
+            )
         priorities = names("priorities", data.get("priorities", list(PRIORITIES)), PRIORITIES)
         job_types = names("job_types", data.get("job_types", list(JOB_TYPES)), JOB_TYPES)
         raw = data.get("subclouds")
@@ -128,7 +138,8 @@ class Topology:
             for target in sub.fallback:
                 if target not in subclouds or target == sub.name:
                     raise ConfigError(f"{source}: subclouds.{sub.name}.fallback", f"{target!r} is not another subcloud")
-        return cls(subclouds=subclouds, job_types=job_types, priorities=priorities, source=source)
+        prefetch = _consumers(data.get("consumers", {}), job_types, source)
+        return cls(subclouds=subclouds, job_types=job_types, priorities=priorities, prefetch=prefetch, source=source)
 
     def addresses(self) -> list[QueueAddress]:
         """Every work queue of the topology."""
@@ -139,6 +150,11 @@ class Topology:
             for m in s.models
             for p in self.priorities
         )
+
+    def prefetch_of(self, name: str) -> int | None:
+        """The prefetch the topology sets for work queue ``name`` (by its job type), or ``None``."""
+        address = parse_queue_name(name)
+        return self.prefetch.get(address.job_type) if address is not None else None
 
     def queue_names(self) -> list[str]:
         return [a.name for a in self.addresses()]
@@ -190,6 +206,28 @@ class Topology:
                 chain.append(name)
                 todo.extend(self.subclouds[name].fallback)
         return chain
+
+
+#: The most jobs one slot may hold at once (a typo such as 4000 would hold a queue's backlog unacked).
+MAX_PREFETCH = 64
+
+
+def _consumers(raw: Any, job_types: tuple[str, ...], source: str) -> dict[str, int]:
+    """``[consumers.<job type>] prefetch = N`` of a topology file, checked."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: consumers", "must be a table of job types ([consumers.sync])")
+    prefetch = {}
+    for job_type, entry in raw.items():
+        where = f"{source}: consumers.{job_type}"
+        if job_type not in job_types:
+            raise ConfigError(where, f"{job_type!r} is not a job type of this topology ({', '.join(job_types)})")
+        if not isinstance(entry, dict) or set(entry) != {"prefetch"}:
+            raise ConfigError(where, "must hold exactly prefetch = N")
+        value = entry["prefetch"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PREFETCH:
+            raise ConfigError(f"{where}.prefetch", f"must be an integer from 1 to {MAX_PREFETCH}, got {value!r}")
+        prefetch[job_type] = value
+    return prefetch
 
 
 def load_topology(path: str | Path) -> Topology:

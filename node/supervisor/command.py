@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from ..errors import NodeError
 from ..settings import Settings
 from . import resources
-from .supervisor import Supervisor, plan_slots, worker_specs
+from .supervisor import Supervisor, plan_slots, worker_specs, worker_threads
 
 logger = logging.getLogger("burrow.node")
 
@@ -54,7 +54,7 @@ def run_node(settings: Settings, environ: Mapping[str, str], *, processes: int |
         settings.masked_amqp_url,
     )
     supervisor = Supervisor(
-        worker_specs(settings, slots, {**environ, "BURROW_NODE_INSTANCE": instance}),
+        worker_specs(settings, slots, {**environ, "BURROW_NODE_INSTANCE": instance}, threads=worker_threads(settings)),
         grace_s=settings.grace_s,
         backoff_min_s=settings.restart_backoff_min_s,
         backoff_max_s=settings.restart_backoff_max_s,

@@ -1,7 +1,8 @@
 """``burrow node``: one Dramatiq worker process per slot, each restarted alone when it dies.
 
 Dramatiq's own master stops *every* worker process when one dies, and a second SIGTERM makes a worker
-abandon its job. So the supervisor starts one ``dramatiq node.actors --processes 1 --threads 1`` per slot,
+abandon its job. So the supervisor starts one ``dramatiq node.actors --processes 1`` per slot (one thread, or as
+many as the jobs its slot may hold at once: ``worker_threads``),
 each in its own session (a terminal's Ctrl-C or a process-group signal reaches only the supervisor), with
 ``PR_SET_PDEATHSIG`` so a killed supervisor leaves no orphans. On shutdown it forwards exactly one SIGTERM to
 each child and waits ``grace_s`` before killing what is left.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from opentelemetry import metrics
 
+from ..contract.topology import load_topology
 from ..settings import Settings
 from .process import die_with_parent
 from .resources import read_status, slot_state
@@ -74,10 +76,26 @@ class _Child:
     restarts: int = field(default=0)
 
 
+def worker_threads(settings: Settings) -> int:
+    """Threads per worker process: enough to run at once every job its slot may hold, i.e. the node's
+    prefetch (``BURROW_PREFETCH``) or the largest prefetch the topology gives a queue the node serves."""
+    counts = [settings.prefetch]
+    if settings.topology:
+        topology = load_topology(settings.topology)
+        served = topology.node_queues(settings.subcloud, settings.models)
+        counts += [n for queue in served if (n := topology.prefetch_of(queue))]
+    return max(counts)
+
+
 def worker_specs(
-    settings: Settings, slots: Sequence[Slot], environ: Mapping[str, str], *, python: str = sys.executable
+    settings: Settings,
+    slots: Sequence[Slot],
+    environ: Mapping[str, str],
+    *,
+    python: str = sys.executable,
+    threads: int = 1,
 ) -> list[ChildSpec]:
-    """One ``dramatiq node.actors`` child per slot, each told which slot is its own.
+    """One ``dramatiq node.actors`` child per slot, each told which slot is its own, with ``threads`` threads.
 
     With a fixed Prometheus port (``OTEL_EXPORTER_PROMETHEUS_PORT=P``) the supervisor serves P and the worker of
     the n-th slot P+1+n, so a container can publish one port range.
@@ -101,7 +119,7 @@ def worker_specs(
         )
         argv = [
             python, "-m", "dramatiq", "node.actors",
-            "--processes", "1", "--threads", "1",
+            "--processes", "1", "--threads", str(threads),
             "--worker-shutdown-timeout", str(int(settings.grace_s * 1000)),
         ]  # fmt: skip
         specs.append(ChildSpec(name=f"worker {slot.id}", argv=argv, env=env, slot=slot.id))

@@ -12,6 +12,7 @@ import pytest
 from node.settings import Settings
 from node.supervisor import ChildSpec, Supervisor, restart_delay, worker_specs
 from node.supervisor.slots import node_slots
+from node.supervisor.supervisor import worker_threads
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,6 +49,20 @@ def test_worker_specs_assign_one_slot_each():
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in specs] == ["0", "1"]
     assert all(s.env["BURROW_GPUS"] == "0,1" for s in specs)
     assert specs[0].argv[-6:] == ["--processes", "1", "--threads", "1", "--worker-shutdown-timeout", "12000"]
+
+
+def test_a_worker_has_a_thread_for_every_job_its_slot_may_hold(tmp_path):
+    topology = tmp_path / "topology.toml"
+    topology.write_text("[subclouds.a]\n[consumers.sync]\nprefetch = 4\n[consumers.polling]\nprefetch = 2\n")
+    assert worker_threads(Settings.from_env({})) == 1
+    assert worker_threads(Settings.from_env({"BURROW_PREFETCH": "3"})) == 3
+    served = {"BURROW_TOPOLOGY": str(topology), "BURROW_SUBCLOUD": "a"}
+    assert worker_threads(Settings.from_env(served)) == 4
+    (spec,) = worker_specs(Settings.from_env(served), node_slots(["0"], 1), {}, threads=4)
+    assert spec.argv[spec.argv.index("--threads") + 1] == "4"
+    # (a topology without job types of higher prefetch: one thread)
+    topology.write_text('job_types = ["batch"]\n[subclouds.a]\n')
+    assert worker_threads(Settings.from_env(served)) == 1
 
 
 def test_a_fixed_prometheus_port_gives_each_worker_the_next_one():

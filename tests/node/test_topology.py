@@ -79,6 +79,11 @@ def test_fallback_chains_follow_the_file_without_cycles():
         ({"subclouds": {"a": {"gpus": 3}}}, "subclouds.a"),
         ({"priorities": ["urgent", "later"], "subclouds": {"a": {}}}, "priorities"),
         ({"queues": [], "subclouds": {"a": {}}}, "queues"),
+        ({"subclouds": {"a": {}}, "consumers": {"gpu": {"prefetch": 2}}}, "consumers.gpu"),
+        ({"subclouds": {"a": {}}, "consumers": {"sync": {"prefetch": 0}}}, "consumers.sync.prefetch"),
+        ({"subclouds": {"a": {}}, "consumers": {"sync": {"prefetch": 4000}}}, "consumers.sync.prefetch"),
+        ({"subclouds": {"a": {}}, "consumers": {"sync": {"prefetch": 2, "threads": 2}}}, "consumers.sync"),
+        ({"job_types": ["batch"], "subclouds": {"a": {}}, "consumers": {"sync": {"prefetch": 2}}}, "consumers.sync"),
     ],
 )
 def test_a_bad_topology_file_is_refused_naming_the_entry(data, where):
@@ -93,3 +98,10 @@ def test_a_topology_file_that_is_not_toml_is_a_one_line_error(tmp_path):
         load_topology(path)
     with pytest.raises(ConfigError, match="cannot read"):
         load_topology(tmp_path / "missing.toml")
+
+
+def test_a_job_types_prefetch_applies_to_every_queue_of_that_type():
+    topology = Topology.from_dict({"subclouds": {"a": {"models": ["m"]}}, "consumers": {"sync": {"prefetch": 4}}})
+    assert topology.prefetch_of("a.sync.m.urgent") == topology.prefetch_of("a.sync.m.test") == 4
+    assert topology.prefetch_of("a.batch.m.urgent") is None  # the node's own prefetch
+    assert topology.prefetch_of("failed-jobs") is None
