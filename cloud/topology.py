@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pika.exceptions
-
 from node.broker import QuorumRabbitmqBroker
 from node.contract.topology import Topology
 
@@ -31,10 +29,6 @@ def show(broker: QuorumRabbitmqBroker, topology: Topology) -> list[QueueState]:
     """Each queue of ``topology`` with its ready count, or ``None`` where the broker lacks it."""
     states = []
     for name in topology.queue_names():
-        try:
-            ready = broker.channel.queue_declare(broker.physical(name), passive=True).method.message_count
-        except pika.exceptions.ChannelClosedByBroker:
-            del broker.channel  # a passive declare of a missing queue closes the channel
-            ready = None
-        states.append(QueueState(name, ready))
+        found = broker.inspect_queue(name)
+        states.append(QueueState(name, found[0] if found is not None else None))
     return states
