@@ -382,7 +382,7 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         self._with_reconnect(publish, queue_name)
         metrics.dead_letters.add(1, {"queue": queue_name, "reason": str(reason)})
 
-    def _with_reconnect(self, operation, queue_name: str, *, must_exist: bool = False) -> None:
+    def _with_reconnect(self, operation, queue_name: str, *, must_exist: bool = False) -> Any:
         # Dramatiq's enqueue retries immediately; a broker restart takes seconds, so retry with pauses.
         last_error: Exception | None = None
         deadline = current_deadline()
@@ -391,8 +391,7 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
                 break  # the caller's time is up (e.g. the SIGTERM grace): fail now rather than overrun it
             time.sleep(pause)
             try:
-                operation()
-                return
+                return operation()
             except QueueMismatchError:
                 raise
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
@@ -419,7 +418,7 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         if queue_name == self.SLOT_QUEUE and self.serves:
             for name in self.serves:
                 self.declare_queue(name, ensure=True)
-            limits = {q: n for q in self.serves if (n := self.topology.prefetch_of(q))} if self.topology else {}
+            limits = self.topology.prefetches(self.serves) if self.topology else {}
             return PriorityConsumer(self, queue_name, self.serves, prefetch, timeout, limits)
         self.declare_queue(queue_name, ensure=True)
         return self.consumer_class(self, queue_name, prefetch, timeout)
@@ -435,25 +434,20 @@ class QuorumRabbitmqBroker(RabbitmqBroker):
         """(ready messages, subscribed consumers) of a queue, or ``None`` if the broker lacks it; declares
         nothing (a passive declare, whose 404 closes the channel: a fresh one is opened next time). A lost
         connection (a cluster node gone) is replaced, as for a publish."""
-        found: list[tuple[int, int] | None] = []
-        refused: list[Exception] = []
 
-        def look() -> None:
+        def look() -> tuple[int, int] | Exception | None:
             try:
                 method = self.channel.queue_declare(self.physical(queue_name), passive=True).method
             except pika.exceptions.ChannelClosedByBroker as e:
                 del self.channel
-                if e.reply_code == 404:
-                    found.append(None)
-                else:  # an answer (e.g. 403, access refused), not a lost connection: not retried
-                    refused.append(e)
-                return
-            found.append((method.message_count, method.consumer_count))
+                # A refusal (e.g. 403, access refused) is an answer, not a lost connection: not retried.
+                return None if e.reply_code == 404 else e
+            return method.message_count, method.consumer_count
 
-        self._with_reconnect(look, queue_name)
-        if refused:
-            raise refused[0]
-        return found[-1]
+        found = self._with_reconnect(look, queue_name)
+        if isinstance(found, Exception):
+            raise found
+        return found
 
     def get_declared_delay_queues(self) -> set[str]:
         return set()

@@ -156,6 +156,10 @@ class Topology:
         address = parse_queue_name(name)
         return self.prefetch.get(address.job_type) if address is not None else None
 
+    def prefetches(self, names: list[str]) -> dict[str, int]:
+        """The queues of ``names`` that have a prefetch of their own, with it."""
+        return {name: n for name in names if (n := self.prefetch_of(name)) is not None}
+
     def queue_names(self) -> list[str]:
         return [a.name for a in self.addresses()]
 

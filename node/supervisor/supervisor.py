@@ -1,11 +1,11 @@
 """``burrow node``: one Dramatiq worker process per slot, each restarted alone when it dies.
 
 Dramatiq's own master stops *every* worker process when one dies, and a second SIGTERM makes a worker
-abandon its job. So the supervisor starts one ``dramatiq node.actors --processes 1`` per slot (one thread, or as
-many as the jobs its slot may hold at once: ``worker_threads``),
-each in its own session (a terminal's Ctrl-C or a process-group signal reaches only the supervisor), with
-``PR_SET_PDEATHSIG`` so a killed supervisor leaves no orphans. On shutdown it forwards exactly one SIGTERM to
-each child and waits ``grace_s`` before killing what is left.
+abandon its job. So the supervisor starts one ``dramatiq node.actors --processes 1`` per slot, with as many
+threads as the jobs its slot may hold at once (``worker_threads``; one by default), each in its own session
+(a terminal's Ctrl-C or a process-group signal reaches only the supervisor), with ``PR_SET_PDEATHSIG`` so a
+killed supervisor leaves no orphans. On shutdown it forwards exactly one SIGTERM to each child and waits
+``grace_s`` before killing what is left.
 """
 
 from __future__ import annotations
@@ -79,12 +79,11 @@ class _Child:
 def worker_threads(settings: Settings) -> int:
     """Threads per worker process: enough to run at once every job its slot may hold, i.e. the node's
     prefetch (``BURROW_PREFETCH``) or the largest prefetch the topology gives a queue the node serves."""
-    counts = [settings.prefetch]
-    if settings.topology:
-        topology = load_topology(settings.topology)
-        served = topology.node_queues(settings.subcloud, settings.models)
-        counts += [n for queue in served if (n := topology.prefetch_of(queue))]
-    return max(counts)
+    if not settings.topology:
+        return settings.prefetch
+    topology = load_topology(settings.topology)
+    served = topology.prefetches(topology.node_queues(settings.subcloud, settings.models))
+    return max([settings.prefetch, *served.values()])
 
 
 def worker_specs(
