@@ -38,6 +38,7 @@ from ..contract.job_options import JobOptions
 from ..contract.queues import DeadLetterReason
 from ..contract.signing import verify
 from ..errors import MalformedMessage
+from .settle import BatchedSettles
 
 if TYPE_CHECKING:
     from .quorum import QuorumRabbitmqBroker
@@ -67,7 +68,7 @@ class DeliveredMessage(_RabbitmqMessage):
         self.checked_job = checked_job
 
 
-class QuorumConsumer(_RabbitmqConsumer):
+class QuorumConsumer(BatchedSettles, _RabbitmqConsumer):
     """Consumes one quorum work queue for a Dramatiq worker (see the module docstring)."""
 
     def __init__(self, broker: QuorumRabbitmqBroker, queue_name: str, prefetch: int, timeout: int) -> None:
@@ -78,6 +79,7 @@ class QuorumConsumer(_RabbitmqConsumer):
         self._paused = False  # not consuming while a released job of this worker runs
         self._releasing: list[tuple[int, threading.Event]] = []  # (delivery tag, done) for the consumer thread
         self._lock = threading.Lock()
+        self._init_settles()
         super().__init__(broker, broker.physical(queue_name), prefetch, timeout)
         broker.consumers_by_queue[self.logical_queue_name] = self
 
@@ -100,8 +102,8 @@ class QuorumConsumer(_RabbitmqConsumer):
         return done
 
     def ack(self, message) -> None:
-        if not self._end_of_released(message):
-            super().ack(message)
+        if not self._end_of_released(message) and self._forget_tag(message):
+            self._queue_settle(message._tag, ack=True)
 
     def nack(self, message) -> None:
         if self._end_of_released(message):
@@ -111,7 +113,16 @@ class QuorumConsumer(_RabbitmqConsumer):
                 message.message_id,
             )
             return
-        super().nack(message)
+        if self._forget_tag(message):
+            self._queue_settle(message._tag, ack=False)
+
+    def _forget_tag(self, message) -> bool:
+        try:
+            self.known_tags.remove(message._tag)
+        except KeyError:
+            logger.warning("Message %s was settled already (its delivery is not held).", message.message_id)
+            return False
+        return True
 
     def _released_ids(self) -> set[str]:
         # On the broker, not on this object: a consumer that reconnects while a released job runs must not
@@ -181,6 +192,7 @@ class QuorumConsumer(_RabbitmqConsumer):
         return self._admit_or_dead_letter(self.logical_queue_name, method, properties, body)
 
     def _admit_or_dead_letter(self, queue: str, method: Any, properties: Any, body: bytes) -> DeliveredMessage | None:
+        self._handling = method.delivery_tag  # unsettled, and not yet in known_tags (``node.broker.settle``)
         try:
             return self._admit(queue, method, properties, body)
         except ConnectionClosed:
@@ -189,6 +201,8 @@ class QuorumConsumer(_RabbitmqConsumer):
             self._dead_letter(queue, method.delivery_tag, body, str(e), reason=e.reason)
         except Exception as e:  # whatever else a hostile body provokes: it must not crash this thread
             self._dead_letter(queue, method.delivery_tag, body, f"unreadable message: {type(e).__name__}: {e}")
+        finally:
+            self._handling = None
         return None
 
     def _admit(self, queue: str, method: Any, properties: Any, body: bytes) -> DeliveredMessage | None:
@@ -251,13 +265,17 @@ class QuorumConsumer(_RabbitmqConsumer):
         self._settle(tag, ack=True)
 
     def _hand_back_untouched(self, tag: int, body: bytes) -> None:
+        self._handling = tag
         try:
             self.broker.publish_raw(self.logical_queue_name, body)
         except Exception:
             logger.warning("Could not hand back a message taken during shutdown; requeueing it.", exc_info=True)
             self._settle(tag, ack=False, requeue=True)
             return
-        self._settle(tag, ack=True)
+        else:
+            self._settle(tag, ack=True)
+        finally:
+            self._handling = None
 
     def _idle_after_cancel(self):
         try:

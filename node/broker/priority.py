@@ -90,6 +90,7 @@ class PriorityConsumer(QuorumConsumer):
         self._paused = False
         self._releasing: list = []
         self._lock = threading.Lock()
+        self._init_settles()
         for queue in self.queues:
             broker.consumers_by_queue[queue] = self
         try:

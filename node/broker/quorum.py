@@ -47,6 +47,7 @@ from ..contract.topology import Topology
 from ..errors import NoSuchQueue, QueueMismatchError
 from ..retrying import current_deadline
 from .consumer import QuorumConsumer
+from .hooks import HookDispatch
 from .priority import PriorityConsumer
 from .tls import apply_ca
 
@@ -54,7 +55,7 @@ from .tls import apply_ca
 PUBLISH_RETRY_DELAYS_S: tuple[float, ...] = (0, 0.1, 0.25, 0.5, 1, 2, 3, 5, 5, 5, 5, 5)
 
 
-class QuorumRabbitmqBroker(RabbitmqBroker):
+class QuorumRabbitmqBroker(HookDispatch, RabbitmqBroker):
     """A ``RabbitmqBroker`` whose work queues are quorum queues.
 
     Parameters:
