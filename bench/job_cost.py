@@ -3,9 +3,10 @@ node stack (local storage and an S3 endpoint), with the same `dramatiq` processe
 
 Each configuration: the queue is filled with N no-op messages while no worker runs, then `dramatiq` workers
 start and the broker's ready count is polled; the rate is N / (time from the first message taken to the
-queue being empty). Ratios are against plain Dramatiq and against the bare Burrow broker measured here.
+queue being empty). The configurations run in interleaved rounds (this machine's speed drifts by tens of per
+cent within minutes); printed are the median rates and, for each ratio, the median of the per-round ratios.
 
-    python bench/job_cost.py [--jobs 3000] [--processes 2] [--threads 1]
+    python bench/job_cost.py [--jobs 3000] [--rounds 3] [--processes 2] [--threads 1] [--no-s3]
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pika
@@ -168,116 +171,117 @@ def s3_pairs(endpoint: str, processes: int, count: int = 300) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=3000)
+    parser.add_argument("--s3-jobs", type=int, default=600, help="jobs per S3 round (the endpoint is slow)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are printed")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--short-prefetch", type=int, default=8, help="prefetch for the short-job configuration")
     parser.add_argument("--short-threads", type=int, default=8, help="threads for the short-job configuration")
+    parser.add_argument("--no-s3", action="store_true", help="leave out the S3 endpoint")
     args = parser.parse_args()
     same = ["--processes", str(args.processes), "--threads", str(args.threads)]
     short = ["--processes", str(args.processes), "--threads", str(args.short_threads)]
-    print(f"{args.jobs} no-op jobs, {args.processes} processes; broker {URL.split('@')[-1]}\n")
+    print(f"{args.jobs} no-op jobs, {args.processes} processes, {args.rounds} interleaved rounds; "
+          f"broker {URL.split('@')[-1]}\n")  # fmt: skip
 
-    def queue(prefix: str) -> tuple[str, str, dict[str, str]]:
-        name = f"bench{uuid.uuid4().hex[:8]}"
-        return name, prefix + name, {"BENCH_QUEUE": name, "BURROW_QUEUE_PREFIX": prefix}
+    def node_env(storage_url: str, extra: dict[str, str] | None = None) -> Callable[[], dict[str, str]]:
+        def env() -> dict[str, str]:
+            state = tempfile.mkdtemp(prefix="burrow-bench-state-")
+            return {"BENCH_TARGET": "node.actors", "BURROW_ACTOR_MODULES": "bench_target",
+                    "BURROW_STORAGE_URL": storage_url() if callable(storage_url) else storage_url,
+                    "BURROW_STATE_DIR": state, "BURROW_GPUS": "none", "BURROW_CPU_SLOTS": str(args.processes),
+                    **(extra or {})}  # fmt: skip
 
-    def node_env(prefix_env: dict[str, str], storage_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-        state = tempfile.mkdtemp(prefix="burrow-bench-state-")
-        return {**prefix_env, "BENCH_TARGET": "node.actors", "BURROW_ACTOR_MODULES": "bench_target",
-                "BURROW_STORAGE_URL": storage_url, "BURROW_STATE_DIR": state, "BURROW_GPUS": "none",
-                "BURROW_CPU_SLOTS": str(args.processes), **(extra or {})}  # fmt: skip
+        return env
 
-    name, physical, env = queue("")
-    plain = measure(
-        f"plain Dramatiq, classic queue ({args.threads} thread/process)", PLAIN, env, physical, args.jobs, same
-    )
-    name, physical, env = queue("benchb.")
-    bare = measure("bare Burrow broker, quorum queue, prefetch 1", BARE, env, physical, args.jobs, same)
-    name, physical, env = queue("benchl.")
-    local = measure(
-        "full stack, local storage, prefetch 1",
-        ACTORS,
-        node_env(env, Path(tempfile.mkdtemp(prefix="burrow-bench-store-")).as_uri()),
-        physical,
-        args.jobs,
-        same,
-    )
-    name, physical, env = queue("benchd.")
-    durable = measure(
-        "full stack, local storage ?sync=full (power-cut durable)",
-        ACTORS,
-        node_env(env, Path(tempfile.mkdtemp(prefix="burrow-bench-store-")).as_uri() + "?sync=full"),
-        physical,
-        args.jobs,
-        same,
-    )
-    s3_rate = s3_floor = None
-    try:
-        import logging
+    def local_store() -> str:
+        return Path(tempfile.mkdtemp(prefix="burrow-bench-store-")).as_uri()
 
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        import boto3
-
-        endpoint = f"http://{host}:{port}"
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
-        s3_floor = s3_pairs(endpoint, args.processes)
-        print(f"{'S3 endpoint alone: a GET + a conditional PUT per job':55} {s3_floor:8.0f} jobs/s", flush=True)
-        name, physical, env = queue("benchs.")
-        s3_rate = measure(
-            "full stack, S3 endpoint (moto on loopback), prefetch 1",
+    short_env = {"BURROW_PREFETCH": str(args.short_prefetch)}
+    p, t = args.short_prefetch, args.short_threads
+    # key: (label, module source, extra environment, queue prefix, dramatiq arguments, jobs)
+    configs: dict[str, tuple] = {
+        "plain": (f"plain Dramatiq, classic queue ({args.threads} thread)", PLAIN, dict, "", same, args.jobs),
+        "bare": ("bare Burrow broker, quorum queue, prefetch 1", BARE, dict, "benchb.", same, args.jobs),
+        "local": ("full stack, local storage, prefetch 1", ACTORS, node_env(local_store), "benchl.", same, args.jobs),
+        "durable": (
+            "full stack, local storage ?sync=full, prefetch 1",
             ACTORS,
-            node_env(env, "s3://bench", {"BURROW_S3_ENDPOINT_URL": endpoint}),
-            physical,
-            args.jobs,
+            node_env(lambda: local_store() + "?sync=full"),
+            "benchd.",
             same,
-        )
-        server.stop()
-    except ImportError:
-        print("(moto not installed: S3 configuration skipped)")
-    name, physical, env = queue("")
-    plain_short = measure(
-        f"plain Dramatiq, classic queue ({args.short_threads} threads/process)", PLAIN, env, physical, args.jobs, short
-    )
-    name, physical, env = queue("benchb.")
-    bare_short = measure(
-        f"bare Burrow broker, prefetch {args.short_prefetch}, {args.short_threads} threads",
-        BARE,
-        {**env, "BURROW_PREFETCH": str(args.short_prefetch)},
-        physical,
-        args.jobs,
-        short,
-    )
-    name, physical, env = queue("benchf.")
-    fast = measure(
-        f"full stack, local storage, prefetch {args.short_prefetch}, {args.short_threads} threads",
-        ACTORS,
-        node_env(
-            env,
-            Path(tempfile.mkdtemp(prefix="burrow-bench-store-")).as_uri(),
-            {"BURROW_PREFETCH": str(args.short_prefetch)},
+            args.jobs,
         ),  # fmt: skip
-        physical,
-        args.jobs,
-        short,
-    )
+        "plain_short": (f"plain Dramatiq, classic queue ({t} threads)", PLAIN, dict, "", short, args.jobs),
+        "bare_short": (
+            f"bare Burrow broker, prefetch {p}, {t} threads",
+            BARE,
+            lambda: dict(short_env),
+            "benchb.",
+            short,
+            args.jobs,
+        ),  # fmt: skip
+        "fast": (
+            f"full stack, local storage, prefetch {p}, {t} threads",
+            ACTORS,
+            node_env(local_store, short_env),
+            "benchf.",
+            short,
+            args.jobs,
+        ),  # fmt: skip
+    }
+    server = None
+    s3_floor = None
+    if not args.no_s3:
+        try:
+            import logging
+
+            import boto3
+            from moto.server import ThreadedMotoServer
+
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)
+            os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+            os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            server.start()
+            host, port = server.get_host_and_port()
+            endpoint = f"http://{host}:{port}"
+            boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
+            s3_floor = s3_pairs(endpoint, args.processes)
+            print(f"{'S3 endpoint alone: a GET + a conditional PUT per job':55} {s3_floor:8.0f} jobs/s", flush=True)
+            configs["s3"] = ("full stack, S3 endpoint (moto on loopback), prefetch 1", ACTORS,
+                             node_env("s3://bench", {"BURROW_S3_ENDPOINT_URL": endpoint}), "benchs.", same,
+                             args.s3_jobs)  # fmt: skip
+        except ImportError:
+            print("(moto not installed: S3 configuration skipped)")
+    rates: dict[str, list[float]] = {key: [] for key in configs}
+    for round_number in range(args.rounds):  # interleaved: this machine's speed drifts, both sides alike
+        print(f"-- round {round_number + 1}", flush=True)
+        for key, (label, source, extra, prefix, argv, jobs) in configs.items():
+            name = f"bench{uuid.uuid4().hex[:8]}"
+            env = {"BENCH_QUEUE": name, "BURROW_QUEUE_PREFIX": prefix, **extra()}
+            rates[key].append(measure(label, source, env, prefix + name, jobs, argv))
+    if server is not None:
+        server.stop()
+    rate = {key: statistics.median(values) for key, values in rates.items()}
+
+    def ratio(a: str, b: str) -> str:
+        per_round = [x / y for x, y in zip(rates[a], rates[b], strict=True)]
+        return f"{statistics.median(per_round):5.2f}x  (rounds {min(per_round):.2f}-{max(per_round):.2f})"
+
+    print("\nmedians:")
+    for key, (label, *_rest) in configs.items():
+        print(f"  {label:55} {rate[key]:8.0f} jobs/s")
     print()
-    print(f"bare Burrow broker / plain Dramatiq           {bare / plain:5.2f}x")
-    print(f"full stack (local) / bare Burrow broker       {local / bare:5.2f}x   (goal >= 0.8)")
-    print(f"full stack (local, sync=full) / bare broker   {durable / bare:5.2f}x")
-    if s3_rate is not None:
-        print(f"full stack (S3) / bare Burrow broker          {s3_rate / bare:5.2f}x")
-        print(f"full stack (S3) / S3 endpoint alone           {s3_rate / s3_floor:5.2f}x")
-    print(f"full stack (local) / plain Dramatiq           {local / plain:5.2f}x")
-    print(f"short-job settings: full stack / bare broker  {fast / bare_short:5.2f}x   (goal >= 0.8)")
-    print(f"short-job settings / plain Dramatiq, same threads {fast / plain_short:5.2f}x   (goal >= 0.5)")
+    print(f"bare Burrow broker / plain Dramatiq                {ratio('bare', 'plain')}")
+    print(f"full stack (local) / bare Burrow broker            {ratio('local', 'bare')}   goal >= 0.8")
+    print(f"full stack (local, sync=full) / bare broker        {ratio('durable', 'bare')}")
+    print(f"full stack (local) / plain Dramatiq                {ratio('local', 'plain')}")
+    if "s3" in rates:
+        print(f"full stack (S3) / S3 endpoint alone                {statistics.median(rates['s3']) / s3_floor:5.2f}x")
+    print(f"short-job settings: bare broker / plain Dramatiq   {ratio('bare_short', 'plain_short')}")
+    print(f"short-job settings: full stack / bare broker       {ratio('fast', 'bare_short')}")
+    print(f"short-job settings: full stack / plain Dramatiq    {ratio('fast', 'plain_short')}   goal >= 0.5")
 
 
 if __name__ == "__main__":

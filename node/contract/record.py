@@ -181,7 +181,10 @@ def set_status(record: dict[str, Any], new: JobStatus, *, reason: str | None = N
 
 
 def _entry(record: dict[str, Any], attempt_id: str) -> dict[str, Any] | None:
-    return next((a for a in record["attempts"] if a.get("attempt_id") == attempt_id), None)
+    for entry in record["attempts"]:  # a loop, not next(genexpr): called a few times per job
+        if entry.get("attempt_id") == attempt_id:
+            return entry
+    return None
 
 
 def newest_attempt_id(record: dict[str, Any]) -> str | None:
