@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--short-prefetch", type=int, default=8, help="prefetch for the short-job configuration")
-    parser.add_argument("--short-threads", type=int, default=8, help="threads for the short-job configuration")
+    parser.add_argument("--short-threads", type=int, default=2, help="threads for the short-job configuration")
     parser.add_argument("--no-s3", action="store_true", help="leave out the S3 endpoint")
     args = parser.parse_args()
     same = ["--processes", str(args.processes), "--threads", str(args.threads)]

@@ -30,8 +30,8 @@ from dramatiq.middleware import Callbacks, CurrentMessage, Pipelines
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from node.attempt.journal import Journal  # noqa: E402
-from node.contract.envelope import check_fields  # noqa: E402
 from node.broker.hooks import HookDispatch  # noqa: E402
+from node.contract.envelope import check_fields  # noqa: E402
 from node.middleware import (  # noqa: E402
     CancelListener,
     JobLifecycle,
