@@ -41,27 +41,26 @@ class HookDispatch:
         return hooks
 
     def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
-        name = "before_" + signal
-        hooks = self._hooks(name, reverse=False)
-        if hooks is None:
+        if not self._emit("before_" + signal, args, kwargs, reverse=False):
             super().emit_before(signal, *args, **kwargs)  # type: ignore[misc]
-            return
+
+    def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        if not self._emit("after_" + signal, args, kwargs, reverse=True):
+            super().emit_after(signal, *args, **kwargs)  # type: ignore[misc]
+
+    def _emit(self, name: str, args: tuple, kwargs: dict[str, Any], *, reverse: bool) -> bool:
+        """Call the hooks ``name`` as Dramatiq would (a *before* hook's ``MiddlewareError`` propagates);
+        ``False`` for a signal the base class does not declare (Dramatiq's own dispatch handles it)."""
+        hooks = self._hooks(name, reverse=reverse)
+        if hooks is None:
+            return False
         for hook in hooks:
             try:
                 hook(self, *args, **kwargs)
             except MiddlewareError:
-                raise
+                if not reverse:
+                    raise
+                self.logger.critical("Unexpected failure in %s of %r.", name, hook.__self__, exc_info=True)
             except Exception:
                 self.logger.critical("Unexpected failure in %s of %r.", name, hook.__self__, exc_info=True)
-
-    def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
-        name = "after_" + signal
-        hooks = self._hooks(name, reverse=True)
-        if hooks is None:
-            super().emit_after(signal, *args, **kwargs)  # type: ignore[misc]
-            return
-        for hook in hooks:
-            try:
-                hook(self, *args, **kwargs)
-            except Exception:
-                self.logger.critical("Unexpected failure in %s of %r.", name, hook.__self__, exc_info=True)
+        return True

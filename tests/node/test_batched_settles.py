@@ -90,4 +90,4 @@ def test_against_the_broker_a_batch_settles_exactly_its_own_deliveries(broker) -
     again.ack(redelivered)
     next(again)
     again.close()
-    assert broker.get_queue_message_counts("tests") == (0, 0, 1)
+    wait_for(lambda: broker.get_queue_message_counts("tests") == (0, 0, 1), 10, "only the dead letter left")
