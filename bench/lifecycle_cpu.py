@@ -1,12 +1,12 @@
 """CPU per no-op job of the node's job middleware, in one process, without a broker.
 
-Drives the hooks a worker thread runs for each message through the node's middleware list (Dramatiq's
-``Callbacks``, ``Pipelines`` and ``CurrentMessage``, then ``JobSubmission``, ``Tracing``, ``JobLifecycle`` over
-local storage with its journal, and the node's other middleware), dispatched as the node's broker does, for N
-no-op jobs, and prints the process CPU per job next to a baseline measured in the same run: the same loop
-through Dramatiq's own per-message work only (decoding the body, the message proxy, ``CurrentMessage``). The
-broker round trip is left out on purpose: this is the figure the node core can cut (bench/README.md, "where
-the time goes"). ``--profile`` prints the top functions by own time.
+Drives the hooks a worker thread runs for each message through the middleware list ``node.boot.build_broker``
+gives a worker (Dramatiq's ``Callbacks``, ``Pipelines`` and ``CurrentMessage``, then ``JobSubmission``,
+``Tracing``, ``JobLifecycle`` over local storage with its journal, and the node's other middleware),
+dispatched as the node's broker does, for N no-op jobs, and prints the process CPU per job next to a baseline
+measured in the same run: the same loop through Dramatiq's own per-message work only (decoding the body, the
+message proxy, ``CurrentMessage``). The broker round trip is left out on purpose: this is the figure the node
+core can cut (bench/README.md, "where the time goes"). ``--profile`` prints the top functions by own time.
 
     python bench/lifecycle_cpu.py [--jobs 3000] [--profile]
 """
@@ -25,23 +25,15 @@ import dramatiq
 from dramatiq import Message
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import Callbacks, CurrentMessage, Pipelines
+from dramatiq.middleware import CurrentMessage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from node.attempt.journal import Journal  # noqa: E402
+from node.boot import build_broker  # noqa: E402
 from node.broker.hooks import HookDispatch  # noqa: E402
 from node.contract.envelope import check_fields  # noqa: E402
-from node.middleware import (  # noqa: E402
-    CancelListener,
-    JobLifecycle,
-    JobSubmission,
-    NodeHeartbeat,
-    Prefetch,
-    Shutdown,
-    SlotConsumer,
-    Tracing,
-)
+from node.settings import Settings  # noqa: E402
 from node.storage import LocalStorage  # noqa: E402
 
 
@@ -59,22 +51,11 @@ def _broker(middleware: list, *, node: bool) -> tuple[StubBroker, dramatiq.Actor
 def run(jobs: int, *, full: bool, folder: Path, profiler: cProfile.Profile | None = None) -> float:
     """CPU seconds per job for ``jobs`` no-op jobs (``full``: through the node's job middleware)."""
     middleware = [CurrentMessage()]
-    if full:
+    if full:  # the middleware list a node's worker runs, as the node builds it
+        settings = Settings.from_env({"BURROW_STATE_DIR": str(folder / "state")})
         storage = LocalStorage(folder / "store")
         journal = Journal(folder / "journal", "cpu-0", "bench")
-        middleware = [
-            Callbacks(),
-            Pipelines(),
-            CurrentMessage(),
-            JobSubmission(),
-            Tracing(),
-            JobLifecycle(storage=storage, node_id="bench", slot_id="cpu-0", journal=journal),
-            Shutdown(slot_id="cpu-0"),
-            Prefetch(prefetch=1),
-            SlotConsumer(),
-            CancelListener(storage=storage),
-            NodeHeartbeat(node_id="bench", slot_id="cpu-0", subcloud=""),
-        ]
+        middleware = build_broker(settings, storage=storage, slot_id="cpu-0", journal=journal).middleware
     broker, actor = _broker(middleware, node=full)
     bodies = [
         broker.enqueue(Message(queue_name="q", actor_name="noop", args=(), kwargs={}, options={})).encode()
