@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from node.attempt.journal import Journal  # noqa: E402
 from node.boot import build_broker  # noqa: E402
+from node.broker.consumer import DeliveredMessage  # noqa: E402
 from node.broker.hooks import HookDispatch  # noqa: E402
 from node.contract.envelope import check_fields  # noqa: E402
 from node.settings import Settings  # noqa: E402
@@ -67,9 +68,11 @@ def run(jobs: int, *, full: bool, folder: Path, profiler: cProfile.Profile | Non
     if profiler is not None:
         profiler.enable()
     began = time.process_time()
-    for body, job in zip(bodies, checked, strict=True):
-        message = MessageProxy(Message.decode(body))
-        message.checked_job = job
+    for tag, (body, job) in enumerate(zip(bodies, checked, strict=True)):
+        if full:  # as the node's consumer hands it over
+            message = DeliveredMessage(False, tag, Message.decode(body), 0, {}, job)
+        else:
+            message = MessageProxy(Message.decode(body))
         try:
             broker.emit_before("process_message", message)
             result = actor.fn()

@@ -57,7 +57,7 @@ class Attempt:
         self.known: tuple[dict[str, Any] | None, str | None] | None = known  # the record as read on arrival
         self.started_at = runner.clock()
         self.started_monotonic = time.monotonic()
-        self.labels: dict[str, Any] = {}  # its metric labels (``node.metrics.labels_of``)
+        self.labels: dict[str, Any] | None = None  # its metric labels (``node.metrics.labels_of``), if metered
         self.max_run_s = settings.max_run_s
         self.recorded = False
         self.lock = threading.Lock()

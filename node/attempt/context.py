@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ from .stream import ChunkWriter
 
 logger = logging.getLogger(__name__)
 
+#: Guards building an attempt's parts and its stop flag (rare: once per attempt that uses them).
+_build_lock = threading.Lock()
+
 
 def artifact_key(job_id: str, attempt_id: str, name: str) -> str:
     """Where attempt ``attempt_id`` stores artifact ``name``: under the attempt, so a stale attempt can never
@@ -34,10 +38,10 @@ class JobCheckpoint(Checkpointer):
     """A ``Checkpointer`` that also knows the actor's checkpoint interval (``checkpoint_every_s``) and keeps a
     stream job's chunk count in each checkpoint, so a resumed attempt numbers its chunks on from there."""
 
-    def __init__(self, *args: Any, every_s: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, every_s: float, started_at: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.every_s = every_s
-        self._started_at = time.monotonic()
+        self._started_at = time.monotonic() if started_at is None else started_at  # the attempt's start
         self.stream: ChunkWriter | None = None
         self._read_by_actor: dict[str, Any] | None = None
 
@@ -127,7 +131,11 @@ class Inputs:
 
 
 class AttemptContext:
-    """One attempt of one job, as its actor sees it (see ``node.job.JobContext`` for the contract)."""
+    """One attempt of one job, as its actor sees it (see ``node.job.JobContext`` for the contract).
+
+    Its checkpoint, artifacts, inputs and stream are built on first use (``parts``: a callable returning
+    them) — most short jobs touch none of them, and building them costs more than such a job.
+    """
 
     def __init__(
         self,
@@ -135,42 +143,93 @@ class AttemptContext:
         options: JobOptions,
         attempt: int,
         attempt_id: str,
-        checkpoint: JobCheckpoint,
-        artifacts: Artifacts,
+        checkpoint: JobCheckpoint | None = None,
+        artifacts: Artifacts | None = None,
         node_id: str = "",
         slot: str = "",
         stream: ChunkWriter | None = None,
         inputs: Inputs | None = None,
+        parts: Callable[[AttemptContext], tuple[JobCheckpoint, Artifacts, Inputs, ChunkWriter | None]] | None = None,
     ) -> None:
         self.options = options
         self.job_id = options.job_id
         self.attempt = attempt
         self.attempt_id = attempt_id
-        self.checkpoint = checkpoint
-        self.artifacts = artifacts
+        self._checkpoint = checkpoint
+        self._artifacts = artifacts
+        self._stream = stream
+        self._inputs = inputs
+        self._parts = parts
         self.node_id = node_id
         self.slot = slot
-        self.stream = stream
-        self.inputs = inputs
         self.stop_reason: str | None = None
         self.progress_value: dict[str, Any] | None = None
-        self._stop = threading.Event()
+        self._stopped = False
+        self._stop_event: threading.Event | None = None  # made by the first ``wait_for_stop``
+
+    def _build(self) -> None:
+        with _build_lock:
+            parts, self._parts = self._parts, None
+            if parts is not None:
+                self._checkpoint, self._artifacts, self._inputs, self._stream = parts(self)
+
+    @property
+    def built(self) -> bool:
+        """Whether its checkpoint, artifacts, inputs and stream exist (were used, or given)."""
+        return self._parts is None
+
+    @property
+    def checkpoint(self) -> JobCheckpoint:
+        if self._parts is not None:
+            self._build()
+        assert self._checkpoint is not None
+        return self._checkpoint
+
+    @property
+    def artifacts(self) -> Artifacts:
+        if self._parts is not None:
+            self._build()
+        assert self._artifacts is not None
+        return self._artifacts
+
+    @property
+    def inputs(self) -> Inputs | None:
+        if self._parts is not None:
+            self._build()
+        return self._inputs
+
+    @property
+    def stream(self) -> ChunkWriter | None:
+        if self._parts is not None:
+            self._build()
+        return self._stream
 
     @property
     def should_stop(self) -> bool:
         """True once the job is asked to stop: preemption, its reservation timed out, or it was fenced out."""
-        return self._stop.is_set()
+        return self._stopped
 
     def request_stop(self, reason: str) -> None:
         """Ask the actor to stop at its next check (the first reason given is kept)."""
-        if not self._stop.is_set():
+        with _build_lock:
+            if self._stopped:
+                return
             self.stop_reason = reason
-            logger.info("Job %s attempt %d asked to stop: %s", self.job_id, self.attempt, reason)
-            self._stop.set()
+            self._stopped = True  # before the event is looked at: see ``wait_for_stop``
+            event = self._stop_event
+        logger.info("Job %s attempt %d asked to stop: %s", self.job_id, self.attempt, reason)
+        if event is not None:
+            event.set()
 
     def wait_for_stop(self, timeout_s: float) -> bool:
         """Sleep up to ``timeout_s``, waking early if a stop is requested (for actors that poll)."""
-        return self._stop.wait(timeout_s)
+        with _build_lock:
+            if self._stopped:
+                return True
+            if self._stop_event is None:
+                self._stop_event = threading.Event()
+            event = self._stop_event
+        return event.wait(timeout_s)
 
     def progress(self, fraction: float, note: str = "") -> None:
         """Report progress (0..1); written to the job record every few seconds and when the attempt ends."""

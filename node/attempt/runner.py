@@ -50,6 +50,8 @@ from ..errors import InvalidInput, Preempted
 from ..retrying import Deadline, deadline_scope, retry
 from ..storage import Storage
 from ..storage.records import RecordStore
+from ..telemetry_on import metrics_on, tracing_on
+from ..unique import unique_hex
 from . import running
 from .attempt import Attempt, JobSettings
 from .context import Artifacts, AttemptContext, Inputs, JobCheckpoint
@@ -321,33 +323,39 @@ class AttemptRunner:
         known: tuple[dict[str, Any] | None, str | None],
     ) -> None:
         job = settings.job
-        attempt_id = os.urandom(16).hex()  # as unique as a uuid4, a fifth of its cost
+        attempt_id = unique_hex()
         record = known[0]
         number = max((a["number"] for a in record["attempts"]), default=0) + 1 if record else 1
-        checkpoint = JobCheckpoint(self.storage, job.job_id, number, every_s=settings.checkpoint_every_s)
-        # Any job may stream (a reader needs only its id); the writer costs nothing until the first chunk.
-        checkpoint.stream = ChunkWriter(broker, job.job_id) if hasattr(broker, "publish_plain") else None
+        attempt: Attempt
+
+        def parts(context: AttemptContext) -> tuple[JobCheckpoint, Artifacts, Inputs, ChunkWriter | None]:
+            # Built on the actor's first use (``AttemptContext``): a short job mostly uses none of them.
+            checkpoint = JobCheckpoint(
+                self.storage,
+                job.job_id,
+                context.attempt,
+                every_s=settings.checkpoint_every_s,
+                started_at=attempt.started_monotonic,
+                claim=attempt.claim,
+                on_fenced=lambda: context.request_stop("fenced"),
+            )
+            # Any job may stream (a reader needs only its id); the writer costs nothing until the first chunk.
+            checkpoint.stream = ChunkWriter(broker, job.job_id) if hasattr(broker, "publish_plain") else None
+            return checkpoint, Artifacts(self.storage, job.job_id, attempt_id), Inputs(self.storage), checkpoint.stream
+
         context = AttemptContext(
-            options=job,
-            attempt=number,
-            attempt_id=attempt_id,
-            checkpoint=checkpoint,
-            artifacts=Artifacts(self.storage, job.job_id, attempt_id),
-            node_id=self.node_id,
-            slot=self.slot_id,
-            stream=checkpoint.stream,
-            inputs=Inputs(self.storage),
+            options=job, attempt=number, attempt_id=attempt_id, node_id=self.node_id, slot=self.slot_id, parts=parts
         )
         attempt = Attempt(self, message, settings, context, known)
         attempt.broker = broker
-        checkpoint.claim = attempt.claim
-        checkpoint.on_fenced = lambda: context.request_stop("fenced")
         if self.journal is not None:
             self.journal.started(job.job_id, attempt_id, started_at=attempt.started_at)
-        attempt.labels = metrics.labels_of(job, message.queue_name, message.actor_name)
-        metrics.in_flight.add(1, attempt.labels)
-        if number == 1:  # from submit to the first start (a retry's message keeps the submit time)
-            metrics.queue_wait.record(max(0.0, attempt.started_at - message.message_timestamp / 1000), attempt.labels)
+        if metrics_on():
+            attempt.labels = metrics.labels_of(job, message.queue_name, message.actor_name)
+            metrics.in_flight.add(1, attempt.labels)
+            if number == 1:  # from submit to the first start (a retry's message keeps the submit time)
+                wait_s = max(0.0, attempt.started_at - message.message_timestamp / 1000)
+                metrics.queue_wait.record(wait_s, attempt.labels)
         attempt.token = running.enter(context, message.queue_name)
         self._local.attempt = attempt
         self.monitor.watch(attempt)
@@ -372,7 +380,8 @@ class AttemptRunner:
             try:
                 self._end(broker, message, attempt, exception, deadline, result)
             finally:
-                context.checkpoint.close()
+                if context.built:
+                    context.checkpoint.close()
                 if self.journal is not None:
                     self.journal.finished()
 
@@ -393,11 +402,13 @@ class AttemptRunner:
     ) -> None:
         context = attempt.context
         outcome = _outcome(context, exception)
-        metrics.in_flight.add(-1, attempt.labels)
-        ended = {**attempt.labels, "outcome": outcome.value}
-        metrics.attempts.add(1, ended)
-        metrics.run_duration.record(max(0.0, self.clock() - attempt.started_at), ended)
-        trace.get_current_span().set_attribute("burrow.outcome", outcome.value)
+        if attempt.labels is not None:  # metered from its start
+            metrics.in_flight.add(-1, attempt.labels)
+            ended = {**attempt.labels, "outcome": outcome.value}
+            metrics.attempts.add(1, ended)
+            metrics.run_duration.record(max(0.0, self.clock() - attempt.started_at), ended)
+        if tracing_on():
+            trace.get_current_span().set_attribute("burrow.outcome", outcome.value)
         kept_result: dict[str, Any] | None = None
         if outcome is Outcome.SUCCEEDED and result is not None:
             try:
@@ -405,8 +416,10 @@ class AttemptRunner:
             except (TypeError, ValueError) as e:
                 outcome, exception = Outcome.FAILED, TypeError(f"its return value is not JSON: {e}")
         flush_s = min(self.handback_flush_s, deadline.remaining() / 2)
-        if outcome not in (Outcome.FENCED, Outcome.SUCCEEDED, Outcome.NOT_STARTED) and not context.checkpoint.flush(
-            flush_s
+        if (
+            context.built
+            and outcome not in (Outcome.FENCED, Outcome.SUCCEEDED, Outcome.NOT_STARTED)
+            and not context.checkpoint.flush(flush_s)
         ):
             logger.warning("Job %s: last checkpoint not stored in time.", context.job_id)
         decision = self._decide(attempt.settings, JobStatus.RUNNING, outcome, job=context.options)
@@ -440,9 +453,9 @@ class AttemptRunner:
                 now=now,
                 status=final.status,
                 reason=final.reason,
-                checkpoint=context.checkpoint.uploaded,
+                checkpoint=context.checkpoint.uploaded if context.built else None,
                 progress=context.progress_value,
-                artifacts=context.artifacts.keys if outcome is Outcome.SUCCEEDED else None,
+                artifacts=context.artifacts.keys if outcome is Outcome.SUCCEEDED and context.built else None,
                 result=kept_result,
                 entry_if_missing=attempt.entry(),
             )
@@ -469,8 +482,7 @@ class AttemptRunner:
                     reason="success not recorded yet",
                     delay_s=SETTLE_DELAY_S,
                 )
-        quiet = {Outcome.SUCCEEDED: logging.DEBUG, Outcome.INTERRUPTED: logging.INFO, Outcome.CANCELLED: logging.INFO}
-        level = quiet.get(outcome, logging.WARNING)
+        level = _LOG_LEVEL_OF.get(outcome, logging.WARNING)
         logger.log(
             level,
             "Job %s attempt %d %s: %s (%s).",
@@ -482,7 +494,7 @@ class AttemptRunner:
         )
         self._carry_out(broker, message, decision, error=error, attempts=(record or {}).get("attempts"))
         if record is not None:
-            self._notify(broker, decision.job, decision, record, context.stream)
+            self._notify(broker, decision.job, decision, record, context.stream if context.built else None)
 
     def _keep_result(self, context: AttemptContext, result: Any) -> dict[str, Any]:
         """How the record keeps the actor's return value: inline if small, else as artifact ``result.json``."""
@@ -532,9 +544,10 @@ class AttemptRunner:
         error: str | None = None,
         attempts: list[dict[str, Any]] | None = None,
     ) -> None:
-        labels = metrics.labels_of(decision.job, message.queue_name, message.actor_name)
-        status = decision.status.value if decision.status is not None else ""
-        metrics.decisions.add(1, {**labels, "action": decision.action.value, "status": status})
+        if metrics_on():
+            labels = metrics.labels_of(decision.job, message.queue_name, message.actor_name)
+            status = decision.status.value if decision.status is not None else ""
+            metrics.decisions.add(1, {**labels, "action": decision.action.value, "status": status})
         try:
             route(broker, message, decision, node_id=self.node_id, error=error, attempts=attempts)
         except Exception:
@@ -569,13 +582,18 @@ class AttemptRunner:
             os._exit(EXIT_KILLED_OVERRUN)
 
 
+#: How an attempt's end is logged, by outcome (others at WARNING): per-job lines at DEBUG, not to cost more
+#: than a short job.
+_LOG_LEVEL_OF = {Outcome.SUCCEEDED: logging.DEBUG, Outcome.INTERRUPTED: logging.INFO, Outcome.CANCELLED: logging.INFO}
+
+
 class _NotStarted(Exception):
     """Stands for "skipped by another middleware" when an attempt is ended from ``after_skip_message``."""
 
 
 def _outcome(context: AttemptContext, exception: BaseException | None) -> Outcome:
     """How an attempt ended, judged by its exception and why it was asked to stop (if it was)."""
-    if context.stop_reason == "fenced" or context.checkpoint.fenced:
+    if context.stop_reason == "fenced" or (context.built and context.checkpoint.fenced):
         return Outcome.FENCED
     if exception is None:
         return Outcome.SUCCEEDED

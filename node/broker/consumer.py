@@ -63,6 +63,16 @@ class DeliveredMessage(_RabbitmqMessage):
         self, redelivered: bool, tag: int, message: Message, delivery_count: int, headers: dict, checked_job: JobOptions
     ):
         super().__init__(redelivered, tag, message)
+        # The message's fields as attributes of the proxy: each read would otherwise fail a normal lookup and
+        # go through ``MessageProxy.__getattr__`` (a job's middleware reads them ~25 times). ``Message`` is
+        # frozen, so the copies cannot go stale.
+        self.queue_name = message.queue_name
+        self.actor_name = message.actor_name
+        self.args = message.args
+        self.kwargs = message.kwargs
+        self.options = message.options
+        self.message_id = message.message_id
+        self.message_timestamp = message.message_timestamp
         self.delivery_count = delivery_count
         self.headers = headers
         self.checked_job = checked_job

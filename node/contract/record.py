@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from functools import lru_cache
 from typing import Any
 
 from ..errors import InvalidTransition
@@ -125,6 +126,7 @@ def transition(current: JobStatus | None, new: JobStatus) -> JobStatus:
     return new
 
 
+@lru_cache(maxsize=1024)  # a job's key is asked for at its arrival and again at its end
 def record_key(job_id: str) -> str:
     """Where a job's record lives: 256 shards by hash, not a folder per job (on a local filesystem a new
     directory per job doubled the cost of a short job's one record write; checkpoints and artifacts, which

@@ -97,6 +97,7 @@ class JobLifecycle(dramatiq.Middleware):
             "max_run_s": max_run_s,
             "checkpoint_every_s": checkpoint_every_s,
         }
+        self._names = frozenset(self.defaults)
         self.runner = AttemptRunner(
             storage=storage,
             node_id=node_id,
@@ -134,7 +135,7 @@ class JobLifecycle(dramatiq.Middleware):
             raise MalformedMessage("actor_name", f"no actor {message.actor_name!r} on this node") from None
         options = message.options
         try:
-            if not any(options.get(name) is not None for name in self.defaults):
+            if not (self._names & options.keys()) or all(options.get(name) is None for name in self._names):
                 # The common case: the actor's options decide, and they are resolved once per actor.
                 cached = self._per_actor.get(actor.actor_name)
                 if cached is None or cached[0] is not actor:

@@ -11,7 +11,6 @@ variables) every call is a no-op.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import dramatiq
@@ -21,28 +20,9 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ..contract.job_options import OPTION_KEY
+from ..telemetry_on import tracing_on
 
 tracer = trace.get_tracer("burrow.node")
-
-
-#: How long "no SDK tracer provider installed" is believed before looking again.
-TRACING_RECHECK_S = 1.0
-_tracing_off_until = 0.0
-
-
-def tracing_on() -> bool:
-    """Whether an SDK tracer provider is installed: with none, the middleware skips its work altogether (its
-    spans would be non-recording, but building their attributes and contexts costs a short job ~10 % more).
-
-    A "no" is believed for ``TRACING_RECHECK_S``: until a provider is set, asking OpenTelemetry reads the
-    environment each time. A provider, once set, stays (OpenTelemetry allows setting it once)."""
-    global _tracing_off_until
-    if time.monotonic() < _tracing_off_until:
-        return False
-    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider):
-        _tracing_off_until = time.monotonic() + TRACING_RECHECK_S
-        return False
-    return True
 
 
 def _job(message: Message) -> dict[str, Any] | None:

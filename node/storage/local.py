@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ObjectNotFound, PreconditionFailed, StorageError
+from ..unique import unique_hex
 from .base import ObjectInfo, Storage
 
 #: Bodies up to this size are kept in the database; larger ones are blob files.
@@ -66,6 +67,18 @@ class _WriteLock:
         finally:
             self.mutex.release()
 
+
+#: This process's id, kept current in forked children (a connection is never used across a fork), so that
+#: finding this thread's connection needs no ``getpid`` system call.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 _write_locks: dict[Path, _WriteLock] = {}
 _write_locks_guard = threading.Lock()
@@ -118,7 +131,7 @@ class LocalStorage(Storage):
     def _db(self, *, create: bool) -> sqlite3.Connection | None:
         """This thread's connection (one per thread and per process: a forked worker opens its own)."""
         local = self._local
-        if getattr(local, "pid", None) == os.getpid() and local.db is not None:
+        if getattr(local, "pid", None) == _pid and local.db is not None:
             return local.db
         if not create and not self._db_path.exists():
             return None  # reading a store nobody wrote yet: empty, and nothing created
@@ -131,7 +144,7 @@ class LocalStorage(Storage):
             self._use_wal(db)
             db.execute(f"PRAGMA synchronous={self.sync.upper()}")
             db.execute(_SCHEMA)
-        local.pid, local.db = os.getpid(), db
+        local.pid, local.db = _pid, db
         return db
 
     @staticmethod
@@ -169,7 +182,7 @@ class LocalStorage(Storage):
     ) -> ObjectInfo:
         self.check_key(key)
         db = self._db(create=True)
-        etag = os.urandom(16).hex()
+        etag = unique_hex()
         row = (key, etag, size, data, file)
         try:
             if if_none_match:
@@ -218,7 +231,7 @@ class LocalStorage(Storage):
 
     def _new_blob(self, fill) -> tuple[str, int]:
         """Write a blob file through ``fill(handle)``; return its name and size. Not visible until a row names it."""
-        name = os.urandom(16).hex()
+        name = unique_hex()
         path = self._blob_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as handle:

@@ -14,6 +14,23 @@ from .base import Storage
 
 logger = logging.getLogger(__name__)
 
+try:  # one compact C encoder for every record (``json.dumps`` with separators builds a new one per call)
+    from json.encoder import c_make_encoder, encode_basestring_ascii
+
+    def _not_json(value: Any) -> Any:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    # Records are trees (no circular-reference check needed) and, like ``json.dumps``, NaN is allowed.
+    _encode = c_make_encoder(None, _not_json, encode_basestring_ascii, None, ":", ",", False, False, True)
+
+    def _compact(value: Any) -> str:
+        return "".join(_encode(value, 0))
+
+except (ImportError, TypeError):  # a Python without the C accelerator
+
+    def _compact(value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"))
+
 
 class RecordStore:
     """Reads and updates job records.
@@ -41,7 +58,7 @@ class RecordStore:
     def create(self, record: dict[str, Any]) -> bool:
         """Store ``record`` (a ``new_record`` filled in) unless the job already has one; ``False`` if it has."""
         record["updated_at"] = time.time()
-        body = json.dumps(record, separators=(",", ":")).encode()
+        body = _compact(record).encode()
         try:
             self.storage.put(record_key(record["job_id"]), body, if_none_match=True)
         except PreconditionFailed:
@@ -85,16 +102,16 @@ class RecordStore:
                     record = {k: v for k, v in record.items() if k != "updated_at"}
                 else:
                     record.pop("updated_at", None)
-                before = json.dumps(record, separators=(",", ":"))
+                before = _compact(record)
                 if shared:
                     record = json.loads(before)
             value = mutate(record)
             record.pop("updated_at", None)
-            after = json.dumps(record, separators=(",", ":"))
+            after = _compact(record)
             if after == before:
                 return record, value  # nothing changed (e.g. a replayed begin): nothing to write
             record["updated_at"] = now = time.time()
-            stamp = f'"updated_at":{json.dumps(now)}}}'
+            stamp = f'"updated_at":{float.__repr__(now)}}}'  # a finite float's JSON is its repr
             body = (after[:-1] + ("," if after != "{}" else "") + stamp).encode()
             try:
                 if etag is None:

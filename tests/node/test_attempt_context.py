@@ -1,0 +1,60 @@
+"""The attempt's job context: parts built on first use, once; a stop request wakes a waiting actor."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from node.attempt.context import AttemptContext
+from node.contract.job_options import JobOptions
+from node.unique import unique_hex
+
+
+def _context(built: list[int]) -> AttemptContext:
+    def parts(context: AttemptContext):
+        built.append(context.attempt)
+        return "checkpoint", "artifacts", "inputs", "stream"
+
+    return AttemptContext(options=JobOptions(job_id="j1"), attempt=3, attempt_id="a1", parts=parts)
+
+
+def test_a_context_builds_its_checkpoint_artifacts_inputs_and_stream_only_when_the_actor_first_uses_one():
+    built: list[int] = []
+    context = _context(built)
+    assert not context.built and built == []  # a short job that touches none of them builds nothing
+
+    assert context.artifacts == "artifacts"
+    assert (context.checkpoint, context.inputs, context.stream) == ("checkpoint", "inputs", "stream")
+    assert context.built and built == [3]  # once, with the attempt number current at that moment
+
+
+def test_a_stop_request_from_another_thread_wakes_an_actor_waiting_for_it():
+    context = _context([])
+    waiting = threading.Event()
+    woke: list[bool] = []
+
+    def actor() -> None:
+        waiting.set()
+        woke.append(context.wait_for_stop(timeout_s=60))
+
+    thread = threading.Thread(target=actor)
+    thread.start()
+    waiting.wait()
+    context.request_stop("preempted")
+    context.request_stop("timeout")  # the first reason is kept
+    thread.join()
+    assert woke == [True] and context.should_stop and context.stop_reason == "preempted"
+    assert context.wait_for_stop(timeout_s=60)  # already stopped: returns at once
+
+
+def test_unique_ids_do_not_repeat_in_a_process_nor_between_a_parent_and_its_forked_child():
+    ids = {unique_hex() for _ in range(10_000)}
+    assert len(ids) == 10_000 and all(len(i) == 32 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id
+        os.write(write, unique_hex().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child_id = os.read(read, 64).decode()
+    assert child_id != unique_hex() and child_id not in ids
