@@ -89,13 +89,14 @@ class QuorumConsumer(BatchedSettles, _RabbitmqConsumer):
         self._paused = False  # not consuming while a released job of this worker runs
         self._releasing: list[tuple[int, threading.Event]] = []  # (delivery tag, done) for the consumer thread
         self._lock = threading.Lock()
-        self._init_settles()
+        self._init_settles(spare=prefetch - getattr(broker, "worker_threads", 1))
         super().__init__(broker, broker.physical(queue_name), prefetch, timeout)
         broker.consumers_by_queue[self.logical_queue_name] = self
 
     def request_cancel(self) -> None:
         """Stop taking deliveries (acted on in the consumer thread within one consumer timeout)."""
         self._cancel_requested = True
+        self._settle_hold_s = 0.0  # a draining worker's acks go out at once
 
     @property
     def stopped(self) -> bool:

@@ -90,7 +90,7 @@ class PriorityConsumer(QuorumConsumer):
         self._paused = False
         self._releasing: list = []
         self._lock = threading.Lock()
-        self._init_settles()
+        self._init_settles(spare=self.limit - getattr(broker, "worker_threads", 1))
         for queue in self.queues:
             broker.consumers_by_queue[queue] = self
         try:

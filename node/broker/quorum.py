@@ -108,6 +108,9 @@ class QuorumRabbitmqBroker(HookDispatch, RabbitmqBroker):
         #: early while their job runs (``QuorumConsumer.release``).
         self.consumers_by_queue: dict[str, QuorumConsumer] = {}
         self.released: dict[str, set[str]] = {}
+        #: The worker's threads (set by ``node.middleware.Prefetch``): a consumer whose prefetch exceeds them
+        #: holds acks briefly to send them together (``node.broker.settle``).
+        self.worker_threads = 1
 
     # -- names -------------------------------------------------------------------------------------------
 

@@ -26,3 +26,4 @@ class Prefetch(dramatiq.Middleware):
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         worker.queue_prefetch = self.prefetch
         worker.worker_timeout = self.consumer_timeout_ms
+        broker.worker_threads = worker.worker_threads  # a consumer with spare prefetch holds acks to batch them
