@@ -4,7 +4,8 @@ node stack (local storage and an S3 endpoint), with the same `dramatiq` processe
 Each configuration: the queue is filled with N no-op messages while no worker runs, then `dramatiq` workers
 start and the broker's ready count is polled; the rate is N / (time from the first message taken to the
 queue being empty). The configurations run in interleaved rounds (this machine's speed drifts by tens of per
-cent within minutes); printed are the median rates and, for each ratio, the median of the per-round ratios.
+cent within minutes); printed are the median rates and, for each ratio, the median of the per-round ratios,
+and beside each rate the CPU per job of the worker processes and of RabbitMQ while the queue drained.
 
     python bench/job_cost.py [--jobs 3000] [--rounds 3] [--processes 2] [--threads 1] [--no-s3]
 """
@@ -12,6 +13,8 @@ cent within minutes); printed are the median rates and, for each ratio, the medi
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import os
 import signal
 import statistics
@@ -24,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pika
+import psutil
 from dramatiq import Message
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,10 +114,12 @@ def measure(name: str, module_source: str, env: dict[str, str], queue: str, jobs
         left = ready(channel, queue)
         if started is None and left < jobs:
             started = time.monotonic()
+            taken, cpu_before = left, _cpu(workers.pid)
         if left == 0:
             break
         time.sleep(0.005)
     elapsed = time.monotonic() - started
+    cpu_after = _cpu(workers.pid)
     stop(workers)
     prefix = env.get("BURROW_QUEUE_PREFIX", "")
     for suffix in ("", ".XQ", ".DQ"):
@@ -133,8 +139,36 @@ def measure(name: str, module_source: str, env: dict[str, str], queue: str, jobs
                 channel = connection.channel()
     connection.close()
     rate = jobs / elapsed
-    print(f"{name:55} {rate:8.0f} jobs/s", flush=True)
+    worker_us, broker_us = (1e6 * (a - b) / taken for a, b in zip(cpu_after, cpu_before, strict=True))
+    CPU[name].append((worker_us, broker_us))
+    print(f"{name:55} {rate:8.0f} jobs/s   CPU per job: workers {worker_us:4.0f} µs, RabbitMQ {broker_us:4.0f} µs",
+          flush=True)  # fmt: skip
     return rate
+
+
+#: CPU per job (workers, RabbitMQ) of each measurement, by configuration label.
+CPU: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+
+
+def _cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of the worker processes under ``pid`` and of the RabbitMQ server (``beam.smp``;
+    0 if it is not on this machine). The processes' CPU while the queue drains, per job, shows what a job
+    costs where the drain rate alone mixes it with latency."""
+    workers = 0.0
+    try:
+        for child in psutil.Process(pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                times = child.cpu_times()
+                workers += times.user + times.system
+    except psutil.Error:
+        pass
+    broker = 0.0
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] == "beam.smp":
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                broker += times.user + times.system
+    return workers, broker
 
 
 def _s3_pairs_worker(endpoint: str, count: int, results) -> None:
@@ -269,9 +303,11 @@ def main() -> None:
         per_round = [x / y for x, y in zip(rates[a], rates[b], strict=True)]
         return f"{statistics.median(per_round):5.2f}x  (rounds {min(per_round):.2f}-{max(per_round):.2f})"
 
-    print("\nmedians:")
+    print("\nmedians (CPU per job while draining: workers, RabbitMQ):")
     for key, (label, *_rest) in configs.items():
-        print(f"  {label:55} {rate[key]:8.0f} jobs/s")
+        worker_us = statistics.median(w for w, _ in CPU[label])
+        broker_us = statistics.median(b for _, b in CPU[label])
+        print(f"  {label:55} {rate[key]:8.0f} jobs/s   {worker_us:5.0f} µs, {broker_us:5.0f} µs")
     print()
     print(f"bare Burrow broker / plain Dramatiq                {ratio('bare', 'plain')}")
     print(f"full stack (local) / bare Burrow broker            {ratio('local', 'bare')}   goal >= 0.8")
