@@ -3,8 +3,9 @@
 When the broker redelivers a message, the job's last attempt ended without an ack. Was it the job's fault
 (its process died — OOM, a CUDA fault, ``os._exit``) or not (the node vanished, or restarted)? From another
 machine the two look alike. On this machine they do not: each worker thread notes the attempt it runs in a
-file of its own (``<state_dir>/journal/<slot>-<thread>.json``, overwritten in place, no fsync: it must survive
-a process death, not a power cut — after a power cut the node restarted, which is an interruption anyway).
+file of its own (``<state_dir>/journal/<slot>-<thread>.json``, overwritten in place through a shared memory
+map, no fsync: it must survive a process death, not a power cut — after a power cut the node restarted, which
+is an interruption anyway).
 
 An entry whose process is dead, written by the same node instance (the same ``burrow node`` supervisor, or the
 same ``dramatiq`` master), proves a crash on this node; an entry whose process is alive and still on the job
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import threading
 from dataclasses import dataclass
@@ -22,6 +24,9 @@ from json.encoder import encode_basestring_ascii as _string  # a str as a JSON s
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+#: Bytes of a journal file that are mapped (an entry is ~300).
+JOURNAL_PAGE = 4096
 
 
 def process_start_time(pid: int) -> int | None:
@@ -80,15 +85,25 @@ class Journal:
 
     def _write(self, data: bytes) -> None:
         local = self._local
-        fd = getattr(local, "fd", None)
-        if fd is None:
-            path = self.directory / f"{self.slot_id}-{threading.get_native_id()}.json"
-            fd = local.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        view = getattr(local, "view", None)
+        if view is None:
+            view = local.view = self._open()
             local.size = 0
-        # One write in place, padded with spaces (JSON ignores them) over what a longer entry left: no
-        # truncate, so noting an attempt costs one system call.
-        os.pwrite(fd, data.ljust(local.size), 0)
+        # One copy into the file's page-cache page, padded with spaces (JSON ignores them) over what a longer
+        # entry left: no system call, so noting an attempt does not give up the interpreter lock either.
+        if max(len(data), local.size) <= len(view):
+            view[: max(len(data), local.size)] = data.ljust(local.size)
+        else:  # an entry longer than the mapped page (a long kill note): written as before
+            os.pwrite(local.fd, data.ljust(local.size), 0)
         local.size = max(local.size, len(data))
+
+    def _open(self) -> mmap.mmap:
+        """This thread's journal file, mapped shared: what is copied into it is in the page cache at once,
+        which other processes read and which outlives this process (not a power cut: see above)."""
+        path = self.directory / f"{self.slot_id}-{threading.get_native_id()}.json"
+        fd = self._local.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        os.pwrite(fd, b" " * JOURNAL_PAGE, 0)
+        return mmap.mmap(fd, JOURNAL_PAGE)
 
     def started(self, job_id: str, attempt_id: str, *, started_at: float, killed: str | None = None) -> None:
         """Note that this process now runs ``attempt_id`` (or is about to kill itself over it)."""

@@ -74,3 +74,25 @@ def test_a_dead_process_not_yet_reaped_by_its_parent_is_dead(tmp_path):
     write_entry(tmp_path, "a", job_id="j", attempt_id="a1", instance="i", pid=child.pid, pid_start=start)
     assert journal.evidence("j").crashed == {"a1"}
     child.wait()
+
+
+def test_entries_of_any_length_read_back_and_a_cleared_entry_says_nothing(tmp_path):
+    journal = Journal(tmp_path, "cpu-0", "instance-1")
+    journal.started("j1", "a1", started_at=1.0, killed="killed: " + "x" * 5000)  # longer than the mapped page
+    assert journal.evidence("j1").killed == {"a1"}
+    journal.started("j2", "a2", started_at=2.0)  # shorter: padded over the long one
+    assert journal.evidence("j2").running == {"a2"} and journal.evidence("j1").killed == set()
+    journal.finished()
+    assert journal.evidence("j2").running == set()
+
+
+def test_what_a_process_noted_is_there_for_others_after_it_is_killed(tmp_path):
+    code = (
+        f"import os, signal, sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
+        "from node.attempt.journal import Journal\n"
+        f"journal = Journal(__import__('pathlib').Path({str(tmp_path)!r}), 'cpu-0', 'instance-1')\n"
+        "journal.started('j', 'a1', started_at=1.0)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=False)
+    assert Journal(tmp_path, "cpu-1", "instance-1").evidence("j").crashed == {"a1"}
