@@ -167,11 +167,14 @@ class AttemptContext:
         self._stopped = False
         self._stop_event: threading.Event | None = None  # made by the first ``wait_for_stop``
 
-    def _build(self) -> None:
-        with _build_lock:
-            parts, self._parts = self._parts, None
-            if parts is not None:
-                self._checkpoint, self._artifacts, self._inputs, self._stream = parts(self)
+    def _built(self) -> AttemptContext:
+        """This context, with its parts built (once, on the first use of any)."""
+        if self._parts is not None:
+            with _build_lock:
+                parts, self._parts = self._parts, None
+                if parts is not None:
+                    self._checkpoint, self._artifacts, self._inputs, self._stream = parts(self)
+        return self
 
     @property
     def built(self) -> bool:
@@ -180,29 +183,19 @@ class AttemptContext:
 
     @property
     def checkpoint(self) -> JobCheckpoint:
-        if self._parts is not None:
-            self._build()
-        assert self._checkpoint is not None
-        return self._checkpoint
+        return self._built()._checkpoint  # type: ignore[return-value]
 
     @property
     def artifacts(self) -> Artifacts:
-        if self._parts is not None:
-            self._build()
-        assert self._artifacts is not None
-        return self._artifacts
+        return self._built()._artifacts  # type: ignore[return-value]
 
     @property
     def inputs(self) -> Inputs | None:
-        if self._parts is not None:
-            self._build()
-        return self._inputs
+        return self._built()._inputs
 
     @property
     def stream(self) -> ChunkWriter | None:
-        if self._parts is not None:
-            self._build()
-        return self._stream
+        return self._built()._stream
 
     @property
     def should_stop(self) -> bool:
