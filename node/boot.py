@@ -15,7 +15,7 @@ from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 import dramatiq
-from dramatiq.middleware import Callbacks, CurrentMessage, Pipelines
+from dramatiq.middleware import CurrentMessage
 
 from . import context, metrics
 from .attempt import drain
@@ -25,10 +25,12 @@ from .broker import QuorumRabbitmqBroker
 from .contract.topology import load_topology
 from .errors import BurrowError
 from .middleware import (
+    Callbacks,
     CancelListener,
     JobLifecycle,
     JobSubmission,
     NodeHeartbeat,
+    Pipelines,
     Prefetch,
     Shutdown,
     SlotConsumer,

@@ -7,11 +7,10 @@ botocore already retries each request, so this loop only spaces out whole operat
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -39,14 +38,23 @@ class Deadline:
 _scope: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar("burrow_deadline", default=None)
 
 
-@contextlib.contextmanager
-def deadline_scope(deadline: Deadline) -> Iterator[Deadline]:
-    """Make ``deadline`` bound every retry loop below it in this thread (e.g. the broker's publish retries)."""
-    token = _scope.set(deadline)
-    try:
-        yield deadline
-    finally:
-        _scope.reset(token)
+class deadline_scope:  # noqa: N801 (used as a context manager, like contextlib's)
+    """Make ``deadline`` bound every retry loop below it in this thread (e.g. the broker's publish retries).
+
+    A class rather than a ``contextlib.contextmanager`` generator: it is entered once per job.
+    """
+
+    __slots__ = ("deadline", "_token")
+
+    def __init__(self, deadline: Deadline) -> None:
+        self.deadline = deadline
+
+    def __enter__(self) -> Deadline:
+        self._token = _scope.set(self.deadline)
+        return self.deadline
+
+    def __exit__(self, *exc: object) -> None:
+        _scope.reset(self._token)
 
 
 def current_deadline() -> Deadline | None:

@@ -20,8 +20,9 @@ import mmap
 import os
 import threading
 from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii as _string  # a str as a JSON string literal
 from pathlib import Path
+
+import orjson
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ class Journal:
         self.slot_id = slot_id
         directory.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._pid_start = process_start_time(os.getpid())
+        self._pid = os.getpid()
+        self._pid_start = process_start_time(self._pid)
 
     def _write(self, data: bytes) -> None:
         local = self._local
@@ -107,14 +109,20 @@ class Journal:
 
     def started(self, job_id: str, attempt_id: str, *, started_at: float, killed: str | None = None) -> None:
         """Note that this process now runs ``attempt_id`` (or is about to kill itself over it)."""
-        # Formatted by hand (the JSON of a dict of these fields, ~4x cheaper than json.dumps of it): once per job.
-        entry = (
-            f'{{"job_id":{_string(job_id)},"attempt_id":{_string(attempt_id)},"instance":{_string(self.instance)},'
-            f'"pid":{os.getpid()},"pid_start":{"null" if self._pid_start is None else int(self._pid_start)},'
-            f'"killed":{"null" if killed is None else _string(killed)},"started_at":{float(started_at)!r}}}'
+        # orjson: the journal is written once per job, ~3x cheaper than formatting it with ``json``.
+        entry = orjson.dumps(
+            {
+                "job_id": job_id,
+                "attempt_id": attempt_id,
+                "instance": self.instance,
+                "pid": self._pid,
+                "pid_start": self._pid_start,
+                "killed": killed,
+                "started_at": float(started_at),
+            }
         )
         try:
-            self._write(entry.encode())
+            self._write(entry)
         except OSError as e:  # evidence is a nicety: never fail a job over it
             logger.warning("Journal of slot %s not written: %s", self.slot_id, e)
 

@@ -27,17 +27,18 @@ class HookDispatch:
 
     def _hooks(self, name: str, *, reverse: bool) -> list[Hook] | None:
         """The hooks ``name`` of the middleware (``None``: a signal the base class does not declare)."""
-        cache: dict[str, tuple[tuple[int, ...], list[Hook]]] = self.__dict__.setdefault("_hook_cache", {})
-        key = tuple(map(id, self.middleware))
+        cache: dict[str, tuple[list[Middleware], list[Hook]]] = self.__dict__.setdefault("_hook_cache", {})
         cached = cache.get(name)
-        if cached is not None and cached[0] == key:
+        # A copy of the list the hooks were taken from: comparing it with the current list is one C loop of
+        # identity checks (the same objects compare equal without calling ``__eq__``).
+        if cached is not None and cached[0] == self.middleware:
             return cached[1]
         base = getattr(Middleware, name, None)
         if base is None:
             return None
         ordered = reversed(self.middleware) if reverse else self.middleware
         hooks = [getattr(m, name) for m in ordered if getattr(type(m), name, base) is not base or name in vars(m)]
-        cache[name] = (key, hooks)
+        cache[name] = (list(self.middleware), hooks)
         return hooks
 
     def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:

@@ -17,6 +17,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
+
 from ..errors import MalformedMessage
 from .job_options import JobOptions, check_actor_options
 
@@ -28,9 +30,14 @@ MAX_MESSAGE_ID = 128
 def decode_fields(body: bytes) -> dict[str, Any]:
     """Decode a message body into its fields, raising ``MalformedMessage`` naming what is wrong."""
     try:
-        fields = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise MalformedMessage("", f"body is not JSON: {e}") from None
+        fields = orjson.loads(body)  # every delivery: ~3x cheaper than json.loads
+    except orjson.JSONDecodeError:
+        # What orjson refuses but json reads (NaN, a lone surrogate escape) is read as before, so that the
+        # checks below name the field that is wrong.
+        try:
+            fields = json.loads(body)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise MalformedMessage("", f"body is not JSON: {e}") from None
     if not isinstance(fields, dict):
         raise MalformedMessage("", f"body must be a JSON object, got {type(fields).__name__}")
     missing = [name for name in _FIELDS if name not in fields and name != "options"]

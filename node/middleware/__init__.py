@@ -1,6 +1,7 @@
 """Node middleware: Dramatiq hooks only, one concern per module, each a ``dramatiq.Middleware``."""
 
 from .cancel import CancelListener
+from .chaining import Callbacks, Pipelines
 from .heartbeat import NodeHeartbeat
 from .lifecycle import JobLifecycle
 from .prefetch import Prefetch
@@ -10,10 +11,12 @@ from .submission import JobSubmission
 from .tracing import Tracing
 
 __all__ = [
+    "Callbacks",
     "CancelListener",
     "JobLifecycle",
     "JobSubmission",
     "NodeHeartbeat",
+    "Pipelines",
     "Prefetch",
     "Shutdown",
     "SlotConsumer",

@@ -45,6 +45,16 @@ class Storage(ABC):
     def get(self, key: str) -> tuple[bytes, ObjectInfo]:
         """Return the object's bytes and its info."""
 
+    def get_if_exists(self, key: str) -> tuple[bytes, ObjectInfo] | None:
+        """Return the object's bytes and its info, or ``None`` if it does not exist (a backend that can tell
+        without raising overrides this: most record reads at a job's arrival find nothing)."""
+        from ..errors import ObjectNotFound
+
+        try:
+            return self.get(key)
+        except ObjectNotFound:
+            return None
+
     @abstractmethod
     def head(self, key: str) -> ObjectInfo | None:
         """Return the object's info, or ``None`` if it does not exist."""

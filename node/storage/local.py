@@ -248,14 +248,15 @@ class LocalStorage(Storage):
                 os.close(directory)
         return name, size
 
-    def _read(self, key: str, use) -> ObjectInfo:
-        """Call ``use(data, path)`` with the object's body (inline bytes or its blob file) and return its info.
+    def _read(self, key: str, use) -> ObjectInfo | None:
+        """Call ``use(data, path)`` with the object's body (inline bytes or its blob file) and return its info
+        (``None``: no such object).
 
         A blob can be replaced between reading its row and opening it: read the row again then."""
         for _ in range(10):
             row = self._row(key)
             if row is None:
-                raise ObjectNotFound(key)
+                return None
             etag, size, data, file = row
             try:
                 use(data, None if file is None else self._blob_path(file))
@@ -274,13 +275,19 @@ class LocalStorage(Storage):
         return self._write(key, size, None, name, if_match=if_match, if_none_match=if_none_match)
 
     def get(self, key: str) -> tuple[bytes, ObjectInfo]:
+        found = self.get_if_exists(key)
+        if found is None:
+            raise ObjectNotFound(key)
+        return found
+
+    def get_if_exists(self, key: str) -> tuple[bytes, ObjectInfo] | None:
         body: list[bytes] = []
 
         def use(data: bytes | None, path: Path | None) -> None:
             body.append(data if path is None else path.read_bytes())
 
         info = self._read(key, use)
-        return body[-1], info
+        return None if info is None else (body[-1], info)
 
     def head(self, key: str) -> ObjectInfo | None:
         row = self._row(key)
@@ -337,6 +344,8 @@ class LocalStorage(Storage):
 
         try:
             info = self._read(key, use)
+            if info is None:
+                raise ObjectNotFound(key)
             os.replace(tmp, target)
         finally:
             Path(tmp).unlink(missing_ok=True)

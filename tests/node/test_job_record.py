@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
@@ -15,6 +16,7 @@ from node.contract.record import (
     end_attempt,
     mark_killed,
     new_record,
+    record_key,
     set_status,
     transition,
 )
@@ -135,3 +137,15 @@ def test_an_unchanged_record_is_not_rewritten(tmp_path):
     _, etag = records.read("j")
     records.update("j", lambda r: begin_attempt(r, attempt("a1")))
     assert records.read("j")[1] == etag
+
+
+def test_record_values_json_handles_oddly_are_kept_readable(tmp_path):
+    # Records are encoded with orjson; what it cannot encode (an integer past 64 bits) goes through json.
+    records = RecordStore(LocalStorage(tmp_path))
+    records.update("odd", lambda record: record.update(progress={"big": 2**70, 3: "int key"}))
+    assert records.get("odd")["progress"] == {"big": 2**70, "3": "int key"}
+    records.update("odd", lambda record: record.update(progress={"loss": float("nan")}))
+    assert records.get("odd")["progress"] == {"loss": None}  # NaN is not JSON: written as null
+    # A record with NaN that an earlier version (json.dumps) wrote is still read.
+    LocalStorage(tmp_path).put(record_key("old"), b'{"job_id":"old","attempts":[],"progress":{"loss":NaN}}')
+    assert math.isnan(records.get("old")["progress"]["loss"])

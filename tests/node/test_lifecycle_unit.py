@@ -19,6 +19,8 @@ class BrokenStorage(LocalStorage):
     def get(self, key):
         raise StorageError("endpoint unreachable")
 
+    get_if_exists = get
+
 
 class RecordingBroker(StubBroker):
     def __init__(self, *args, **kwargs):
