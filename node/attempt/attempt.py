@@ -27,6 +27,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: This process's id, kept current in forked children: every attempt's entry names it (no system call per job).
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
 
 @dataclass(frozen=True)
 class JobSettings:
@@ -77,7 +88,7 @@ class Attempt:
             "node": self.runner.node_id,
             "instance": self.runner.instance,
             "slot": self.runner.slot_id,
-            "pid": os.getpid(),
+            "pid": _pid,
             "message_id": self.message.message_id,
             "delivery_count": getattr(self.message, "delivery_count", 0),
             "started_at": self.started_at,

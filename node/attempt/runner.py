@@ -415,11 +415,11 @@ class AttemptRunner:
                 kept_result = self._keep_result(context, result)
             except (TypeError, ValueError) as e:
                 outcome, exception = Outcome.FAILED, TypeError(f"its return value is not JSON: {e}")
-        flush_s = min(self.handback_flush_s, deadline.remaining() / 2)
+        built = context.built  # the actor used its checkpoint, artifacts, inputs or stream (no more use now)
         if (
-            context.built
+            built
             and outcome not in (Outcome.FENCED, Outcome.SUCCEEDED, Outcome.NOT_STARTED)
-            and not context.checkpoint.flush(flush_s)
+            and not context.checkpoint.flush(min(self.handback_flush_s, deadline.remaining() / 2))
         ):
             logger.warning("Job %s: last checkpoint not stored in time.", context.job_id)
         decision = self._decide(attempt.settings, JobStatus.RUNNING, outcome, job=context.options)
@@ -453,9 +453,9 @@ class AttemptRunner:
                 now=now,
                 status=final.status,
                 reason=final.reason,
-                checkpoint=context.checkpoint.uploaded if context.built else None,
+                checkpoint=context.checkpoint.uploaded if built else None,
                 progress=context.progress_value,
-                artifacts=context.artifacts.keys if outcome is Outcome.SUCCEEDED and context.built else None,
+                artifacts=context.artifacts.keys if outcome is Outcome.SUCCEEDED and built else None,
                 result=kept_result,
                 entry_if_missing=attempt.entry(),
             )
@@ -482,19 +482,20 @@ class AttemptRunner:
                     reason="success not recorded yet",
                     delay_s=SETTLE_DELAY_S,
                 )
-        level = _LOG_LEVEL_OF.get(outcome, logging.WARNING)
-        logger.log(
-            level,
-            "Job %s attempt %d %s: %s (%s).",
-            context.job_id,
-            context.attempt,
-            outcome.value,
-            decision.action.value,
-            decision.reason,
-        )
+        level = logging.DEBUG if outcome is Outcome.SUCCEEDED else _LOG_LEVEL_OF.get(outcome, logging.WARNING)
+        if logger.isEnabledFor(level):  # (its arguments cost more than a short job's other log calls)
+            logger.log(
+                level,
+                "Job %s attempt %d %s: %s (%s).",
+                context.job_id,
+                context.attempt,
+                outcome.value,
+                decision.action.value,
+                decision.reason,
+            )
         self._carry_out(broker, message, decision, error=error, attempts=(record or {}).get("attempts"))
         if record is not None:
-            self._notify(broker, decision.job, decision, record, context.stream if context.built else None)
+            self._notify(broker, decision.job, decision, record, context.stream if built else None)
 
     def _keep_result(self, context: AttemptContext, result: Any) -> dict[str, Any]:
         """How the record keeps the actor's return value: inline if small, else as artifact ``result.json``."""

@@ -48,6 +48,9 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+_STATUSES: dict[str, JobStatus] = {status._value_: status for status in JobStatus}
+
+
 class Outcome(Enum):
     """How one attempt ended."""
 
@@ -172,12 +175,16 @@ def cancel_requested(record: dict[str, Any] | None) -> bool:
 
 
 def status_of(record: dict[str, Any] | None) -> JobStatus | None:
-    return JobStatus(record["status"]) if record and record.get("status") else None
+    value = record.get("status") if record else None
+    if not value:
+        return None
+    # A dict lookup: ``JobStatus(value)`` and ``member.value`` run enum's Python code, several calls per job.
+    return _STATUSES.get(value) or JobStatus(value)  # (the constructor raises ValueError naming a bad one)
 
 
 def set_status(record: dict[str, Any], new: JobStatus, *, reason: str | None = None) -> None:
     """The only way a record's status changes."""
-    record["status"] = transition(status_of(record), new).value
+    record["status"] = transition(status_of(record), new)._value_  # ``_value_``: a plain attribute (see status_of)
     if reason is not None:
         record["reason"] = reason
 
@@ -281,7 +288,7 @@ def end_attempt(
             entry.update(outcome=Outcome.FENCED.value, ended_at=now, error=superseded, checkpoint=checkpoint)
         return False
     if entry["outcome"] is None:
-        entry.update(outcome=outcome.value, ended_at=now, error=error, checkpoint=checkpoint)
+        entry.update(outcome=outcome._value_, ended_at=now, error=error, checkpoint=checkpoint)
     if checkpoint is not None:
         record["checkpoint"] = checkpoint
     if progress is not None:
