@@ -45,6 +45,7 @@ from ..contract.record import (
     mark_killed,
     set_status,
     status_of,
+    succeeded_record,
 )
 from ..errors import InvalidInput, Preempted
 from ..retrying import Deadline, deadline_scope, retry
@@ -462,14 +463,18 @@ class AttemptRunner:
 
         record: dict[str, Any] | None = None
         try:
-            record, newest = retry(
-                lambda: self.records.update(
-                    context.job_id, end, actor=message.actor_name, queue=message.queue_name, known=attempt.known
-                ),
-                deadline=deadline,
-                what=f"Recording the end of job {context.job_id}",
-            )
-            decision = chosen[0]
+            record = self._create_succeeded(message, attempt, decision, now, kept_result) if not built else None
+            if record is not None:
+                newest = True
+            else:
+                record, newest = retry(
+                    lambda: self.records.update(
+                        context.job_id, end, actor=message.actor_name, queue=message.queue_name, known=attempt.known
+                    ),
+                    deadline=deadline,
+                    what=f"Recording the end of job {context.job_id}",
+                )
+                decision = chosen[0]
             if not newest and decision.action is not Action.DROP:
                 decision = Decision(Action.DROP, decision.job, reason="a newer attempt owns the job")
         except Exception as e:
@@ -496,6 +501,35 @@ class AttemptRunner:
         self._carry_out(broker, message, decision, error=error, attempts=(record or {}).get("attempts"))
         if record is not None:
             self._notify(broker, decision.job, decision, record, context.stream if built else None)
+
+    def _create_succeeded(
+        self, message: Message, attempt: Attempt, decision: Decision, now: float, result: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """A short job's one record write: the job had no record when it arrived and its attempt, which
+        succeeded, wrote none since, so the record is created closed (``succeeded_record``) if it still has
+        none. ``None`` when that does not apply or a record appeared meanwhile (a cancel, another attempt):
+        then the read-modify-write of ``end_attempt`` decides. Storage errors are left to that path too, which
+        retries within the attempt's deadline."""
+        if decision.action is not Action.SUCCEED or attempt.known is None or attempt.known[0] is not None:
+            return None
+        context = attempt.context
+        record = succeeded_record(
+            context.job_id,
+            attempt.entry(),
+            actor=message.actor_name,
+            queue=message.queue_name,
+            now=now,
+            reason=decision.reason,
+            progress=context.progress_value,
+            result=result,
+        )
+        try:
+            if self.records.create(record):
+                return record
+        except Exception as e:
+            logger.debug("Job %s: creating its record failed (%s); reading it first.", context.job_id, e)
+        attempt.known = None  # what was read on arrival is stale: the read-modify-write reads it again
+        return None
 
     def _keep_result(self, context: AttemptContext, result: Any) -> dict[str, Any]:
         """How the record keeps the actor's return value: inline if small, else as artifact ``result.json``."""

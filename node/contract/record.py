@@ -302,6 +302,39 @@ def end_attempt(
     return True
 
 
+def succeeded_record(
+    job_id: str,
+    entry: dict[str, Any],
+    *,
+    actor: str,
+    queue: str,
+    now: float,
+    reason: str | None,
+    progress: dict[str, Any] | None = None,
+    result: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The record of a job that had none and whose first recorded attempt (``entry``, as for
+    ``begin_attempt``) succeeded without a checkpoint or artifacts: what ``end_attempt`` makes of
+    ``new_record`` with ``entry_if_missing``, built in one step for a short job's one record write
+    (``tests/node/test_job_record.py`` pins the two equal). ``updated_at`` is left to the writer."""
+    attempt = {"number": 1, "ended_at": now, "outcome": Outcome.SUCCEEDED._value_, "error": None, "checkpoint": None}
+    attempt.update(entry)
+    record = {
+        "job_id": job_id,
+        "actor": actor,
+        "queue": queue,
+        "status": JobStatus.SUCCEEDED._value_,
+        "attempts": [attempt],
+        "checkpoint": None,
+        "artifacts": {},
+        "progress": progress,
+        "reason": reason,
+    }
+    if result is not None:
+        record["result"] = result
+    return record
+
+
 def release_attempt(record: dict[str, Any], attempt_id: str, *, now: float, renew_every_s: float) -> bool:
     """Note that attempt ``attempt_id`` acked its delivery early and renews a lease instead
     (``node.attempt.lease``); ``False`` when it is no longer the job's open, newest attempt."""

@@ -135,7 +135,8 @@ class JobLifecycle(dramatiq.Middleware):
             raise MalformedMessage("actor_name", f"no actor {message.actor_name!r} on this node") from None
         options = message.options
         try:
-            if all(options[name] is None for name in self._names & options.keys()):
+            overrides = self._names & options.keys()
+            if not overrides or all(options[name] is None for name in overrides):
                 # The common case: the actor's options decide, and they are resolved once per actor.
                 cached = self._per_actor.get(actor.actor_name)
                 if cached is None or cached[0] is not actor:

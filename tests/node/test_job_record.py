@@ -18,6 +18,7 @@ from node.contract.record import (
     new_record,
     record_key,
     set_status,
+    succeeded_record,
     transition,
 )
 from node.storage import LocalStorage, open_storage
@@ -149,3 +150,20 @@ def test_record_values_json_handles_oddly_are_kept_readable(tmp_path):
     # A record with NaN that an earlier version (json.dumps) wrote is still read.
     LocalStorage(tmp_path).put(record_key("old"), b'{"job_id":"old","attempts":[],"progress":{"loss":NaN}}')
     assert math.isnan(records.get("old")["progress"]["loss"])
+
+
+@pytest.mark.parametrize("result", [None, {"value": [1, "two"]}])
+def test_a_short_jobs_record_built_in_one_step_equals_the_general_one(result):
+    # The record a short job creates at its end (``succeeded_record``) is exactly what the general path makes
+    # of a job without a record: ``end_attempt`` with ``entry_if_missing`` on ``new_record``.
+    entry = {"attempt_id": "a1", "node": "n", "instance": "i", "slot": "cpu-0", "pid": 7, "message_id": "m",
+             "delivery_count": 0, "started_at": 100.0}  # fmt: skip
+    general = new_record("job", actor="act", queue="q")
+    general.pop("updated_at")
+    end_attempt(general, "a1", outcome=Outcome.SUCCEEDED, error=None, now=101.5, status=JobStatus.SUCCEEDED,
+                reason="done", progress={"step": 3}, result=result, entry_if_missing=entry)  # fmt: skip
+    short = succeeded_record("job", entry, actor="act", queue="q", now=101.5, reason="done", progress={"step": 3},
+                             result=result)  # fmt: skip
+    assert short == general
+    assert list(short) == list(general)  # the same field order, so the same bytes in storage
+    assert short["attempts"][0] is not entry and list(short["attempts"][0]) == list(general["attempts"][0])

@@ -130,3 +130,23 @@ def test_a_lease_copy_that_guards_no_known_attempt_is_dead_lettered_not_dropped(
         lifecycle.before_process_message(broker, message)
     assert broker.set_aside == [("stale", "a lease copy that guards nothing: the job has no record")]
     assert broker.published == []
+
+
+@pytest.mark.parametrize("appears", [False, True])
+def test_a_short_jobs_record_is_created_at_its_end_or_merged_with_one_that_appeared(tmp_path, appears):
+    # Given a job with no record when it arrives
+    storage = LocalStorage(tmp_path)
+    lifecycle, broker = make(storage)
+    message = Message(queue_name="q", actor_name="job", args=(), kwargs={}, options={})
+    lifecycle.before_process_message(broker, message)
+    job_id = message.message_id  # (a message without job options: its id is the job id)
+    if appears:  # ... and a record that appears while it runs (here: a cancel request, too late to matter)
+        RecordStore(storage).update(job_id, lambda r: r.update(cancel={"at": 1.0, "by": "test"}))
+
+    # When it succeeds
+    lifecycle.after_process_message(broker, message, result=None)
+
+    # Then its record is closed as succeeded with one attempt, keeping what the other writer wrote
+    record = RecordStore(storage).get(job_id)
+    assert record["status"] == "succeeded" and [a["outcome"] for a in record["attempts"]] == ["succeeded"]
+    assert ("cancel" in record) is appears
