@@ -13,7 +13,7 @@ below it is unsettled: every delivery a consumer took is in ``known_tags`` until
 the one the consumer thread is settling itself (``_handling``: a malformed message being dead-lettered, a
 message handed back during a drain); deliveries still buffered in pika have higher tags than any taken.
 
-Held acks: when the prefetch exceeds the worker's threads (the short-job settings, e.g. prefetch 8 × 2
+Held acks: when the prefetch exceeds the worker's threads (the short-job settings, e.g. prefetch 16 × 2
 threads), jobs end one at a time and the consumer thread, idle, would send each ack alone — five times the
 settle commands RabbitMQ runs when it keeps up (``bench/job_cost.py``: the broker's CPU per job 2.5×). So the
 first ack of a batch waits ``SETTLE_HOLD_S`` for others, or until ``spare`` acks have queued (the deliveries
