@@ -73,6 +73,9 @@ class Settings:
         max_payload_bytes: Largest message a submitter may publish (``BURROW_MAX_PAYLOAD_BYTES``); bigger
             inputs go to storage and travel by reference (``node.contract.inputs``).
         prefetch: Messages each worker process holds (``BURROW_PREFETCH``); 1 so a crash costs one job.
+        threads: Worker threads per process under ``burrow node`` (``BURROW_THREADS``; 0: one per job a slot
+            may hold, i.e. the largest prefetch). Fewer than the prefetch suits short CPU-bound jobs: the
+            others wait in the worker, already delivered (README, "Short jobs").
         delivery_limit: Quorum-queue delivery limit before dead-lettering (``BURROW_DELIVERY_LIMIT``).
         queue_prefix: Prepended to every RabbitMQ queue name (``BURROW_QUEUE_PREFIX``), to share a vhost.
         state_dir: Machine-local directory for slot locks and process status (``BURROW_STATE_DIR``).
@@ -108,6 +111,7 @@ class Settings:
     consumer_timeout_s: float = 1800.0
     max_payload_bytes: int = 256 * 1024
     prefetch: int = 1
+    threads: int = 0
     delivery_limit: int = 3
     queue_prefix: str = ""
     state_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "burrow")
@@ -175,6 +179,7 @@ class Settings:
             consumer_timeout_s=r.number("BURROW_CONSUMER_TIMEOUT_S", defaults.consumer_timeout_s, minimum=0),
             max_payload_bytes=r.integer("BURROW_MAX_PAYLOAD_BYTES", defaults.max_payload_bytes, minimum=1024),
             prefetch=r.integer("BURROW_PREFETCH", defaults.prefetch, minimum=1),
+            threads=r.integer("BURROW_THREADS", defaults.threads, minimum=0),
             delivery_limit=r.integer("BURROW_DELIVERY_LIMIT", defaults.delivery_limit, minimum=0),
             queue_prefix=r.text("BURROW_QUEUE_PREFIX", ""),
             state_dir=Path(r.text("BURROW_STATE_DIR", str(defaults.state_dir))),

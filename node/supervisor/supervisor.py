@@ -77,8 +77,11 @@ class _Child:
 
 
 def worker_threads(settings: Settings) -> int:
-    """Threads per worker process: enough to run at once every job its slot may hold, i.e. the node's
-    prefetch (``BURROW_PREFETCH``) or the largest prefetch the topology gives a queue the node serves."""
+    """Threads per worker process: ``BURROW_THREADS`` if set, else enough to run at once every job its slot
+    may hold, i.e. the node's prefetch (``BURROW_PREFETCH``) or the largest prefetch the topology gives a
+    queue the node serves."""
+    if settings.threads:
+        return settings.threads
     if not settings.topology:
         return settings.prefetch
     topology = load_topology(settings.topology)

@@ -63,6 +63,9 @@ def test_a_worker_has_a_thread_for_every_job_its_slot_may_hold(tmp_path):
     # (a topology without job types of higher prefetch: one thread)
     topology.write_text('job_types = ["batch"]\n[subclouds.a]\n')
     assert worker_threads(Settings.from_env(served)) == 1
+    # BURROW_THREADS sets them outright, e.g. the short-job settings: prefetch 16, 2 threads
+    assert worker_threads(Settings.from_env({"BURROW_PREFETCH": "16", "BURROW_THREADS": "2"})) == 2
+    assert worker_threads(Settings.from_env({**served, "BURROW_THREADS": "2"})) == 2
 
 
 def test_a_fixed_prometheus_port_gives_each_worker_the_next_one():
