@@ -1,4 +1,4 @@
-"""Unique ids (attempt ids, local ETags, blob names) without a system call per id.
+"""Unique ids (attempt ids, local ETags, blob names) and this process's id, without a system call per use.
 
 ``os.urandom`` is a system call (``getrandom``): a short job made two of them. Here 128 bits come from a
 generator of this module's own, seeded from ``os.urandom`` and seeded again in every forked child (so a
@@ -13,7 +13,19 @@ import os
 import random
 
 _rng = random.Random()
-os.register_at_fork(after_in_child=_rng.seed)
+
+#: This process's id, kept current in forked children (read it as ``unique.pid``: a name imported from here
+#: would keep the parent's).
+pid = os.getpid()
+
+
+def _forked() -> None:
+    global pid
+    pid = os.getpid()
+    _rng.seed()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def unique_hex() -> str:

@@ -7,7 +7,6 @@ entry (lazily: after ``record_after_s``, at its first checkpoint, or at its end)
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from dramatiq import Message
 
+from .. import unique
 from ..contract.job_options import JobOptions
 from ..contract.record import begin_attempt, cancel_requested, newest_attempt_id, release_attempt, renew_lease
 from ..errors import FencedOut, InvalidTransition
@@ -26,17 +26,6 @@ if TYPE_CHECKING:
     from .runner import AttemptRunner
 
 logger = logging.getLogger(__name__)
-
-#: This process's id, kept current in forked children: every attempt's entry names it (no system call per job).
-_pid = os.getpid()
-
-
-def _forked() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_forked)
 
 
 @dataclass(frozen=True)
@@ -88,7 +77,7 @@ class Attempt:
             "node": self.runner.node_id,
             "instance": self.runner.instance,
             "slot": self.runner.slot_id,
-            "pid": _pid,
+            "pid": unique.pid,
             "message_id": self.message.message_id,
             "delivery_count": getattr(self.message, "delivery_count", 0),
             "started_at": self.started_at,

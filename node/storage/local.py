@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .. import unique
 from ..errors import ObjectNotFound, PreconditionFailed, StorageError
 from ..unique import unique_hex
 from .base import ObjectInfo, Storage
@@ -67,18 +68,6 @@ class _WriteLock:
         finally:
             self.mutex.release()
 
-
-#: This process's id, kept current in forked children (a connection is never used across a fork), so that
-#: finding this thread's connection needs no ``getpid`` system call.
-_pid = os.getpid()
-
-
-def _forked() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_forked)
 
 _write_locks: dict[Path, _WriteLock] = {}
 _write_locks_guard = threading.Lock()
@@ -131,7 +120,8 @@ class LocalStorage(Storage):
     def _db(self, *, create: bool) -> sqlite3.Connection | None:
         """This thread's connection (one per thread and per process: a forked worker opens its own)."""
         local = self._local
-        if getattr(local, "pid", None) == _pid and local.db is not None:
+        # (a connection is never used across a fork: a forked child opens its own)
+        if getattr(local, "pid", None) == unique.pid and local.db is not None:
             return local.db
         if not create and not self._db_path.exists():
             return None  # reading a store nobody wrote yet: empty, and nothing created
@@ -144,7 +134,7 @@ class LocalStorage(Storage):
             self._use_wal(db)
             db.execute(f"PRAGMA synchronous={self.sync.upper()}")
             db.execute(_SCHEMA)
-        local.pid, local.db = _pid, db
+        local.pid, local.db = unique.pid, db
         return db
 
     @staticmethod
