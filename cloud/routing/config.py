@@ -29,6 +29,7 @@ def router_config(environ: Mapping[str, str]) -> tuple[RouterConfig, str]:
         max_redispatches=r.integer("BURROW_MAX_REDISPATCHES", defaults.max_redispatches, minimum=0),
         cooldown_s=r.number("BURROW_ROUTER_COOLDOWN_S", defaults.cooldown_s, minimum=0),
         avoid_delay_s=r.number("BURROW_ROUTER_AVOID_DELAY_S", defaults.avoid_delay_s, minimum=0),
+        silent_grace_s=r.number("BURROW_ROUTER_SILENT_GRACE_S", defaults.silent_grace_s, minimum=0),
     )
     return config, r.text("BURROW_ROUTING_POLICY", "")
 

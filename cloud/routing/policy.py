@@ -9,8 +9,9 @@ The interface an operator implements to plug in another policy (``BURROW_ROUTING
 
 ``request`` is what happened (a node gave the job up, a node it must avoid received it, the broker
 dead-lettered it, an operator requeued it); ``history`` its attempts and the router's earlier decisions;
-``nodes`` the live nodes of the registry; the answer a ``Route``: dispatch to a queue (after a delay, with
-the nodes to avoid) or quarantine, with a reason. The router carries the decision out exactly once.
+``nodes`` the nodes of the registry, live and recently seen (``NodeView.live`` and ``state`` tell which);
+the answer a ``Route``: dispatch to a queue (after a delay, with the nodes to avoid), hold (ask again after
+a delay), or quarantine, with a reason. The router carries a counted decision out exactly once.
 """
 
 from __future__ import annotations
@@ -41,11 +42,16 @@ class RouterConfig:
         cooldown_s: Pause before a re-dispatched job may start again (``BURROW_ROUTER_COOLDOWN_S``).
         avoid_delay_s: Pause before a job is offered again when a node it must avoid took it
             (``BURROW_ROUTER_AVOID_DELAY_S``).
+        silent_grace_s: How long after a node was last heard from the router still waits for it, when no
+            live node can take a job it could (``BURROW_ROUTER_SILENT_GRACE_S``). A node that vanished
+            without saying it stopped may be only cut off for a while: during a broker node's failover the
+            registry stream can pause every node's heartbeats for tens of seconds.
     """
 
     max_redispatches: int = 3
     cooldown_s: float = 5.0
     avoid_delay_s: float = 2.0
+    silent_grace_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ class Route:
     """The policy's decision.
 
     Attributes:
-        action: ``dispatch`` or ``quarantine``.
+        action: ``dispatch``, ``hold`` (no decision yet: ask again after ``delay_s``) or ``quarantine``.
         queue: Where to dispatch (a logical queue name).
         delay_s: Pause before the job may start.
         avoid_nodes: Nodes that must not run it.
@@ -155,6 +161,9 @@ class DefaultPolicy:
     * Otherwise the job goes to the first queue of ``candidate_queues`` that a live node outside its avoid
       list (nodes it failed on, plus ``avoid_nodes``) serves, after the cooldown; at most
       ``max_redispatches`` times.
+    * If no live node serves one, but a node outside the avoid list that serves one went silent less than
+      ``silent_grace_s`` ago (vanished, not stopped), the job is held: asked about again after the
+      cooldown, and quarantined only once that node has been silent for longer.
     """
 
     def __init__(self, config: RouterConfig | None = None) -> None:
@@ -204,12 +213,41 @@ class DefaultPolicy:
                 reset_counters=not bounce,
                 counted=not bounce,
             )
+        waiting = _recently_silent(nodes, chain, avoid, now, self.config.silent_grace_s)
+        if waiting and history.redispatches() < self.config.max_redispatches:
+            silent = ", ".join(f"{n.node} (silent {max(0.0, now - n.last_seen):.0f}s)" for n in waiting)
+            return Route(
+                "hold",
+                queue=next(q for q in chain if any(q in beat.queues for n in waiting for beat in n.slots)),
+                delay_s=max(cooldown, 1.0),
+                avoid_nodes=avoid,
+                reason=f"{request.kind} ({request.reason}); no live node serves {', '.join(chain)}: waiting up "
+                f"to {self.config.silent_grace_s:.0f}s for {silent}",
+                counted=False,
+            )
         shown = ", ".join(avoid) or "none"
         return Route(
             "quarantine",
             reason=f"{request.kind} ({request.reason}); no live node outside the avoid list ({shown}) serves "
             f"{', '.join(chain)}",
         )
+
+
+def _recently_silent(
+    nodes: Sequence[NodeView], chain: Sequence[str], avoid: Sequence[str], now: float, grace_s: float
+) -> list[NodeView]:
+    """Nodes outside ``avoid`` that served a queue of ``chain`` and went silent (not stopped, not draining)
+    within ``grace_s``: their processes' last heartbeats say what they served."""
+    wanted = set(chain)
+    return [
+        n
+        for n in nodes
+        if not n.live
+        and n.state == "silent"
+        and n.node not in avoid
+        and now - n.last_seen <= grace_s
+        and any(q in wanted for beat in n.slots for q in beat.queues)
+    ]
 
 
 def load_policy(spec: str, config: RouterConfig) -> RoutingPolicy:

@@ -24,7 +24,7 @@ from node.attempt.routing import next_message
 from node.broker import QuorumRabbitmqBroker
 from node.contract.envelope import decode_fields
 from node.contract.job_options import JobOptions
-from node.contract.queues import FAILED_JOBS_QUEUE, DeadLetterReason, wait_bucket_ms
+from node.contract.queues import FAILED_JOBS_ACTOR, FAILED_JOBS_QUEUE, DeadLetterReason, wait_bucket_ms
 from node.contract.record import JobStatus, cancel_requested, set_status, status_of
 from node.contract.signing import BadSignature, Signer, verify
 from node.contract.topology import Topology
@@ -142,7 +142,7 @@ class Router:
                 self.records.update(job_id, lambda r: set_status(r, JobStatus.CANCELLED, reason="cancelled"))
             logger.info("Job %s was cancelled: not routed (%s).", job_id, kind)
             return []
-        earlier = next((r for r in (record or {}).get("routing", []) if r.get("report") == report_id), None)
+        earlier = next((r for r in (record or {}).get("routing", []) if _decided(r, report_id)), None)
         if earlier is not None:
             saved = earlier["route"]
             route = Route(**{**saved, "avoid_nodes": tuple(saved.get("avoid_nodes") or ())})
@@ -153,7 +153,7 @@ class Router:
             history = JobHistory(
                 attempts=tuple((record or {}).get("attempts", [])), dispatches=tuple((record or {}).get("routing", []))
             )
-            nodes = self.registry.live_nodes() if kind != "requeue" else []
+            nodes = list(self.registry.nodes().values()) if kind != "requeue" else []
             route = self.policy.decide(request, history, nodes, self.topology, self.clock())
             if route.action == "dispatch" and not self._queue_exists(route.queue):
                 route = Route("quarantine", reason=f"{route.reason}; but queue {route.queue!r} does not exist")
@@ -171,6 +171,10 @@ class Router:
         if route.action == "quarantine":
             self._quarantine(request, route, report, record, raw)
             return []
+        if route.action == "hold":
+            if job_id:
+                self._note_hold(job_id, request, route, report_id)
+            return [self._hold(report, report_id, route.delay_s)]
         if kind == "requeue" and report.get("id"):
             self.quarantine.delete(report["id"])
         assert message is not None and request.job is not None
@@ -193,6 +197,39 @@ class Router:
         reason = report.get("dead_letter_reason")
         logger.warning("Report %s was dead-lettered (%s); handling it again.", inner_id, reason)
         return {**inner, "revived": revivals + 1}, inner_id
+
+    def _hold(self, report: dict[str, Any], report_id: str, delay_s: float) -> Outgoing:
+        """The report again, in ``failed-jobs`` after ``delay_s``, with its own id (a revived report's inner
+        one): handled as if it had just arrived, and decided on then."""
+        again = Message(
+            queue_name=FAILED_JOBS_QUEUE,
+            actor_name=FAILED_JOBS_ACTOR,
+            args=(),
+            kwargs=report,
+            options={},
+            message_id=report_id,
+            message_timestamp=int(self.clock() * 1000),
+        )
+        return self._outgoing(again, FAILED_JOBS_QUEUE, delay_s)
+
+    def _note_hold(self, job_id: str, request: RouteRequest, route: Route, report_id: str) -> None:
+        """Show the hold in the job's record (``burrow job``): one entry per report, updated in place, never
+        counted and never replayed as a decision."""
+        now = self.clock()
+
+        def mutate(record: dict[str, Any]) -> None:
+            routing = record.setdefault("routing", [])
+            if any(_decided(r, report_id) for r in routing):
+                return
+            entry = next((r for r in routing if r.get("report") == report_id and r.get("action") == "hold"), None)
+            if entry is None:
+                entry = {"report": report_id, "kind": request.kind, "since": now, "holds": 0, "action": "hold"}
+                routing.append(entry)
+            entry.update(
+                at=now, node=request.node, queue=route.queue, holds=entry.get("holds", 0) + 1, reason=route.reason
+            )
+
+        self.records.update(job_id, mutate, queue=request.queue)
 
     def retry_later(self, message: Message) -> Outgoing:
         """The report itself, back in ``failed-jobs`` after ``RETRY_LATER_S`` (same id: handled once)."""
@@ -249,7 +286,7 @@ class Router:
         now = self.clock()
 
         def mutate(record: dict[str, Any]) -> None:
-            if any(r.get("report") == report_id for r in record.setdefault("routing", [])):
+            if any(_decided(r, report_id) for r in record.setdefault("routing", [])):
                 return
             if request.dead_letter_reason == DeadLetterReason.DELIVERY_LIMIT:
                 for entry in record["attempts"]:
@@ -326,6 +363,12 @@ class Router:
 
     def _queue_exists(self, queue: str | None) -> bool:
         return bool(queue) and self.broker.inspect_queue(queue) is not None
+
+
+def _decided(entry: dict[str, Any], report_id: str) -> bool:
+    """Whether ``entry`` of a record's ``routing`` is the counted decision about report ``report_id`` (a
+    hold is not a decision)."""
+    return entry.get("report") == report_id and entry.get("action") != "hold"
 
 
 def _body(report: dict[str, Any]) -> bytes:

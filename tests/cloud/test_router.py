@@ -4,6 +4,7 @@ and hands each failure on exactly once however often it is killed (real nodes, r
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -230,10 +231,10 @@ models = ["any"]
 """
 
 
-def test_a_job_failing_in_its_subcloud_falls_back_to_the_next_pool(
-    amqp_url, queue_prefix, storage, start_node, tmp_path
-):
-    # Given a topology where acme falls back to public, node A serving acme and node P serving public
+@contextlib.contextmanager
+def fallback_pools(amqp_url: str, queue_prefix: str, start_node, tmp_path: Path):
+    """A topology where acme falls back to public, node A serving acme, node P serving public, and a router:
+    yields the submitting broker and P."""
     topology_file = tmp_path / "topology.toml"
     topology_file.write_text(FALLBACK_TOML)
     topology = load_topology(topology_file)
@@ -259,7 +260,21 @@ def test_a_job_failing_in_its_subcloud_falls_back_to_the_next_pool(
         started.append(start_node(argv=NODE_ARGV, env={**FAST, **env, **p_env}))
         wait_live(amqp_url, queue_prefix, "node-a", "node-p")
         started.append(router(start_node, **env))
+        yield submitter, started[1]
+    finally:
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.process.pid, signal.SIGCONT)
+            process.stop()  # first: a running node declares its queues again when they vanish
+        submitter.close()
+        delete_namespace(amqp_url, queue_prefix, topology.queue_names())
 
+
+def test_a_job_failing_in_its_subcloud_falls_back_to_the_next_pool(
+    amqp_url, queue_prefix, storage, start_node, tmp_path
+):
+    # Given a topology where acme falls back to public, node A serving acme and node P serving public
+    with fallback_pools(amqp_url, queue_prefix, start_node, tmp_path) as (submitter, _):
         # When a job of acme fails on A (its only node there)
         message = submitter.get_actor("fails_on_node").send(job_key="roams", bad_node="node-a")
         assert message.queue_name == "acme.batch.any.bulk"
@@ -270,11 +285,39 @@ def test_a_job_failing_in_its_subcloud_falls_back_to_the_next_pool(
         assert runs_by_node(storage, "roams") == ["node-a", "node-a", "node-p"]
         routing = records.get(message.message_id)["routing"]
         assert [(r["action"], r["queue"]) for r in routing] == [("dispatch", "public.batch.any.bulk")]
-    finally:
-        for process in started:
-            process.stop()  # first: a running node declares its queues again when they vanish
-        submitter.close()
-        delete_namespace(amqp_url, queue_prefix, topology.queue_names())
+
+
+def test_a_job_whose_only_taker_went_silent_is_held_for_it_not_quarantined(
+    amqp_url, queue_prefix, storage, start_node, tmp_path
+):
+    # Given acme falling back to public, node A serving acme, node P serving public
+    with fallback_pools(amqp_url, queue_prefix, start_node, tmp_path) as (submitter, node_p):
+        # When P goes silent without stopping (SIGSTOP: as when a broker node's failover pauses the registry
+        # stream, or a node is cut off for a while) and a job of acme fails on A
+        os.killpg(node_p.process.pid, signal.SIGSTOP)
+        registry = NodeRegistry(pika.URLParameters(amqp_url), queue_prefix, refresh_s=0)
+        wait_for(lambda: registry.nodes()["node-p"].state == "silent", 60, "node P silent in the registry")
+        message = submitter.get_actor("fails_on_node").send(job_key="waits", bad_node="node-a")
+
+        # Then the router holds it for P instead of quarantining it ("no live node")
+        records = RecordStore(storage)
+
+        def routing() -> list[dict]:
+            return (records.get(message.message_id) or {}).get("routing", [])
+
+        wait_for(lambda: [r["action"] for r in routing()] == ["hold"], 90, "the router holding the job")
+        assert "node-p (silent" in routing()[0]["reason"]
+        assert Quarantine(storage).get(message.message_id) is None
+
+        # When P is back, it runs the job
+        os.killpg(node_p.process.pid, signal.SIGCONT)
+        wait_for(lambda: (records.get(message.message_id) or {}).get("status") == "succeeded", 90, "success on P")
+        assert runs_by_node(storage, "waits") == ["node-a", "node-a", "node-p"]
+        assert [(r["action"], r["queue"]) for r in routing()] == [
+            ("hold", "public.batch.any.bulk"),
+            ("dispatch", "public.batch.any.bulk"),
+        ]
+        assert routing()[0]["holds"] >= 1 and Quarantine(storage).get(message.message_id) is None
 
 
 def test_a_malformed_message_ends_in_quarantine_with_its_reason(

@@ -64,9 +64,28 @@ def test_nodes_it_failed_on_or_must_avoid_are_skipped_along_the_chain():
 
 def test_nothing_to_place_it_on_means_quarantine():
     assert decide(live=[beat("a", (OWN,))]).action == "quarantine"
-    # a silent or stopped node is not a taker
-    stale = beat("b", (OWN,), at=NOW - 60)
-    assert decide(live=[stale, beat("c", (OWN,), state="stopped")]).action == "quarantine"
+    # a node silent for longer than the grace, or one that stopped cleanly, is not waited for
+    long_gone = beat("b", (OWN,), at=NOW - 121)
+    assert decide(live=[long_gone, beat("c", (OWN,), state="stopped")]).action == "quarantine"
+
+
+def test_a_node_silent_only_recently_is_waited_for_not_given_up():
+    # b has missed its heartbeats (not live) but was heard from 60 s ago: during a broker failover every
+    # node can look like that, so the job is held and asked about again rather than quarantined
+    silent = beat("b", (OWN,), at=NOW - 60)
+    route = decide(live=[beat("a", (OWN,)), silent])
+    assert route.action == "hold" and not route.counted and route.delay_s == 5 and route.queue == OWN
+    assert "b (silent 60s)" in route.reason and "waiting up to 120s" in route.reason
+    # once b beats again it takes the job; a silent node it failed on, one serving nothing of the chain, a
+    # draining one, or a job out of re-dispatches is not waited for
+    assert decide(live=[beat("b", (OWN,))]).action == "dispatch"
+    assert decide(live=[beat("a", (OWN,), at=NOW - 60)]).action == "quarantine"
+    assert decide(live=[beat("b", ("public.batch.any.bulk",), at=NOW - 60)]).action == "quarantine"
+    assert decide(live=[beat("b", (OWN,), state="draining")]).action == "quarantine"
+    spent = JobHistory(dispatches=({"action": "dispatch"},) * 2)
+    assert decide(live=[silent], history=spent).action == "quarantine"
+    # a silent node of the fallback pool counts too
+    assert decide(live=[beat("d", ("public.sync.any.bulk",), at=NOW - 45)]).action == "hold"
 
 
 def test_expired_jobs_and_bad_dead_letters_are_quarantined_never_dispatched():
