@@ -87,6 +87,21 @@ def stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def _start(argv: list[str], env: dict[str, str], workdir: Path, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            argv, env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _check_running(process: subprocess.Popen, name: str, log: Path) -> None:
+    """Stop the benchmark, showing why, if the workers exited (a configuration they refuse): else it would
+    wait for the queue to drain forever."""
+    if process.poll() is not None:
+        tail = log.read_text(errors="replace").splitlines()[-5:]
+        sys.exit(f"{name}: the workers exited (code {process.returncode}); last lines of {log}:\n" + "\n".join(tail))
+
+
 def measure(name: str, module_source: str, env: dict[str, str], queue: str, jobs: int, argv_extra: list[str]) -> float:
     workdir = Path(tempfile.mkdtemp(prefix="burrow-bench-"))
     (workdir / "bench_target.py").write_text(module_source)
@@ -94,8 +109,8 @@ def measure(name: str, module_source: str, env: dict[str, str], queue: str, jobs
     # Declare the queues (start the workers once, briefly), then fill while no worker runs.
     target = env.pop("BENCH_TARGET", "bench_target")
     argv = [sys.executable, "-m", "dramatiq", target, *argv_extra]
-    warm = subprocess.Popen(argv, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    log = workdir / "workers.log"
+    warm = _start(argv, env, workdir, log)
     connection = pika.BlockingConnection(pika.URLParameters(URL))
     channel = connection.channel()
     while True:
@@ -104,13 +119,14 @@ def measure(name: str, module_source: str, env: dict[str, str], queue: str, jobs
             break
         except pika.exceptions.ChannelClosedByBroker:
             channel = connection.channel()
+            _check_running(warm, name, log)
             time.sleep(0.1)
     stop(warm)
     fill(queue, jobs)
-    workers = subprocess.Popen(argv, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)  # fmt: skip
+    workers = _start(argv, env, workdir, log)
     started = None
     while True:
+        _check_running(workers, name, log)
         left = ready(channel, queue)
         if started is None and left < jobs:
             started = time.monotonic()
