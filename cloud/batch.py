@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import functools
 import hashlib
 import json
 import time
-import typing
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +37,7 @@ from node.contract.job_options import ROUTING_OPTIONS
 from node.contract.record import SETTLED_STATUSES
 from node.errors import MalformedMessage, NoSuchQueue, ObjectNotFound, PreconditionFailed
 
+from .arguments import type_hints
 from .errors import CloudError
 
 #: Rows published between two manifest writes (and the most a crashed submitter can publish twice).
@@ -65,7 +64,7 @@ class InvalidRows(CloudError):
 def read_rows(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, str]]]:
     """The rows of a ``.csv`` or ``.jsonl`` file as (line number, fields), and the lines that could not be read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel writes one) is not data
     except (OSError, UnicodeDecodeError) as e:
         raise CloudError(f"cannot read {path}: {e}") from None
     if path.suffix.lower() in (".jsonl", ".ndjson"):
@@ -118,19 +117,10 @@ def _csv(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, s
     return rows, bad
 
 
-@functools.lru_cache(maxsize=256)
-def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
-    """``fn``'s resolved annotations (once per actor, not per row)."""
-    try:
-        return typing.get_type_hints(fn)
-    except Exception:  # unresolvable annotations: treat every parameter as unannotated
-        return {}
-
-
 def convert_cells(fn: Callable[..., Any], fields: dict[str, Any]) -> dict[str, Any]:
     """CSV cells (strings) converted to the types ``fn``'s parameters are annotated with; ``ValueError`` names
     the cell that does not convert. Unannotated cells are JSON when they parse as JSON, else text."""
-    hints = _type_hints(fn)
+    hints = type_hints(fn)
     out = {}
     for name, cell in fields.items():
         if not isinstance(cell, str):

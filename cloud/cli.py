@@ -209,8 +209,16 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
     client = Client(settings, broker=_no_broker(settings))
     for job_id in args.job_ids:
-        left = client.job(job_id).cancel()
-        print(f"{job_id}: {'stopping (it sees should_stop, reason cancelled)' if left == 'running' else left}")
+        handle = client.job(job_id)
+        known = handle.record() is not None
+        left = handle.cancel()
+        if left == "running":
+            print(f"{job_id}: stopping (it sees should_stop, reason cancelled)")
+        elif not known:
+            # An id no node or submitter recorded: a typo, or a job sent with actor.send() not yet started.
+            print(f"{job_id}: cancelled before it was seen (no record yet): a job with this id will not start")
+        else:
+            print(f"{job_id}: {left}")
     return 0
 
 

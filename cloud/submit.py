@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -52,6 +53,7 @@ from node.settings import Settings
 from node.storage import Storage, storage_from_settings
 from node.storage.records import RecordStore
 
+from .arguments import check_argument_types
 from .chunks import read_chunks
 from .client import connect
 from .errors import CloudError
@@ -215,6 +217,10 @@ class Client:
                 routing[name] = value
         routing.setdefault("job_type", "polling")
         ttl = ttl_s if ttl_s is not None else actor.options.get("ttl_s")
+        if ttl is not None and (
+            isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl <= 0
+        ):
+            raise MalformedMessage("ttl_s", f"must be a number of seconds > 0, got {ttl!r}")
         try:
             expires_at = now + float(ttl) if ttl is not None else None
             template = JobOptions(job_id="template", expires_at=expires_at, reply_to=reply_to, **routing).to_options()
@@ -227,6 +233,7 @@ class Client:
         def build(args: tuple | list, kwargs: dict[str, Any] | None, job_id: str) -> tuple[Message, bytes]:
             kwargs = dict(kwargs or {})
             check_arguments(actor.fn, list(args), kwargs)
+            check_argument_types(actor.fn, args, kwargs)
             check_job_id(job_id)  # InvalidJob (a MalformedMessage) names what is wrong with it
             job = {**template, "job_id": job_id, "avoid_nodes": [], "trace": {}}
             if signer is not None:

@@ -44,7 +44,28 @@ def test_bad_submissions_are_refused_before_publishing(node_env, broker):
         "args/kwargs: do not fit simulate()",
         "colour",
     )
+    one_line_error(
+        burrow("submit", "simulate", "--kwargs", '{"seed": "x"}', env=node_env), "'seed'", "wants int, got 'x'"
+    )
+    one_line_error(
+        burrow("submit", "simulate", "--ttl-s", "-5", "--kwargs", '{"seed": 1}', env=node_env), "ttl_s", "> 0"
+    )
     assert broker.get_queue_message_counts("simulation") == (0, 0, 0)
+
+
+def test_an_unreachable_s3_endpoint_is_one_line_naming_it(node_env):
+    env = {
+        **node_env,
+        "BURROW_STORAGE_URL": "s3://bucket",
+        "BURROW_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "AWS_ACCESS_KEY_ID": "a",
+        "AWS_SECRET_ACCESS_KEY": "b",
+    }
+    one_line_error(burrow("job", "some-job", env=env), "S3 endpoint http://127.0.0.1:", "EndpointConnectionError")
+    # and with no credentials at all (none in the environment, no files, no instance metadata to ask)
+    env = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+    env.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/none", AWS_SHARED_CREDENTIALS_FILE="/none")
+    one_line_error(burrow("job", "some-job", env=env), "no S3 credentials", "AWS_ACCESS_KEY_ID")
 
 
 def test_a_bad_setting_stops_burrow_node_with_one_line(node_env):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from pathlib import Path
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from ..errors import ObjectNotFound, PreconditionFailed, StorageError
 from .base import ObjectInfo, Storage
@@ -78,59 +79,64 @@ class S3Storage(Storage):
             return PreconditionFailed(f"{key!r}: conditional write lost ({code})")
         return StorageError(f"{key!r}: {error}")
 
+    @contextlib.contextmanager
+    def _errors(self, key: str) -> Iterator[None]:
+        """Raise what boto3 raises as ``StorageError``: an answer of the endpoint (``ClientError``) by its
+        code, and no answer at all (no credentials, endpoint unreachable, timeouts: ``BotoCoreError``)
+        naming the endpoint, so callers see one kind of error and a CLI prints one line."""
+        try:
+            yield
+        except ClientError as e:
+            raise self._error(e, key) from None
+        except NoCredentialsError:
+            raise StorageError(
+                f"{key!r}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+            ) from None
+        except boto3.exceptions.S3UploadFailedError as e:
+            raise StorageError(f"{key!r}: {e}") from None
+        except BotoCoreError as e:
+            where = self.endpoint_url or "AWS S3"
+            raise StorageError(f"{key!r}: S3 endpoint {where}: {type(e).__name__}: {e}") from None
+
     def put(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> ObjectInfo:
         extra: dict = {}
         if if_match is not None:
             extra["IfMatch"] = f'"{if_match}"'
         if if_none_match:
             extra["IfNoneMatch"] = "*"
-        try:
+        with self._errors(key):
             response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
-        except ClientError as e:
-            raise self._error(e, key) from None
         return ObjectInfo(key=key, etag=response["ETag"].strip('"'), size=len(data))
 
     def get(self, key: str) -> tuple[bytes, ObjectInfo]:
-        try:
+        with self._errors(key):
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             data = response["Body"].read()
-        except ClientError as e:
-            raise self._error(e, key) from None
         return data, ObjectInfo(key=key, etag=response["ETag"].strip('"'), size=len(data))
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
-            response = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as e:
-            error = self._error(e, key)
-            if isinstance(error, ObjectNotFound):
-                return None
-            raise error from None
+            with self._errors(key):
+                response = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ObjectNotFound:
+            return None
         return ObjectInfo(key=key, etag=response["ETag"].strip('"'), size=response["ContentLength"])
 
     def delete(self, key: str) -> None:
-        try:
+        with self._errors(key):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as e:
-            raise self._error(e, key) from None
 
     def list(self, prefix: str = "") -> Iterator[str]:
         full_prefix = f"{self.prefix}/{prefix}" if self.prefix else prefix
         paginator = self.client.get_paginator("list_objects_v2")
-        try:
+        with self._errors(prefix):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
                 for item in page.get("Contents", []):
                     yield self._strip(item["Key"])
-        except ClientError as e:
-            raise self._error(e, prefix) from None
 
     def upload_file(self, key: str, path: str | Path) -> ObjectInfo:
-        try:
+        with self._errors(key):
             self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer_config)
-        except ClientError as e:
-            raise self._error(e, key) from None
-        except boto3.exceptions.S3UploadFailedError as e:
-            raise StorageError(f"{key!r}: {e}") from None
         info = self.head(key)
         if info is None:  # pragma: no cover - the upload just succeeded
             raise StorageError(f"{key!r}: uploaded but not found")
@@ -145,10 +151,9 @@ class S3Storage(Storage):
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            self.client.download_file(self.bucket, self._key(key), tmp, Config=self.transfer_config)
+            with self._errors(key):
+                self.client.download_file(self.bucket, self._key(key), tmp, Config=self.transfer_config)
             os.replace(tmp, target)
-        except ClientError as e:
-            raise self._error(e, key) from None
         finally:
             Path(tmp).unlink(missing_ok=True)
         return info

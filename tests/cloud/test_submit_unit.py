@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from cloud.batch import _csv, _jsonl, batch_id_for, batch_of, convert_cells
+from cloud.arguments import check_argument_types
+from cloud.batch import _csv, _jsonl, batch_id_for, batch_of, convert_cells, read_rows
 from cloud.submit import idempotent_job_id
 from node.attempt.policy import Action, Limits, decide
 from node.contract.job_options import JobOptions
 from node.contract.record import JobStatus, Outcome, new_record, request_cancel, set_status
+from node.errors import MalformedMessage
 
 JOB = JobOptions(job_id="j1")
 
@@ -81,3 +83,30 @@ def test_ids_are_stable_valid_and_tell_a_batch_job_from_others():
     assert batch_id_for("simulate", rows) != batch_id_for("train", rows)
     batch = batch_id_for("simulate", rows)
     assert batch_of(f"{batch}-2") == batch and batch_of("k-abc") is None
+
+
+def test_a_byte_order_mark_and_crlf_line_ends_are_not_part_of_the_rows(tmp_path):
+    # (Excel's "CSV UTF-8" starts with one; it used to turn the first column into "\ufeffseed")
+    for name, text in (("rows.csv", "seed,samples\r\n1,10\r\n"), ("rows.jsonl", '{"seed": 1, "samples": 10}\r\n')):
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+        rows, bad = read_rows(path)
+        assert bad == [] and [fields["seed"] for _, fields in rows] in (["1"], [1]), rows
+
+
+def test_arguments_are_checked_against_the_actors_plain_annotations():
+    def actor(seed: int, rate: float = 1.0, name: str | None = None, tags: list[str] | None = None, other=None): ...
+
+    check_argument_types(actor, [1], {"rate": 2, "name": None, "tags": ["a"], "other": object()})
+    check_argument_types(actor, [], {"seed": 1, "rate": 0.5, "name": "x"})
+    for args, kwargs, named in (
+        (["x"], {}, "'seed'"),
+        ([True], {}, "'seed'"),  # a bool is not an int here
+        ([1.5], {}, "'seed'"),
+        ([1], {"rate": "fast"}, "'rate'"),
+        ([1], {"name": 7}, "'name'"),
+        ([1], {"tags": "a,b"}, "'tags'"),
+    ):
+        with pytest.raises(MalformedMessage, match=named) as caught:
+            check_argument_types(actor, args, kwargs)
+        assert "actor() wants" in str(caught.value)

@@ -10,6 +10,7 @@ import pytest
 from node.errors import ConfigError, ObjectNotFound, PreconditionFailed, StorageError
 from node.storage import LocalStorage, Storage, open_storage
 from node.storage.s3 import S3Storage
+from tests.rabbitmq_node import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -205,3 +206,11 @@ def test_threads_opening_a_new_store_at_once_all_succeed(tmp_path):
         for thread in threads:
             thread.join()
     assert errors == []
+
+
+def test_an_s3_endpoint_that_does_not_answer_raises_storage_errors_naming_it():
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    down = S3Storage(bucket="b", endpoint_url=endpoint, access_key_id="a", secret_access_key="b")
+    for call in (lambda: down.get("k"), lambda: down.head("k"), lambda: down.put("k", b"x"), lambda: list(down.list())):
+        with pytest.raises(StorageError, match=f"S3 endpoint {endpoint}: EndpointConnectionError"):
+            call()
