@@ -185,6 +185,7 @@ def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroke
         if environ.get("BURROW_SUPERVISED") == "1":
             # Our parent is the dramatiq master the supervisor started; if it dies, drain and go.
             die_with_parent()
+        settings.ensure_state_dir()
         lease = claim_slot(settings, environ)
         storage = storage_from_settings(settings)
         instance = node_instance(environ)

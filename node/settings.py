@@ -147,6 +147,17 @@ class Settings:
 
         return load_trusted("BURROW_TRUSTED_KEYS", self.trusted_keys)
 
+    def ensure_state_dir(self) -> Path:
+        """Create the state directory if needed; ``ConfigError`` (one line) if it cannot be created or written."""
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.state_dir / f".probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError("BURROW_STATE_DIR", f"cannot use {str(self.state_dir)!r}: {e.strerror or e}") from None
+        return self.state_dir
+
     @property
     def masked_amqp_url(self) -> str:
         return ";".join(mask_url(u) for u in self.amqp_url.split(";"))

@@ -70,6 +70,8 @@ def test_an_unreachable_s3_endpoint_is_one_line_naming_it(node_env):
 
 def test_a_bad_setting_stops_burrow_node_with_one_line(node_env):
     one_line_error(burrow("node", env={**node_env, "BURROW_GPUS": "abc"}), "BURROW_GPUS", "'abc'")
+    # a state directory that cannot be created (this was a traceback)
+    one_line_error(burrow("node", env={**node_env, "BURROW_STATE_DIR": "/proc/burrow"}), "BURROW_STATE_DIR")
 
 
 @pytest.mark.integration

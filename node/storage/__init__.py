@@ -37,6 +37,12 @@ def open_storage(
     """Open the backend ``url`` names: ``file:///path[?sync=full]`` or ``s3://bucket[/prefix]``."""
     parts = urlsplit(url)
     if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            # file://relative/path would silently store under /path ("relative" is a host name in a URL)
+            raise ConfigError(
+                "BURROW_STORAGE_URL",
+                f"{url!r} names host {parts.netloc!r}: use file:///absolute/path (three slashes) or file:relative/path",
+            )
         options = parse_qs(parts.query)
         unknown = set(options) - {"sync"}
         if unknown:

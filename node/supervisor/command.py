@@ -23,7 +23,7 @@ def hold_state_dir(settings: Settings) -> int:
     Raises:
         NodeError: Another ``burrow node`` holds the directory.
     """
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    settings.ensure_state_dir()
     fd = os.open(settings.state_dir / "node.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

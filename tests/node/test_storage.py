@@ -97,6 +97,10 @@ def test_open_storage_picks_backend_and_rejects_unknown(tmp_path, s3_endpoint):
         open_storage("ftp://host/path")
     with pytest.raises(ConfigError, match="names no bucket"):
         open_storage("s3:///prefix")
+    # two slashes make "relative" a host name: the store would silently be /path
+    with pytest.raises(ConfigError, match="names host 'relative'"):
+        open_storage("file://relative/path")
+    assert open_storage(f"file://localhost{tmp_path}/y").root == tmp_path / "y"
 
 
 def test_local_etags_never_repeat(tmp_path):
