@@ -187,7 +187,7 @@ def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroke
             die_with_parent()
         settings.ensure_state_dir()
         lease = claim_slot(settings, environ)
-        storage = storage_from_settings(settings)
+        storage = storage_from_settings(settings, check=True)
         instance = node_instance(environ)
         start_telemetry(settings, lease.slot.id, environ)
         journal = Journal(settings.state_dir / "journal", lease.slot.id, instance)

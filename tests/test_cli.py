@@ -72,6 +72,9 @@ def test_a_bad_setting_stops_burrow_node_with_one_line(node_env):
     one_line_error(burrow("node", env={**node_env, "BURROW_GPUS": "abc"}), "BURROW_GPUS", "'abc'")
     # a state directory that cannot be created (this was a traceback)
     one_line_error(burrow("node", env={**node_env, "BURROW_STATE_DIR": "/proc/burrow"}), "BURROW_STATE_DIR")
+    # a local store that cannot be written: refused at start, not retried by every job
+    bad_store = {**node_env, "BURROW_STORAGE_URL": "file:///proc/burrow-store"}
+    one_line_error(burrow("node", env=bad_store), "BURROW_STORAGE_URL", "'/proc/burrow-store' is not usable")
 
 
 @pytest.mark.integration

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StorageError
 from .base import ObjectInfo, Storage
 from .local import SYNC_MODES, LocalStorage
 
@@ -15,15 +15,24 @@ if TYPE_CHECKING:
 __all__ = ["ObjectInfo", "Storage", "LocalStorage", "open_storage", "storage_from_settings"]
 
 
-def storage_from_settings(settings: Settings) -> Storage:
-    """The backend a node's settings name (``BURROW_STORAGE_URL`` and the S3 variables)."""
-    return open_storage(
+def storage_from_settings(settings: Settings, *, check: bool = False) -> Storage:
+    """The backend a node's settings name (``BURROW_STORAGE_URL`` and the S3 variables).
+
+    ``check``: refuse (``ConfigError``) a local store that cannot be written, as a node does at start (S3 is
+    not probed: it may be down for a while, which the workers ride out)."""
+    storage = open_storage(
         settings.storage_url,
         endpoint_url=settings.s3_endpoint_url,
         region=settings.s3_region,
         access_key_id=settings.s3_access_key_id,
         secret_access_key=settings.s3_secret_access_key,
     )
+    if check and isinstance(storage, LocalStorage):
+        try:
+            storage.check_usable()
+        except StorageError as e:
+            raise ConfigError("BURROW_STORAGE_URL", str(e)) from None
+    return storage
 
 
 def open_storage(

@@ -115,6 +115,17 @@ class LocalStorage(Storage):
     def __repr__(self) -> str:
         return f"LocalStorage({str(self.root)!r})"
 
+    def check_usable(self) -> None:
+        """Create the store's directory if needed; ``StorageError`` if it cannot be created or written (a node
+        checks this at start: every job would otherwise retry its writes against a store that never works)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            raise StorageError(f"local storage {str(self.root)!r} is not usable: {e.strerror or e}") from None
+
     # -- the database -------------------------------------------------------------------------------------
 
     def _db(self, *, create: bool) -> sqlite3.Connection | None:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from ..errors import NodeError
 from ..settings import Settings
+from ..storage import storage_from_settings
 from . import resources
 from .supervisor import Supervisor, plan_slots, worker_specs, worker_threads
 
@@ -41,6 +42,7 @@ def hold_state_dir(settings: Settings) -> int:
 def run_node(settings: Settings, environ: Mapping[str, str], *, processes: int | None = None) -> int:
     """Run this machine's workers until SIGTERM/SIGINT; returns the exit code."""
     hold_state_dir(settings)
+    storage_from_settings(settings, check=True)  # a store that cannot work: refused before any worker
     # A new node instance: evidence left by the previous one's workers says "interrupted", not "crashed".
     shutil.rmtree(settings.state_dir / "journal", ignore_errors=True)
     slots = plan_slots(settings, environ, processes)
