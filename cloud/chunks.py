@@ -128,6 +128,8 @@ def read_chunks(
                 while expected in pending:
                     yield pending.pop(expected)
                     expected += 1
+        except TimeoutError:
+            raise  # the caller's timeout (an OSError too, so it must not read as a lost connection)
         except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError, OSError) as e:
             logger.info("Chunk stream of job %s lost (%s); reading on from offset %s.", job_id, e, offset)
         finally:

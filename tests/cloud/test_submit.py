@@ -220,3 +220,10 @@ def test_an_oversized_payload_is_refused_before_anything_is_published(client, tm
     ref = client.put_input(big.encode())
     assert client.put_input(big.encode()) == ref  # content-addressed: stored once
     assert client.storage.get(ref)[0] == big.encode()
+
+
+def test_a_stream_reader_gives_up_after_its_timeout_when_nothing_comes(client):
+    # (TimeoutError is an OSError: the reader took its own timeout for a lost connection and read on forever)
+    handle = client.job("no-such-stream-job")
+    with pytest.raises(TimeoutError, match="no chunk of job no-such-stream-job for 1s"):
+        list(handle.stream(timeout=1))
