@@ -45,6 +45,8 @@ decisions = metrics.get_meter("burrow.router").create_counter(
 
 #: A message the router could not handle (storage or broker trouble) comes back after this long.
 RETRY_LATER_S = 30.0
+#: The longest pause between two looks at a held job (see ``DefaultPolicy``: a node silent only recently).
+HOLD_MAX_S = 30.0
 #: How often a report the broker dead-lettered from ``failed-jobs`` is handled again before it is quarantined.
 MAX_REVIVALS = 3
 
@@ -172,9 +174,12 @@ class Router:
             self._quarantine(request, route, report, record, raw)
             return []
         if route.action == "hold":
-            if job_id:
+            holds = report.get("holds") if isinstance(report.get("holds"), int) else 0
+            if job_id and holds == 0:  # noted once: a failover may hold thousands of jobs at a time
                 self._note_hold(job_id, request, route, report_id)
-            return [self._hold(report, report_id, route.delay_s)]
+            # Asked about again ever less often (a silent node's grace is minutes; a record read each time)
+            delay = min(HOLD_MAX_S, route.delay_s * 2 ** min(holds, 10))
+            return [self._hold({**report, "holds": holds + 1}, report_id, delay)]
         if kind == "requeue" and report.get("id"):
             self.quarantine.delete(report["id"])
         assert message is not None and request.job is not None
@@ -213,20 +218,26 @@ class Router:
         return self._outgoing(again, FAILED_JOBS_QUEUE, delay_s)
 
     def _note_hold(self, job_id: str, request: RouteRequest, route: Route, report_id: str) -> None:
-        """Show the hold in the job's record (``burrow job``): one entry per report, updated in place, never
-        counted and never replayed as a decision."""
+        """Show the hold in the job's record (``burrow job``): one entry per report, never counted and never
+        replayed as a decision."""
         now = self.clock()
 
         def mutate(record: dict[str, Any]) -> None:
             routing = record.setdefault("routing", [])
             if any(_decided(r, report_id) for r in routing):
                 return
-            entry = next((r for r in routing if r.get("report") == report_id and r.get("action") == "hold"), None)
-            if entry is None:
-                entry = {"report": report_id, "kind": request.kind, "since": now, "holds": 0, "action": "hold"}
-                routing.append(entry)
-            entry.update(
-                at=now, node=request.node, queue=route.queue, holds=entry.get("holds", 0) + 1, reason=route.reason
+            if any(r.get("report") == report_id and r.get("action") == "hold" for r in routing):
+                return
+            routing.append(
+                {
+                    "report": report_id,
+                    "kind": request.kind,
+                    "at": now,
+                    "node": request.node,
+                    "action": "hold",
+                    "queue": route.queue,
+                    "reason": route.reason,
+                }
             )
 
         self.records.update(job_id, mutate, queue=request.queue)

@@ -317,7 +317,7 @@ def test_a_job_whose_only_taker_went_silent_is_held_for_it_not_quarantined(
             ("hold", "public.batch.any.bulk"),
             ("dispatch", "public.batch.any.bulk"),
         ]
-        assert routing()[0]["holds"] >= 1 and Quarantine(storage).get(message.message_id) is None
+        assert Quarantine(storage).get(message.message_id) is None
 
 
 def test_a_malformed_message_ends_in_quarantine_with_its_reason(

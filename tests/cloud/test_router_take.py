@@ -79,3 +79,55 @@ def test_a_report_that_cannot_even_be_delayed_is_rejected_not_acked(tmp_path):
     router(tmp_path, FailingBroker(delays=False)).take(message)  # raises nothing
     assert message.failed  # rejected: the broker dead-letters it and housekeeping brings it back
     assert outbox_of(message) == []
+
+
+class WorkingBroker(FailingBroker):
+    def __init__(self) -> None:
+        super().__init__(delays=True)
+
+    def inspect_queue(self, queue: str):
+        return object()
+
+
+class SilentRegistry:
+    """One node that served the job's queue and was last heard from 60 s ago (not live, not stopped)."""
+
+    def __init__(self, now: float) -> None:
+        from node.contract.registry import Heartbeat, fold
+
+        beat = Heartbeat(node="node-b", process="cpu-0/1", queues=("tests",), at=now - 60, interval_s=10)
+        self.views = fold([beat], now=now)
+
+    def nodes(self):
+        return self.views
+
+
+def test_a_held_job_is_asked_about_again_less_and_less_often_and_noted_once(tmp_path):
+    from node.storage.records import RecordStore
+
+    now = 1_000_000.0
+    storage = LocalStorage(tmp_path)
+    held = Router(
+        broker=WorkingBroker(),
+        storage=storage,
+        registry=SilentRegistry(now),
+        policy=DefaultPolicy(RouterConfig(cooldown_s=5)),
+        topology=None,
+        clock=lambda: now,
+    )
+    job = job_message("tests", "tracked", "job-1", job_key="a")
+    report = {"kind": "failed", "job": job.asdict(), "reason": "failed on A", "node": "node-a", "attempts": []}
+    message = Delivery(Message(FAILED_JOBS_QUEUE, FAILED_JOBS_ACTOR, (), report, {}))
+    delays = []
+    for _ in range(4):
+        held.take(message)
+        (again,) = outbox_of(message)
+        body = json.loads(again.body)
+        assert body["message_id"] == message.message_id and again.routing_key == "p." + FAILED_JOBS_QUEUE
+        delays.append(again.exchange)
+        message = Delivery(
+            Message(FAILED_JOBS_QUEUE, FAILED_JOBS_ACTOR, (), body["kwargs"], {}, message_id=body["message_id"])
+        )
+    assert delays == [f"p.burrow.wait.{wait_bucket_ms(ms)}ms" for ms in (5000, 10_000, 20_000, 30_000)]
+    routing = RecordStore(storage).get("job-1")["routing"]
+    assert [r["action"] for r in routing] == ["hold"] and "node-b (silent 60s)" in routing[0]["reason"]
