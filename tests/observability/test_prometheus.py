@@ -230,7 +230,9 @@ def test_every_dashboard_query_and_alert_returns_data_from_a_live_node(
                 "FAKE_NVML_COUNT": "1",
             }
         )
-        start_node(argv=ROUTER_ARGV, env={**env, "BURROW_STATE_DIR": str(router_state)})
+        # (no grace for silent nodes: the doomed node is gone for good, and its give-up must be quarantined)
+        router_env = {**env, "BURROW_STATE_DIR": str(router_state), "BURROW_ROUTER_SILENT_GRACE_S": "0"}
+        start_node(argv=ROUTER_ARGV, env=router_env)
         doomed = start_node(
             argv=NODE_ARGV, env={**env, "BURROW_STATE_DIR": str(doomed_state), "BURROW_NODE_ID": "doomed"}
         )
