@@ -104,6 +104,9 @@ def _requeue(store: Quarantine, args: argparse.Namespace, settings: Settings) ->
     try:
         if args.to is not None and broker.topology is not None and not broker.topology.has(args.to):
             raise OperateError(f"--to {args.to!r} is not a queue of the topology")
+        if args.to is not None and broker.inspect_queue(args.to) is None:
+            # the router would only quarantine the job again ("queue does not exist")
+            raise OperateError(f"--to {args.to!r}: no such queue on the broker (see `burrow queues`)")
         for entry in entries:
             request = Message(
                 queue_name=FAILED_JOBS_QUEUE,

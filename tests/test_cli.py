@@ -98,3 +98,15 @@ def test_a_second_node_on_the_same_state_directory_is_refused(node_env, start_no
 )
 def test_a_bad_router_setting_is_one_line(node_env, env, expected):
     one_line_error(burrow("router", env={**node_env, **env}), expected)
+
+
+@pytest.mark.integration
+def test_a_requeue_to_a_queue_the_broker_lacks_is_refused_before_it_reaches_the_router(node_env, storage):
+    from cloud.routing.quarantine import Quarantine
+
+    message = {"queue_name": "simulation", "actor_name": "simulate", "args": [1], "kwargs": {}, "options": {}}
+    entry = {"id": "e1", "job_id": "j1", "reason": "r", "queue": "simulation", "quarantined_at": 1.0}
+    Quarantine(storage).put({**entry, "message": {**message, "message_id": "j1", "message_timestamp": 0}})
+    # (the router would only quarantine it again, "queue does not exist")
+    one_line_error(burrow("quarantine", "requeue", "e1", "--to", "nosuch.queue", env=node_env), "no such queue")
+    assert Quarantine(storage).get("e1") is not None
