@@ -2,10 +2,12 @@
 node stack (local storage and an S3 endpoint), with the same `dramatiq` processes and threads, in one run.
 
 Each configuration: the queue is filled with N no-op messages while no worker runs, then `dramatiq` workers
-start and the broker's ready count is polled; the rate is N / (time from the first message taken to the
-queue being empty). The configurations run in interleaved rounds (this machine's speed drifts by tens of per
-cent within minutes); printed are the median rates and, for each ratio, the median of the per-round ratios,
-and beside each rate the CPU per job of the worker processes and of RabbitMQ while the queue drained.
+start and the broker's ready count is polled; the rate is the jobs taken between the 10th and the 90th per
+cent of the drain over the time that took (the steady per-job cost: the workers' start-up is left out; the
+whole drain's rate is printed beside it). The configurations run in interleaved rounds (this machine's speed
+drifts by tens of per cent within minutes); printed are the median rates and, for each ratio, the median of
+the per-round ratios, and beside each rate the CPU per job of the worker processes and of RabbitMQ over the
+same part of the drain.
 
     python bench/job_cost.py [--jobs 3000] [--rounds 3] [--processes 2] [--threads 1] [--no-s3]
 """
@@ -124,18 +126,26 @@ def measure(name: str, module_source: str, env: dict[str, str], queue: str, jobs
     stop(warm)
     fill(queue, jobs)
     workers = _start(argv, env, workdir, log)
-    started = None
+    # Timed over the middle of the drain (from the 10th to the 90th percent of the jobs taken): the steady
+    # per-job cost, without the workers' start-up (imports, connections, first heartbeats: tens of ms of CPU
+    # and a late second process, which weigh on a drain of a few seconds) and without the last few jobs.
+    first, last = jobs - jobs * WINDOW[0], jobs - jobs * WINDOW[1]
+    window_start = first_taken = None
     while True:
         _check_running(workers, name, log)
         left = ready(channel, queue)
-        if started is None and left < jobs:
-            started = time.monotonic()
-            taken, cpu_before = left, _cpu(workers.pid)
-        if left == 0:
+        if first_taken is None and left < jobs:
+            first_taken = time.monotonic()
+        if window_start is None and left <= first:
+            window_start, left_at_start, cpu_before = time.monotonic(), left, _cpu(workers.pid)
+        if window_start is not None and left <= last:
+            elapsed, taken, cpu_after = time.monotonic() - window_start, left_at_start - left, _cpu(workers.pid)
             break
         time.sleep(0.005)
-    elapsed = time.monotonic() - started
-    cpu_after = _cpu(workers.pid)
+    while ready(channel, queue) > 0:
+        _check_running(workers, name, log)
+        time.sleep(0.005)
+    whole_rate = jobs / (time.monotonic() - first_taken)
     stop(workers)
     prefix = env.get("BURROW_QUEUE_PREFIX", "")
     for suffix in ("", ".XQ", ".DQ"):
@@ -154,13 +164,16 @@ def measure(name: str, module_source: str, env: dict[str, str], queue: str, jobs
             except pika.exceptions.ChannelClosedByBroker:
                 channel = connection.channel()
     connection.close()
-    rate = jobs / elapsed
+    rate = taken / elapsed
     worker_us, broker_us = (1e6 * (a - b) / taken for a, b in zip(cpu_after, cpu_before, strict=True))
     CPU[name].append((worker_us, broker_us))
-    print(f"{name:55} {rate:8.0f} jobs/s   CPU per job: workers {worker_us:4.0f} µs, RabbitMQ {broker_us:4.0f} µs",
-          flush=True)  # fmt: skip
+    print(f"{name:55} {rate:8.0f} jobs/s   CPU per job: workers {worker_us:4.0f} µs, RabbitMQ {broker_us:4.0f} µs"
+          f"   (whole drain, start-up included: {whole_rate:.0f} jobs/s)", flush=True)  # fmt: skip
     return rate
 
+
+#: The part of each drain that is timed: from this fraction of the jobs taken to this one.
+WINDOW = (0.1, 0.9)
 
 #: CPU per job (workers, RabbitMQ) of each measurement, by configuration label.
 CPU: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)

@@ -7,8 +7,10 @@ dispatched as the node's broker does, for N no-op jobs, and prints the process C
 measured in the same run: the same loop through Dramatiq's own per-message work only (decoding the body, the
 message proxy, ``CurrentMessage``). The broker round trip is left out on purpose: this is the figure the node
 core can cut (bench/README.md, "where the time goes"). ``--profile`` prints the top functions by own time.
+``--cold`` writes 16 MB of memory between two jobs (not timed), as a worker's caches are flushed by RabbitMQ,
+the kernel and its other threads while it waits for the next delivery: closer to what a job costs in a worker.
 
-    python bench/lifecycle_cpu.py [--jobs 3000] [--profile]
+    python bench/lifecycle_cpu.py [--jobs 3000] [--profile] [--cold]
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ from node.contract.envelope import check_fields  # noqa: E402
 from node.settings import Settings  # noqa: E402
 from node.storage import LocalStorage  # noqa: E402
 
+#: Memory written between two jobs with ``--cold``: about what RabbitMQ, the kernel and the other threads
+#: run through a worker's caches while it waits for its next delivery.
+COLD_BYTES = 16 * 2**20
+
 
 class _NodeStubBroker(HookDispatch, StubBroker):
     """A stub broker dispatching hooks as the node's broker does."""
@@ -49,7 +55,7 @@ def _broker(middleware: list, *, node: bool) -> tuple[StubBroker, dramatiq.Actor
     return broker, actor
 
 
-def run(jobs: int, *, full: bool, folder: Path, profiler: cProfile.Profile | None = None) -> float:
+def run(jobs: int, *, full: bool, folder: Path, profiler: cProfile.Profile | None = None, cold: bool = False) -> float:
     """CPU seconds per job for ``jobs`` no-op jobs (``full``: through the node's job middleware)."""
     middleware = [CurrentMessage()]
     if full:  # the middleware list a node's worker runs, as the node builds it
@@ -67,8 +73,13 @@ def run(jobs: int, *, full: bool, folder: Path, profiler: cProfile.Profile | Non
     checked = [check_fields(Message.decode(body).asdict(), delivered_on="q") if full else None for body in bodies]
     if profiler is not None:
         profiler.enable()
+    spent = 0.0
+    thrash = bytearray(COLD_BYTES) if cold else None
     began = time.process_time()
     for tag, (body, job) in enumerate(zip(bodies, checked, strict=True)):
+        if thrash is not None:  # what a worker's caches go through between two jobs: not counted
+            thrash[tag % 64 :: 64] = bytes(len(range(tag % 64, COLD_BYTES, 64)))
+            began = time.process_time()
         if full:  # as the node's consumer hands it over
             message = DeliveredMessage(False, tag, Message.decode(body), 0, {}, job)
         else:
@@ -79,7 +90,10 @@ def run(jobs: int, *, full: bool, folder: Path, profiler: cProfile.Profile | Non
             broker.emit_after("process_message", message, result=result)
         except dramatiq.middleware.SkipMessage:
             broker.emit_after("skip_message", message)
-    spent = time.process_time() - began
+        if thrash is not None:
+            spent += time.process_time() - began
+    if thrash is None:
+        spent = time.process_time() - began
     if profiler is not None:
         profiler.disable()
     return spent / jobs
@@ -90,17 +104,18 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--cold", action="store_true", help="evict the caches between jobs, as a worker's are")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.profile:
             profiler = cProfile.Profile()
-            run(args.jobs, full=True, folder=Path(tmp) / "profile", profiler=profiler)
+            run(args.jobs, full=True, folder=Path(tmp) / "profile", profiler=profiler, cold=args.cold)
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
             return
         bare, full = [], []
         for n in range(args.rounds):  # interleaved, so drift hits both alike
-            bare.append(run(args.jobs, full=False, folder=Path(tmp) / f"bare-{n}"))
-            full.append(run(args.jobs, full=True, folder=Path(tmp) / f"full-{n}"))
+            bare.append(run(args.jobs, full=False, folder=Path(tmp) / f"bare-{n}", cold=args.cold))
+            full.append(run(args.jobs, full=True, folder=Path(tmp) / f"full-{n}", cold=args.cold))
     bare_us, full_us = min(bare) * 1e6, min(full) * 1e6
     print(f"{args.jobs} no-op jobs, best of {args.rounds} interleaved rounds, process CPU per job:")
     print(f"  Dramatiq's own per-message work (baseline): {bare_us:7.1f} µs")
