@@ -23,7 +23,7 @@ from .attempt.journal import Journal, process_start_time
 from .attempt.lease import lease_timing
 from .broker import QuorumRabbitmqBroker
 from .contract.topology import load_topology
-from .errors import BurrowError
+from .errors import BurrowError, ConfigError
 from .middleware import (
     Callbacks,
     CancelListener,
@@ -38,13 +38,10 @@ from .middleware import (
 )
 from .settings import Settings
 from .storage import Storage, storage_from_settings
-from .supervisor.process import die_with_parent
+from .supervisor.process import EXIT_BOOT_FAILED, die_with_parent
 from .supervisor.slots import SlotLease, configured_slots
 
 logger = logging.getLogger("burrow.boot")
-
-#: Exit code of a worker process that could not boot for a reason an operator must fix (config, slots).
-EXIT_BOOT_FAILED = 3
 
 
 def node_instance(environ: Mapping[str, str]) -> str:
@@ -207,7 +204,10 @@ def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroke
             storage,
         )
         for module in settings.actor_modules:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ImportError as e:  # Dramatiq would print a traceback and exit 2, which reads as transient
+                raise ConfigError("BURROW_ACTOR_MODULES", f"cannot import {module!r}: {e}") from None
         for queue_name in broker.work_queues():
             broker.declare_queue(queue_name, ensure=True)  # fail fast on a mismatched existing queue
         # The main thread only sleeps from here on: an idle connection would miss its heartbeats.

@@ -6,6 +6,10 @@ threads as the jobs its slot may hold at once (``worker_threads``; one by defaul
 (a terminal's Ctrl-C or a process-group signal reaches only the supervisor), with ``PR_SET_PDEATHSIG`` so a
 killed supervisor leaves no orphans. On shutdown it forwards exactly one SIGTERM to each child and waits
 ``grace_s`` before killing what is left.
+
+A child that exits with ``EXIT_BOOT_FAILED`` before it ran ``STABLE_AFTER_S`` could not boot for a reason
+an operator must fix (its last log line says which): it is not restarted, since every restart would fail the
+same way, and once no child is left the supervisor stops with that code. Any other exit is restarted.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from opentelemetry import metrics
 
 from ..contract.topology import load_topology
 from ..settings import Settings
-from .process import die_with_parent
+from .process import EXIT_BOOT_FAILED, die_with_parent
 from .resources import read_status, slot_state
 from .slots import Slot, check_capacity, configured_slots
 
@@ -74,6 +78,7 @@ class _Child:
     failures: int = 0
     restart_at: float | None = 0.0
     restarts: int = field(default=0)
+    gave_up: bool = False  # it could not boot: not restarted
 
 
 def worker_threads(settings: Settings) -> int:
@@ -201,6 +206,15 @@ class Supervisor:
         if code is None:
             return
         ran_s = now - child.started_at
+        if code == EXIT_BOOT_FAILED and ran_s < STABLE_AFTER_S:
+            logger.error(
+                "%s (pid %d) cannot boot (exit code %d; its last line above says why); not restarting it.",
+                child.spec.name,
+                child.process.pid,
+                code,
+            )
+            child.process, child.restart_at, child.gave_up = None, None, True
+            return
         child.failures = 1 if ran_s >= STABLE_AFTER_S else child.failures + 1
         delay = restart_delay(child.failures, self.backoff_min_s, self.backoff_max_s)
         logger.warning(
@@ -225,6 +239,9 @@ class Supervisor:
                     self._reap(child, now)
                 if child.process is None and child.restart_at is not None and now >= child.restart_at:
                     self._start(child)
+            if self.children and all(child.gave_up for child in self.children):
+                logger.error("No worker could boot; the node stops.")
+                return EXIT_BOOT_FAILED
             self.stopping.wait(0.2)
         return self._shutdown()
 

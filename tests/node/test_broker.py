@@ -12,6 +12,7 @@ from dramatiq import Message
 from node.broker import QuorumRabbitmqBroker
 from node.contract.queues import death_reason, wait_bucket_ms
 from node.errors import QueueMismatchError
+from node.supervisor.process import EXIT_BOOT_FAILED
 from tests.conftest import send, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -97,10 +98,17 @@ def test_existing_classic_queue_fails_with_a_clear_message(amqp_url, queue_prefi
     # A node whose queue exists as a classic queue stops with that message, not a stack trace.
     raw_channel(amqp_url).queue_declare(queue_prefix + "tests", durable=True)
     node = start_node(argv=[sys.executable, "-m", "dramatiq", "node.actors", "--processes", "1"])
-    assert node.process.wait(timeout=30) != 0
+    assert node.process.wait(timeout=30) == EXIT_BOOT_FAILED  # not Dramatiq's 3, "broker unreachable": retried
     output = node.output()
     assert f"Cannot start worker: queue '{queue_prefix}tests' already exists with other arguments" in output
     assert "Traceback" not in output
+
+    # Under `burrow node` the worker is not restarted (every restart would fail alike): the node stops, saying so.
+    node = start_node("--processes", "2")
+    assert node.process.wait(timeout=60) == EXIT_BOOT_FAILED
+    output = node.output()
+    assert output.count("Cannot start worker: queue") == 2  # each slot's worker booted once
+    assert "not restarting it" in output and "No worker could boot" in output
 
 
 def test_publisher_confirms_are_on_by_default(amqp_url):

@@ -12,6 +12,7 @@ import pytest
 from dramatiq import Message
 
 from node.storage.records import RecordStore
+from node.supervisor.process import EXIT_BOOT_FAILED
 from tests.conftest import send, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -144,3 +145,14 @@ def test_sigterm_drains_running_job_and_leaves_queued_jobs_untouched(
     connection.close()
     assert method is not None and Message.decode(body).kwargs["job_key"] == waiting
     assert int((properties.headers or {}).get("x-delivery-count", 0)) == 0
+
+
+def test_an_actor_module_that_does_not_import_stops_the_worker_in_one_line(start_node):
+    node = start_node(
+        argv=[sys.executable, "-m", "dramatiq", "node.actors", "--processes", "1"],
+        env={"BURROW_ACTOR_MODULES": "tests.workload,no_such_actors"},
+    )
+    assert node.process.wait(timeout=30) == EXIT_BOOT_FAILED  # Dramatiq's own "import failed" is 2, with a traceback
+    output = node.output()
+    assert "Cannot start worker: BURROW_ACTOR_MODULES: cannot import 'no_such_actors': No module named" in output
+    assert "Traceback" not in output

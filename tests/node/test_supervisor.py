@@ -11,6 +11,7 @@ import pytest
 
 from node.settings import Settings
 from node.supervisor import ChildSpec, Supervisor, restart_delay, worker_specs
+from node.supervisor.process import EXIT_BOOT_FAILED
 from node.supervisor.slots import node_slots
 from node.supervisor.supervisor import worker_threads
 from tests.conftest import wait_for
@@ -91,6 +92,49 @@ def test_crashing_child_is_restarted_with_growing_backoff():
     # Delays of 0.5, 1 and 2 s on top of the child's own run time (the supervisor polls every 0.2 s).
     assert gaps[0] >= 0.5
     assert gaps[2] - gaps[0] >= 1.0
+
+
+def test_a_child_that_cannot_boot_is_not_restarted_and_the_node_stops_when_none_is_left():
+    starts: list[str] = []
+    spec = ChildSpec("misconfigured", [sys.executable, "-c", f"raise SystemExit({EXIT_BOOT_FAILED})"], {})
+    supervisor = Supervisor(
+        [spec], grace_s=1, backoff_min_s=0.1, backoff_max_s=0.2, on_start=lambda s, p: starts.append(s.name)
+    )
+    # On its own, without a stop request: every restart would fail the same way.
+    assert supervisor.run() == EXIT_BOOT_FAILED
+    assert starts == ["misconfigured"]
+
+
+def test_a_slot_that_cannot_boot_leaves_the_others_running(tmp_path: Path):
+    out = tmp_path / "sigterms"
+    starts: list[str] = []
+    failing = ChildSpec("misconfigured", [sys.executable, "-c", f"raise SystemExit({EXIT_BOOT_FAILED})"], {})
+    healthy = ChildSpec("worker", [sys.executable, "-c", COUNT_SIGTERMS, str(out), "0"], {})
+    supervisor = Supervisor(
+        [failing, healthy], grace_s=5, backoff_min_s=0.1, backoff_max_s=0.2, on_start=lambda s, p: starts.append(s.name)
+    )
+    thread = run_in_thread(supervisor)
+    wait_for(lambda: supervisor.children[0].gave_up, 20, "the failed boot to be seen")
+    wait_for(lambda: Path(f"{out}.ready").exists(), 20, "the healthy child to be ready")
+    assert thread.is_alive()  # the node goes on with the slots that work
+    supervisor.request_stop()
+    thread.join(15)
+    assert out.read_text() == "1"
+    assert starts.count("misconfigured") == 1
+
+
+def test_a_broker_unreachable_at_start_is_restarted():
+    # Dramatiq's exit code 3 (the broker could not be reached while booting) is worth retrying.
+    starts: list[float] = []
+    spec = ChildSpec("no broker yet", [sys.executable, "-c", "raise SystemExit(3)"], {})
+    supervisor = Supervisor(
+        [spec], grace_s=1, backoff_min_s=0.1, backoff_max_s=0.2, on_start=lambda s, p: starts.append(0)
+    )
+    thread = run_in_thread(supervisor)
+    wait_for(lambda: len(starts) >= 3, 30, "three starts")
+    supervisor.request_stop()
+    thread.join(10)
+    assert not supervisor.children[0].gave_up
 
 
 def test_one_sigterm_is_forwarded_however_often_the_supervisor_is_asked(tmp_path: Path):
