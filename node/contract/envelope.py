@@ -38,6 +38,8 @@ def decode_fields(body: bytes) -> dict[str, Any]:
             fields = json.loads(body)
         except (UnicodeDecodeError, ValueError) as e:
             raise MalformedMessage("", f"body is not JSON: {e}") from None
+        except RecursionError:
+            raise MalformedMessage("", "body is not JSON this node reads: nested too deeply") from None
     if not isinstance(fields, dict):
         raise MalformedMessage("", f"body must be a JSON object, got {type(fields).__name__}")
     missing = [name for name in _FIELDS if name not in fields and name != "options"]

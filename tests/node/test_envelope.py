@@ -39,6 +39,7 @@ def bad_messages(queue: str) -> list[tuple[str, bytes]]:
         ("body is not JSON", b"{not json"),
         ("body is not JSON", b"\xff\xfe\x00garbage"),
         ("body must be a JSON object", b"[1, 2, 3]"),
+        ("body is not JSON", b"[" * 100_000 + b"]" * 100_000),  # nested past the decoders' depth
         ("queue_name", body(queue_name=...)),
         ("extra", body(extra=1)),
         ("queue_name", body(queue_name="simulation")),  # names another queue than the one it came from
@@ -188,3 +189,8 @@ def test_envelope_checks_name_the_field(fields, named):
     with pytest.raises(MalformedMessage) as error:
         check_fields(decode_fields(json.dumps({**base, **fields}).encode()), delivered_on="tests")
     assert error.value.field == named
+
+
+def test_a_body_nested_past_the_decoders_depth_is_malformed_not_a_recursion_error():
+    with pytest.raises(MalformedMessage, match="nested too deeply"):
+        decode_fields(b'{"args":' * 50_000 + b"1" + b"}" * 50_000)
