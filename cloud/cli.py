@@ -18,7 +18,8 @@ from pathlib import Path
 import pika.exceptions
 from dramatiq.errors import BrokerError
 
-from node.errors import BurrowError
+from node.contract.job_options import check_job_id
+from node.errors import BurrowError, MalformedMessage
 from node.retrying import Deadline, deadline_scope
 from node.settings import Settings
 
@@ -227,6 +228,8 @@ def cmd_put(args: argparse.Namespace, settings: Settings) -> int:
     from cloud.submit import Client
 
     path = Path(args.file)
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory (store one file at a time)")
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     print(Client(settings, broker=_no_broker(settings)).put_input(path))
@@ -386,6 +389,14 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"burrow: error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _job_id(text: str) -> str:
+    """A job id argument: one a job can have (a storage key segment), else a usage error saying why."""
+    try:
+        return check_job_id(text)
+    except MalformedMessage as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"{e.field}: ")) from None
 
 
 def _positive(text: str) -> float:
@@ -550,14 +561,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.set_defaults(func=cmd_submit)
 
     result = sub.add_parser("result", help="print a job's result, or save one of its artifacts")
-    result.add_argument("job_id")
+    result.add_argument("job_id", type=_job_id)
     result.add_argument("--artifact", default=None, metavar="NAME", help="an artifact instead of the return value")
     result.add_argument("-o", "--output", default=None, metavar="FILE", help="save to FILE instead of printing")
     result.add_argument("--wait-s", type=float, default=0.0, help="wait this long for the job to settle")
     result.set_defaults(func=cmd_result)
 
     cancel = sub.add_parser("cancel", help="cancel jobs: queued ones never start, running ones stop")
-    cancel.add_argument("job_ids", nargs="+", metavar="ID")
+    cancel.add_argument("job_ids", nargs="+", metavar="ID", type=_job_id)
     cancel.set_defaults(func=cmd_cancel)
 
     put = sub.add_parser("put", help="store an input file; prints the reference to pass to a job")
@@ -641,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.set_defaults(func=cmd_dlq)
 
     job = sub.add_parser("job", help="show a job's record (status, attempts, checkpoint, artifacts)")
-    job.add_argument("job_id")
+    job.add_argument("job_id", type=_job_id)
     job.add_argument("--json", action="store_true", help="print the raw record")
     job.set_defaults(func=cmd_job)
 

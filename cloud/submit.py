@@ -327,7 +327,8 @@ class Client:
         return key
 
     def job(self, job_id: str) -> JobHandle:
-        """The handle of a job submitted earlier (by anyone)."""
+        """The handle of a job submitted earlier (by anyone); ``MalformedMessage`` for an id no job can have."""
+        check_job_id(job_id)
         record = self.records.get(job_id) or {}
         return JobHandle(self, job_id, job_type=record.get("job_type", ""), submitted_at=record.get("submitted_at"))
 

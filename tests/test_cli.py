@@ -110,3 +110,15 @@ def test_a_requeue_to_a_queue_the_broker_lacks_is_refused_before_it_reaches_the_
     # (the router would only quarantine it again, "queue does not exist")
     one_line_error(burrow("quarantine", "requeue", "e1", "--to", "nosuch.queue", env=node_env), "no such queue")
     assert Quarantine(storage).get("e1") is not None
+
+
+@pytest.mark.parametrize("command", [["cancel"], ["cancel", "fine-id"], ["job"], ["result"]])
+@pytest.mark.parametrize("job_id", ["", " ", "a/../b", "x" * 300])
+def test_an_id_no_job_can_have_is_refused_and_nothing_is_recorded(node_env, storage, command, job_id):
+    line = one_line_error(burrow(*command, job_id, env=node_env), "is not a usable job id")
+    assert "1-128 of" in line
+    assert list(storage.list("records/")) == []  # not even for the good id beside it
+
+
+def test_storing_a_directory_as_an_input_says_so(node_env, tmp_path):
+    one_line_error(burrow("put", str(tmp_path), env=node_env), "is a directory")

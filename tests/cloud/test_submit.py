@@ -16,6 +16,7 @@ import pytest
 from actors.inference import complete
 from cloud.batch import InvalidRows, read_rows
 from cloud.submit import Client, JobFailed, PayloadTooLarge, idempotent_job_id
+from node.errors import MalformedMessage
 from node.settings import Settings
 from tests.conftest import ROOT, wait_for
 
@@ -227,3 +228,10 @@ def test_a_stream_reader_gives_up_after_its_timeout_when_nothing_comes(client):
     handle = client.job("no-such-stream-job")
     with pytest.raises(TimeoutError, match="no chunk of job no-such-stream-job for 1s"):
         list(handle.stream(timeout=1))
+
+
+@pytest.mark.parametrize("job_id", ["", "a/../b", "x" * 300])
+def test_a_handle_for_an_id_no_job_can_have_is_refused(client, job_id):
+    with pytest.raises(MalformedMessage, match="is not a usable job id"):
+        client.job(job_id).cancel()
+    assert list(client.storage.list("records/")) == []
