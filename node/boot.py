@@ -23,7 +23,7 @@ from .attempt.journal import Journal, process_start_time
 from .attempt.lease import lease_timing
 from .broker import QuorumRabbitmqBroker
 from .contract.topology import load_topology
-from .errors import BurrowError, ConfigError
+from .errors import BurrowError, ConfigError, SlotError, StorageError
 from .middleware import (
     Callbacks,
     CancelListener,
@@ -38,7 +38,7 @@ from .middleware import (
 )
 from .settings import Settings
 from .storage import Storage, storage_from_settings
-from .supervisor.process import EXIT_BOOT_FAILED, die_with_parent
+from .supervisor.process import EXIT_BOOT_FAILED, EXIT_BOOT_RETRY, die_with_parent
 from .supervisor.slots import SlotLease, configured_slots
 
 logger = logging.getLogger("burrow.boot")
@@ -212,6 +212,9 @@ def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroke
             broker.declare_queue(queue_name, ensure=True)  # fail fast on a mismatched existing queue
         # The main thread only sleeps from here on: an idle connection would miss its heartbeats.
         del broker.connection
+    except (SlotError, StorageError) as e:  # may pass: the supervisor restarts the worker
+        logger.error("Cannot start worker yet: %s", e)
+        sys.exit(EXIT_BOOT_RETRY)
     except BurrowError as e:
         logger.error("Cannot start worker: %s", e)
         sys.exit(EXIT_BOOT_FAILED)

@@ -17,6 +17,9 @@ _PR_SET_PDEATHSIG = 1
 #: supervisor does not restart it, since every restart would fail the same way. Dramatiq's own codes keep
 #: their meaning: 3 (the broker could not be reached at start) is worth restarting for.
 EXIT_BOOT_FAILED = 78
+#: Exit code of a worker that cannot boot *yet*: its slot is still held (the worker it replaces drains its
+#: job after its parent was killed) or its store is not writable now (a full disk). ``EX_TEMPFAIL``: restarted.
+EXIT_BOOT_RETRY = 75
 
 
 def die_with_parent(signum: int = signal.SIGTERM) -> None:

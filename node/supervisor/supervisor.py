@@ -9,7 +9,8 @@ killed supervisor leaves no orphans. On shutdown it forwards exactly one SIGTERM
 
 A child that exits with ``EXIT_BOOT_FAILED`` before it ran ``STABLE_AFTER_S`` could not boot for a reason
 an operator must fix (its last log line says which): it is not restarted, since every restart would fail the
-same way, and once no child is left the supervisor stops with that code. Any other exit is restarted.
+same way, and once no child is left the supervisor stops with that code. Any other exit is restarted
+(``EXIT_BOOT_RETRY``: a worker that cannot boot *yet*, e.g. its slot is still held).
 """
 
 from __future__ import annotations

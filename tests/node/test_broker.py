@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sys
 import time
 
@@ -109,6 +111,33 @@ def test_existing_classic_queue_fails_with_a_clear_message(amqp_url, queue_prefi
     output = node.output()
     assert output.count("Cannot start worker: queue") == 2  # each slot's worker booted once
     assert "not restarting it" in output and "No worker could boot" in output
+
+
+def consumer_count(amqp_url: str, queue: str) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        return connection.channel().queue_declare(queue, passive=True).method.consumer_count
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def test_a_worker_whose_slot_is_still_held_is_restarted_until_it_is_free(amqp_url, queue_prefix, start_node, tmp_path):
+    # Given slot cpu-0 held by another process (the worker being replaced still drains its job)
+    slots = tmp_path / "state" / "slots"
+    slots.mkdir(parents=True)
+    holder = os.open(slots / "cpu-0.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    node = start_node("--processes", "1", env={"BURROW_CPU_SLOTS": "1"})
+    # Then its worker cannot start yet, and is tried again (it is not given up as misconfigured)
+    wait_for(lambda: node.output().count("Cannot start worker yet") >= 2, 60, "two tries at the held slot")
+    assert "not restarting it" not in node.output()
+    # and once the slot is free the node serves its queues
+    os.close(holder)
+    wait_for(lambda: consumer_count(amqp_url, queue_prefix + "tests") == 1, 60, "the worker consuming")
+    assert node.process.poll() is None
 
 
 def test_publisher_confirms_are_on_by_default(amqp_url):

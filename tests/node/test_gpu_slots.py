@@ -64,7 +64,7 @@ def test_more_processes_than_gpus_is_a_clear_startup_error(start_node):
     node = start_node(argv=[*DRAMATIQ, "--processes", "5"], env={"BURROW_GPUS": "0,1,2,3"})
     assert node.process.wait(timeout=60) != 0
     output = node.output()
-    assert "Cannot start worker: all 4 slot(s) of this node are taken" in output
+    assert "Cannot start worker yet: all 4 slot(s) of this node are taken" in output
     assert "Traceback" not in output
 
 
