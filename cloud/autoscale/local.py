@@ -7,6 +7,10 @@ one SIGTERM, to its supervisor only: it stops taking work and its running jobs c
 (``burrow node``'s drain), so nothing is lost; until it has exited it is counted as stopping, not as a
 replica. Replicas run in their own session, so a Ctrl-C of the autoscaler does not reach them (two SIGTERMs
 would make their workers abandon their jobs); they keep running if the autoscaler stops.
+
+A replica that exits with ``EXIT_BOOT_FAILED`` (none of its workers could boot: a setting, a queue declared
+with other arguments) is not replaced: every replacement would fail alike, so the group reports the error,
+naming the replica's log, until the autoscaler is restarted with the problem fixed.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from node.attempt.journal import process_start_time
+from node.supervisor.process import EXIT_BOOT_FAILED
 
 from .provider import ProviderError
 
@@ -43,6 +48,7 @@ class LocalProvider:
         self.command = list(command)
         self.env = dict(env)
         self._children: dict[int, subprocess.Popen] = {}
+        self._cannot_boot: str | None = None  # why replicas are not started any more
 
     @classmethod
     def from_options(
@@ -66,6 +72,11 @@ class LocalProvider:
             child = self._children.get(pid)
             if child is not None and child.poll() is not None:
                 del self._children[pid]  # reaped: it exited
+                if child.returncode == EXIT_BOOT_FAILED:
+                    self._cannot_boot = (
+                        f"{self.name}: replica {index} could not boot (exit code {EXIT_BOOT_FAILED}; "
+                        f"see {self.directory / f'{index}.log'}); no replica is started until that is fixed"
+                    )
             if process_start_time(pid) != started:
                 note.unlink(missing_ok=True)
                 (self.directory / f"{index}.stopping").unlink(missing_ok=True)
@@ -80,6 +91,8 @@ class LocalProvider:
         live = self.replicas()
         running = sorted(i for i, (_, stopping) in live.items() if not stopping)
         if replicas > len(running):
+            if self._cannot_boot is not None:
+                raise ProviderError(self._cannot_boot)
             free = (i for i in range(len(live) + replicas + 1) if i not in live)
             for _ in range(replicas - len(running)):
                 self._start(next(free))

@@ -13,10 +13,12 @@ import pytest
 
 from cloud.autoscale.config import parse_config
 from cloud.autoscale.local import LocalProvider
+from cloud.autoscale.provider import ProviderError
 from cloud.autoscale.run import Autoscaler, broker_depths
 from cloud.registry import NodeRegistry
 from cloud.submit import Client
 from node.settings import Settings
+from node.supervisor.process import EXIT_BOOT_FAILED
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -101,3 +103,14 @@ def test_the_local_pool_grows_from_zero_shrinks_without_losing_a_job_and_returns
         pool.scale_to(0)
         pool.close(stop=True)
         client.close()
+
+
+def test_a_replica_that_cannot_boot_is_not_replaced_and_the_group_says_why(tmp_path: Path):
+    command = [sys.executable, "-c", f"raise SystemExit({EXIT_BOOT_FAILED})"]  # a node with a bad setting
+    pool = LocalProvider("pool", tmp_path / "pool", command, {})
+    pool.scale_to(1)
+    wait_for(lambda: pool.current() == 0, 60, "the replica to exit")
+    with pytest.raises(ProviderError, match=r"replica 0 could not boot .*0\.log"):
+        pool.scale_to(1)
+    assert pool.current() == 0 and not pool._children  # nothing started again
+    pool.close()
