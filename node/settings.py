@@ -7,6 +7,7 @@ the variable.  Secrets are read from the environment only and never appear in ``
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -251,6 +252,8 @@ class _Reader:
             number = float(value)
         except ValueError:
             raise ConfigError(name, f"expected a number, got {value!r}") from None
+        if not math.isfinite(number):  # NaN passes every comparison below, and inf breaks timers
+            raise ConfigError(name, f"expected a finite number, got {value!r}")
         if number < minimum:
             raise ConfigError(name, f"must be at least {minimum}, got {number}")
         return number

@@ -25,6 +25,7 @@ file: the SaladCloud key comes from the environment.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,7 @@ def parse_config(raw: dict[str, Any], where: str = "autoscale config") -> Autosc
     if unknown:
         raise ConfigError(f"{where}: {unknown[0]}", "unknown setting (expected interval_s and [groups.<name>])")
     interval = raw.get("interval_s", 30.0)
-    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 < interval < math.inf:
         raise ConfigError(f"{where}: interval_s", f"must be a number of seconds > 0, got {interval!r}")
     groups = raw.get("groups")
     if not isinstance(groups, dict) or not groups:

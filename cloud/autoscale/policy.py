@@ -32,7 +32,7 @@ class ScalePolicy:
     hysteresis: float = 0.1
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.jobs_per_replica, int | float) and self.jobs_per_replica > 0):
+        if not (isinstance(self.jobs_per_replica, int | float) and 0 < self.jobs_per_replica < math.inf):
             raise ValueError(f"jobs_per_replica must be a number > 0, got {self.jobs_per_replica!r}")
         for name in ("min_replicas", "max_replicas"):
             value = getattr(self, name)

@@ -117,6 +117,8 @@ def test_a_config_file_reads_into_groups():
     [
         (lambda c: c.pop("groups"), "groups"),
         (lambda c: c.update(interval_s=0), "interval_s"),
+        (lambda c: c.update(interval_s=float("nan")), "interval_s"),  # TOML allows nan and inf
+        (lambda c: c["groups"]["llama"].update(jobs_per_replica=float("inf")), "groups.llama"),
         (lambda c: c.update(retries=3), "retries"),
         (lambda c: c["groups"]["llama"].update(provider="aws"), "groups.llama.provider"),
         (lambda c: c["groups"]["llama"].pop("project"), "groups.llama.project"),

@@ -44,6 +44,8 @@ def test_values_are_parsed():
         ("BURROW_PREFETCH", "zero", "whole number"),
         ("BURROW_PREFETCH", "0", "at least 1"),
         ("BURROW_GRACE_S", "soon", "a number"),
+        ("BURROW_GRACE_S", "nan", "finite number"),  # NaN passed the minimum check, then broke the supervisor
+        ("BURROW_NODE_HEARTBEAT_S", "inf", "finite number"),
         ("BURROW_GPUS", "0,,1", "empty entry"),
         ("BURROW_GPUS", "1,1", "twice"),
         ("BURROW_GPUS", "abc", "'abc' is not a GPU index or UUID"),
