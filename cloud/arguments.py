@@ -5,18 +5,36 @@ can say more before anything is published: ``seed: int`` given ``"x"`` is refuse
 parameter, rather than failing (or, worse, running) on a node. Only plain annotations are checked — ``int``,
 ``float`` (an ``int`` too), ``str``, ``bool``, ``list``, ``dict``, their generic forms (``list[str]`` is a
 list) and unions of them (``int | None``); anything else is taken as it comes.
+
+``parse_json`` reads the JSON a caller hands over (``--kwargs``, JSONL rows): standard JSON only, so ``NaN``
+and ``Infinity`` — which Python's ``json`` accepts and no other reader does — are refused, as is nesting
+deeper than a decoder follows.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import json
 import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from node.errors import MalformedMessage
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not standard JSON (use null, or a string)")
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Standard JSON from ``text``; ``ValueError`` saying what is wrong (see the module docstring)."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
 
 _PLAIN = {int: "int", float: "float", str: "str", bool: "bool", list: "list", dict: "dict"}
 

@@ -37,7 +37,7 @@ from node.contract.job_options import ROUTING_OPTIONS
 from node.contract.record import SETTLED_STATUSES
 from node.errors import MalformedMessage, NoSuchQueue, ObjectNotFound, PreconditionFailed
 
-from .arguments import type_hints
+from .arguments import parse_json, type_hints
 from .errors import CloudError
 
 #: Rows published between two manifest writes (and the most a crashed submitter can publish twice).
@@ -80,7 +80,7 @@ def _jsonl(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int,
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = parse_json(line)
         except ValueError as e:
             bad.append((number, f"not JSON: {e}"))
             continue
@@ -141,7 +141,7 @@ def convert_cells(fn: Callable[..., Any], fields: dict[str, Any]) -> dict[str, A
                 out[name] = cell
             else:
                 try:
-                    out[name] = json.loads(cell)
+                    out[name] = parse_json(cell)
                 except ValueError:
                     out[name] = cell
         except ValueError:

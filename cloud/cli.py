@@ -18,6 +18,7 @@ from pathlib import Path
 import pika.exceptions
 from dramatiq.errors import BrokerError
 
+from cloud.arguments import parse_json
 from node.contract.job_options import check_job_id
 from node.errors import BurrowError, MalformedMessage
 from node.retrying import Deadline, deadline_scope
@@ -62,7 +63,7 @@ def _json_argument(option: str, text: str) -> object:
             raise UsageError(f"{option} {path}: {e}") from None
         source = f"{option} @{path}"
     try:
-        return json.loads(text)
+        return parse_json(text)
     except ValueError as e:
         raise UsageError(f"{source} is not JSON: {e}") from None
 

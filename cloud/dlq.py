@@ -63,7 +63,7 @@ def _parse(queue: str, tag: int, properties: pika.BasicProperties, body: bytes) 
     try:
         message = json.loads(body)
         message = message if isinstance(message, dict) else None
-    except ValueError:
+    except (ValueError, RecursionError):  # what a node dead-letters as malformed may be anything
         message = None
     job = (
         (message or {}).get("options", {}).get(OPTION_KEY) if isinstance((message or {}).get("options"), dict) else None

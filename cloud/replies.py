@@ -93,7 +93,7 @@ class ReplyListener:
         try:
             reply = json.loads(body)
             job_id = reply["job_id"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             logger.warning("Ignoring a malformed reply on %s.", self.queue)
             return
         with self._lock:

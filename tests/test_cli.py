@@ -122,3 +122,13 @@ def test_an_id_no_job_can_have_is_refused_and_nothing_is_recorded(node_env, stor
 
 def test_storing_a_directory_as_an_input_says_so(node_env, tmp_path):
     one_line_error(burrow("put", str(tmp_path), env=node_env), "is a directory")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problem"),
+    [('{"seed": NaN}', "NaN is not standard JSON"), ('{"seed": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested")],
+)
+def test_kwargs_that_only_pythons_json_reads_are_refused_in_one_line(node_env, tmp_path, kwargs, problem):
+    payload = tmp_path / "kwargs.json"
+    payload.write_text(kwargs)
+    one_line_error(burrow("submit", "simulate", "--kwargs", f"@{payload}", env=node_env), "is not JSON", problem)

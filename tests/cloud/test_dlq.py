@@ -88,3 +88,17 @@ def test_quarantine_purge_asks_first_and_honours_older_than(node_env, storage):
     assert list(quarantine.ids()) == ["new-1"]
     bad = burrow(node_env, "quarantine", "purge", "--older-than", "soon")
     assert bad.returncode == 2 and bad.stderr.startswith("burrow: error: --older-than 'soon'")
+
+
+def test_a_dead_letter_nested_past_the_decoders_depth_is_listed(amqp_url, queue_prefix, broker, start_node, node_env):
+    # Given a body a node dead-lettered as malformed because it nests deeper than any decoder follows
+    start_node("--processes", "1")
+    broker.declare_queue("tests", ensure=True)
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    connection.channel().basic_publish("", queue_prefix + "tests", b"[" * 100_000 + b"]" * 100_000)
+    connection.close()
+    wait_for(lambda: broker.get_queue_message_counts("tests")[2] == 1, 60, "the dead letter")
+    # Then the operator can list it (it used to end in a RecursionError traceback)
+    listed = burrow(node_env, "dlq", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "nested too deeply" in listed.stdout or "malformed" in listed.stdout
