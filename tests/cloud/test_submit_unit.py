@@ -110,3 +110,12 @@ def test_arguments_are_checked_against_the_actors_plain_annotations():
         with pytest.raises(MalformedMessage, match=named) as caught:
             check_argument_types(actor, args, kwargs)
         assert "actor() wants" in str(caught.value)
+
+
+def test_jsonl_rows_take_standard_json_only():
+    rows, bad = _jsonl('{"seed": 1}\n{"seed": NaN}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert rows == [(1, {"seed": 1})]
+    assert [(n, "NaN is not standard JSON" in why or "nested too deeply" in why) for n, why in bad] == [
+        (2, True),
+        (3, True),
+    ]
