@@ -20,6 +20,7 @@ import asyncio
 import csv
 import hashlib
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -132,6 +133,8 @@ def convert_cells(fn: Callable[..., Any], fields: dict[str, Any]) -> dict[str, A
                 out[name] = int(cell)
             elif kind is float:
                 out[name] = float(cell)
+                if not math.isfinite(out[name]):  # "nan", "inf": not a number JSON can carry
+                    raise ValueError("not finite")
             elif kind is bool:
                 lowered = cell.strip().lower()
                 if lowered not in ("true", "false", "1", "0", "yes", "no"):

@@ -73,6 +73,9 @@ def test_csv_cells_convert_by_the_actors_type_hints():
     }
     with pytest.raises(ValueError, match="column 'seed'"):
         convert_cells(actor, {"seed": "three"})
+    for cell in ("nan", "inf", "-Infinity"):  # float() reads them; JSON cannot carry them
+        with pytest.raises(ValueError, match="column 'rate'"):
+            convert_cells(actor, {"seed": "1", "rate": cell, "flag": "no", "name": "x"})
 
 
 def test_ids_are_stable_valid_and_tell_a_batch_job_from_others():
