@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
+import io
 import json
 import math
 import time
@@ -77,7 +78,7 @@ def read_rows(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[
 
 def _jsonl(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, str]]]:
     rows, bad = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # JSON strings may hold U+2028: not a line end
         if not line.strip():
             continue
         try:
@@ -93,7 +94,10 @@ def _jsonl(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int,
 
 
 def _csv(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, str]]]:
-    reader = csv.reader(text.splitlines())
+    # Read as a file opened with newline="": a quoted cell keeps its line breaks, and only \r and \n end a
+    # line (``str.splitlines`` also splits at U+2028 and other separators that are data in a cell). Strict:
+    # an unterminated quote is an error on its line, not a cell that runs to the end of the file.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)
     except (StopIteration, csv.Error) as e:

@@ -122,3 +122,14 @@ def test_jsonl_rows_take_standard_json_only():
         (2, True),
         (3, True),
     ]
+
+
+def test_csv_cells_keep_their_line_breaks_and_line_separators_and_a_lost_quote_is_named():
+    rows, bad = _csv('prompt,seed\n"two\nlines",1\nsee\u2028this,2\n"never closed,3\n')
+    assert rows == [(3, {"prompt": "two\nlines", "seed": "1"}), (4, {"prompt": "see\u2028this", "seed": "2"})]
+    assert bad == [(5, "not CSV: unexpected end of data")]
+
+
+def test_jsonl_lines_end_only_at_newlines():
+    rows, bad = _jsonl('{"prompt": "a\u2028b"}\r\n{"prompt": "c"}\n')
+    assert (rows, bad) == ([(1, {"prompt": "a\u2028b"}), (2, {"prompt": "c"})], [])
