@@ -679,6 +679,13 @@ def main(argv: list[str] | None = None) -> int:
     except (BrokerError, pika.exceptions.AMQPError) as e:
         print(f"burrow: error: RabbitMQ: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`burrow dlq list | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
+    except OSError as e:  # a file named on the command line: missing folder, no permission, full disk
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"burrow: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

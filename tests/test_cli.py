@@ -132,3 +132,17 @@ def test_kwargs_that_only_pythons_json_reads_are_refused_in_one_line(node_env, t
     payload = tmp_path / "kwargs.json"
     payload.write_text(kwargs)
     one_line_error(burrow("submit", "simulate", "--kwargs", f"@{payload}", env=node_env), "is not JSON", problem)
+
+
+def test_saving_a_result_where_no_file_can_be_written_is_one_line(node_env, storage, tmp_path):
+    import time
+
+    from node.contract.record import succeeded_record
+    from node.storage.records import RecordStore
+
+    entry = {"attempt_id": "a1", "node": "n", "started_at": time.time()}
+    record = succeeded_record("done-1", entry, actor="simulate", queue="simulation", now=time.time(), reason="ok")
+    RecordStore(storage).create({**record, "result": {"value": 42}})
+    target = tmp_path / "no-such-folder" / "out.json"
+    one_line_error(burrow("result", "done-1", "-o", str(target), env=node_env), str(target), "No such file")
+    assert burrow("result", "done-1", env=node_env).stdout.strip() == "42"
