@@ -342,6 +342,18 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+def consumers(amqp_url: str, queue: str) -> int:
+    """How many consumers the broker has on ``queue`` (0 if it does not exist yet)."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        return connection.channel().queue_declare(queue, passive=True).method.consumer_count
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
 def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.1):
     """Poll ``predicate`` until it returns something truthy, or fail naming ``what``."""
     deadline = time.monotonic() + timeout_s

@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 #: Exit code of a worker that cannot boot for a reason an operator must fix (a setting, a queue declared with
-#: other arguments, its slots taken, an actor module that does not import): ``EX_CONFIG`` of sysexits.h. Its
+#: other arguments, an actor module that does not import): ``EX_CONFIG`` of sysexits.h. Its
 #: supervisor does not restart it, since every restart would fail the same way. Dramatiq's own codes keep
 #: their meaning: 3 (the broker could not be reached at start) is worth restarting for.
 EXIT_BOOT_FAILED = 78

@@ -15,7 +15,7 @@ from node.broker import QuorumRabbitmqBroker
 from node.contract.queues import death_reason, wait_bucket_ms
 from node.errors import QueueMismatchError
 from node.supervisor.process import EXIT_BOOT_FAILED
-from tests.conftest import send, wait_for
+from tests.conftest import consumers, send, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -90,6 +90,7 @@ def test_malformed_message_is_dead_lettered_with_a_reason(amqp_url, broker, queu
     assert body == b"{not json"
 
 
+@pytest.mark.timeout(180)  # two node starts
 def test_existing_classic_queue_fails_with_a_clear_message(amqp_url, queue_prefix, start_node):
     raw_channel(amqp_url).queue_declare(queue_prefix + "classic", durable=True)
     broker = QuorumRabbitmqBroker(url=amqp_url, queue_prefix=queue_prefix)
@@ -113,17 +114,7 @@ def test_existing_classic_queue_fails_with_a_clear_message(amqp_url, queue_prefi
     assert "not restarting it" in output and "No worker could boot" in output
 
 
-def consumer_count(amqp_url: str, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        return connection.channel().queue_declare(queue, passive=True).method.consumer_count
-    except pika.exceptions.ChannelClosedByBroker:
-        return 0
-    finally:
-        if connection.is_open:
-            connection.close()
-
-
+@pytest.mark.timeout(180)  # several worker boots
 def test_a_worker_whose_slot_is_still_held_is_restarted_until_it_is_free(amqp_url, queue_prefix, start_node, tmp_path):
     # Given slot cpu-0 held by another process (the worker being replaced still drains its job)
     slots = tmp_path / "state" / "slots"
@@ -136,7 +127,7 @@ def test_a_worker_whose_slot_is_still_held_is_restarted_until_it_is_free(amqp_ur
     assert "not restarting it" not in node.output()
     # and once the slot is free the node serves its queues
     os.close(holder)
-    wait_for(lambda: consumer_count(amqp_url, queue_prefix + "tests") == 1, 60, "the worker consuming")
+    wait_for(lambda: consumers(amqp_url, queue_prefix + "tests") == 1, 60, "the worker consuming")
     assert node.process.poll() is None
 
 

@@ -16,7 +16,7 @@ from node.contract.envelope import check_fields, decode_fields
 from node.contract.queues import death_reason
 from node.errors import MalformedMessage
 from node.storage.records import RecordStore
-from tests.conftest import wait_for
+from tests.conftest import consumers, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -63,18 +63,6 @@ def bad_messages(queue: str) -> list[tuple[str, bytes]]:
         ("options.max_failures", body(options={"max_failures": "three"})),
         ("options.ttl_s", body(options={"ttl_s": -5})),
     ]
-
-
-def consumers(amqp_url: str, queue: str) -> int:
-    """How many consumers the broker has on ``queue`` (0 if it does not exist yet)."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        return connection.channel().queue_declare(queue, passive=True).method.consumer_count
-    except pika.exceptions.ChannelClosedByBroker:
-        return 0
-    finally:
-        if connection.is_open:
-            connection.close()
 
 
 def queue_counts(prefix: str) -> dict[str, tuple[int, int]]:
