@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
+from node.contract.record import succeeded_record
+from node.storage.records import RecordStore
 from tests.conftest import ROOT
 from tests.rabbitmq_node import free_port
 
@@ -135,11 +138,6 @@ def test_kwargs_that_only_pythons_json_reads_are_refused_in_one_line(node_env, t
 
 
 def test_saving_a_result_where_no_file_can_be_written_is_one_line(node_env, storage, tmp_path):
-    import time
-
-    from node.contract.record import succeeded_record
-    from node.storage.records import RecordStore
-
     entry = {"attempt_id": "a1", "node": "n", "started_at": time.time()}
     record = succeeded_record("done-1", entry, actor="simulate", queue="simulation", now=time.time(), reason="ok")
     RecordStore(storage).create({**record, "result": {"value": 42}})
