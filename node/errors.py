@@ -17,7 +17,8 @@ Callers catch exactly as much as they mean to; nothing here shadows a built-in n
     ├── Preempted            an actor handed its job back (public: ``node.job``)
     └── StorageError         a storage backend failed
         ├── ObjectNotFound
-        └── PreconditionFailed
+        ├── PreconditionFailed
+        └── CorruptRecord    a stored job record is not one (not JSON, or not a record's shape)
 """
 
 from __future__ import annotations
@@ -112,3 +113,18 @@ class ObjectNotFound(StorageError):
 
 class PreconditionFailed(StorageError):
     """A conditional write lost: the object changed (or appeared) since the caller last read it."""
+
+
+class CorruptRecord(StorageError):
+    """A job record in storage cannot be read as one: not JSON, or not a record's shape.
+
+    Nothing overwrites such a record (it may be an operator's hand edit gone wrong, or a truncated write of a
+    foreign tool); a node meeting it dead-letters the job's message as ``malformed`` naming it.
+
+    Attributes:
+        key: The record's storage key.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"job record {key} {problem}; repair or delete it")
+        self.key = key

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from node.contract.record import succeeded_record
+from node.contract.record import record_key, succeeded_record
 from node.storage.records import RecordStore
 from tests.conftest import ROOT
 from tests.rabbitmq_node import free_port
@@ -144,3 +144,11 @@ def test_saving_a_result_where_no_file_can_be_written_is_one_line(node_env, stor
     target = tmp_path / "no-such-folder" / "out.json"
     one_line_error(burrow("result", "done-1", "-o", str(target), env=node_env), str(target), "No such file")
     assert burrow("result", "done-1", env=node_env).stdout.strip() == "42"
+
+
+@pytest.mark.parametrize("command", [["job"], ["result"], ["cancel"]])
+def test_a_corrupt_record_is_one_line_naming_it_and_is_left_as_it_was(node_env, storage, command):
+    storage.put(record_key("torn-1"), b'{"job_id": garbage')
+    line = one_line_error(burrow(*command, "torn-1", env=node_env), f"job record {record_key('torn-1')} is not JSON")
+    assert line.endswith("repair or delete it")
+    assert storage.get(record_key("torn-1"))[0] == b'{"job_id": garbage'

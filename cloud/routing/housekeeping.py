@@ -25,7 +25,8 @@ from dramatiq import Message
 from dramatiq.common import xq_name
 
 from node.contract.queues import DETAIL_HEADER, FAILED_JOBS_ACTOR, FAILED_JOBS_QUEUE, death_reason
-from node.contract.record import JobStatus, set_status
+from node.contract.record import JobStatus, set_status, status_of
+from node.errors import CorruptRecord
 from node.storage.records import RecordStore
 
 from ..registry import NodeRegistry
@@ -151,16 +152,19 @@ class Housekeeping(dramatiq.Middleware):
                 continue
             now = self.clock()
             for job_id in view.running:
-                if self.records.get(job_id) is None:
-                    continue  # a short job records itself only at its end: nothing is open
 
                 def close(record, node=view.node, now=now):
                     for entry in record["attempts"]:
                         if entry["outcome"] is None and entry.get("node") == node:
                             error = f"its node {node} went silent (registry)"
                             entry.update(outcome="lost", ended_at=now, error=error)
-                            if record["status"] == JobStatus.RUNNING.value:
+                            if status_of(record) is JobStatus.RUNNING:
                                 set_status(record, JobStatus.QUEUED, reason=error)
 
-                self.records.update(job_id, close)
+                try:
+                    if self.records.get(job_id) is None:
+                        continue  # a short job records itself only at its end: nothing is open
+                    self.records.update(job_id, close)
+                except CorruptRecord as e:  # the job's next delivery dead-letters it; the others still close
+                    logger.warning("Not closing node %s's attempt of job %s: %s", view.node, job_id, e)
             self._swept.add((view.node, view.last_seen))

@@ -28,7 +28,7 @@ from node.contract.queues import FAILED_JOBS_ACTOR, FAILED_JOBS_QUEUE, DeadLette
 from node.contract.record import JobStatus, cancel_requested, set_status, status_of
 from node.contract.signing import BadSignature, Signer, verify
 from node.contract.topology import Topology
-from node.errors import InvalidTransition
+from node.errors import CorruptRecord, InvalidTransition
 from node.storage import Storage
 from node.storage.records import RecordStore
 
@@ -133,7 +133,13 @@ class Router:
             return self.handle(*revived)
         message, request, raw = self._request(report)
         job_id = request.job.job_id if request.job else None
-        record = self.records.get(job_id) if job_id else None
+        try:
+            record = self.records.get(job_id) if job_id else None
+        except CorruptRecord as e:  # re-dispatching cannot help, nor can asking again: set aside for an operator
+            route = Route("quarantine", reason=f"record: {e}")
+            logger.warning("Job %s (%s): quarantined — %s", job_id, kind, route.reason)
+            self._quarantine(request, route, report, None, raw)
+            return []
         status = status_of(record)
         if status is JobStatus.SUCCEEDED:
             logger.info("Job %s already succeeded: nothing to route (%s).", job_id, kind)
@@ -148,7 +154,8 @@ class Router:
         if earlier is not None:
             saved = earlier["route"]
             route = Route(**{**saved, "avoid_nodes": tuple(saved.get("avoid_nodes") or ())})
-        elif kind == "requeue" and report.get("id") and status is not JobStatus.QUARANTINED:
+        elif kind == "requeue" and report.get("id") and status is not JobStatus.QUARANTINED and record is not None:
+            # (no record at all: e.g. an unreadable one the operator deleted; nothing says it runs elsewhere)
             logger.info("Job %s is not quarantined (%s): requeue ignored.", job_id, status)
             return []
         else:

@@ -47,7 +47,7 @@ from ..contract.record import (
     status_of,
     succeeded_record,
 )
-from ..errors import InvalidInput, Preempted
+from ..errors import CorruptRecord, InvalidInput, Preempted
 from ..retrying import Deadline, deadline_scope, retry
 from ..storage import Storage
 from ..storage.records import RecordStore
@@ -163,6 +163,12 @@ class AttemptRunner:
             evidence, outcome = self._unexplained(message, job, record, ended=lease_lost)
         except SkipMessage:
             raise
+        except CorruptRecord as e:  # offering it again cannot help: set aside once, with the record named
+            reason = f"record: {e}"
+            logger.error("Job %s: %s; dead-lettering it.", job.job_id, reason)
+            decision = Decision(Action.DEAD_LETTER, job, reason=reason, dead_letter_reason=DeadLetterReason.MALFORMED)
+            self._carry_out(broker, message, decision)
+            raise SkipMessage(reason) from None
         except Exception as e:
             logger.warning("Job %s could not start (%s); offering it again later.", job.job_id, e)
             self.not_started(broker, message, settings)
@@ -473,6 +479,7 @@ class AttemptRunner:
                     ),
                     deadline=deadline,
                     what=f"Recording the end of job {context.job_id}",
+                    give_up_on=(CorruptRecord,),
                 )
                 decision = chosen[0]
             if not newest and decision.action is not Action.DROP:

@@ -32,6 +32,7 @@ __all__ = [
     "request_cancel",
     "cancel_requested",
     "record_key",
+    "record_problem",
     "set_status",
     "status_of",
     "transition",
@@ -136,6 +137,46 @@ def record_key(job_id: str) -> str:
     only longer jobs have, stay under ``jobs/<job_id>/``)."""
     shard = hashlib.blake2b(job_id.encode("utf-8", "surrogatepass"), digest_size=1).hexdigest()
     return f"records/{shard}/{job_id}.json"
+
+
+_OUTCOMES = frozenset(outcome.value for outcome in Outcome)
+_OBJECT_OR_NULL = ("checkpoint", "progress", "cancel", "result")
+
+
+def record_problem(record: Any, job_id: str) -> str | None:
+    """What makes ``record`` (decoded from job ``job_id``'s record file) unusable as a job record, or ``None``.
+
+    Only what the node and the router rely on is checked: a record written by hand or truncated must end as a
+    clear error naming it, not as a ``KeyError`` deep inside an attempt, re-offered forever."""
+    if not isinstance(record, dict):
+        return f"it is a JSON {type(record).__name__}, not an object"
+    if record.get("job_id", job_id) != job_id:
+        return f"its job_id is {str(record['job_id'])[:80]!r}, not {job_id!r}"
+    status = record.get("status")
+    if status is not None and status not in _STATUSES:
+        return f"status {str(status)[:80]!r} is unknown"
+    attempts = record.get("attempts")
+    if not isinstance(attempts, list):
+        return f"attempts must be a list, got {type(attempts).__name__}"
+    for n, entry in enumerate(attempts):
+        if not isinstance(entry, dict):
+            return f"attempts[{n}] must be an object, got {type(entry).__name__}"
+        number = entry.get("number")
+        if type(number) is not int:  # (not a bool either)
+            return f"attempts[{n}].number must be an integer, got {type(number).__name__}"
+        outcome = entry.get("outcome")
+        if outcome is not None and outcome not in _OUTCOMES:
+            return f"attempts[{n}].outcome {str(outcome)[:80]!r} is unknown"
+    artifacts = record.get("artifacts", {})
+    if not isinstance(artifacts, dict) or not all(isinstance(v, str) for v in artifacts.values()):
+        return "artifacts must be an object of storage keys"
+    for name in _OBJECT_OR_NULL:
+        value = record.get(name)
+        if value is not None and not isinstance(value, dict):
+            return f"{name} must be an object or null, got {type(value).__name__}"
+    if not isinstance(record.get("routing", []), list):
+        return f"routing must be a list, got {type(record['routing']).__name__}"
+    return None
 
 
 def new_record(job_id: str, *, actor: str = "", queue: str = "") -> dict[str, Any]:
@@ -294,7 +335,7 @@ def end_attempt(
     if progress is not None:
         record["progress"] = progress
     if artifacts:
-        record["artifacts"].update(artifacts)
+        record.setdefault("artifacts", {}).update(artifacts)
     if result is not None:
         record["result"] = result
     if status is not None:

@@ -10,8 +10,8 @@ from typing import Any
 
 import orjson
 
-from ..contract.record import new_record, record_key
-from ..errors import PreconditionFailed
+from ..contract.record import new_record, record_key, record_problem
+from ..errors import CorruptRecord, PreconditionFailed
 from .base import Storage
 
 logger = logging.getLogger(__name__)
@@ -53,11 +53,23 @@ class RecordStore:
         self.conflicts = conflicts
 
     def read(self, job_id: str) -> tuple[dict[str, Any] | None, str | None]:
-        """The record and its etag, or ``(None, None)`` when the job has none yet."""
-        found = self.storage.get_if_exists(record_key(job_id))
+        """The record and its etag, or ``(None, None)`` when the job has none yet.
+
+        Raises:
+            CorruptRecord: What is stored is not JSON, or not a job record's shape (never overwritten).
+        """
+        key = record_key(job_id)
+        found = self.storage.get_if_exists(key)
         if found is None:
             return None, None
-        return _loads(found[0]), found[1].etag
+        try:
+            record = _loads(found[0])
+        except (ValueError, RecursionError) as e:  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
+            raise CorruptRecord(key, f"is not JSON ({str(e)[:200]})") from None
+        problem = record_problem(record, job_id)
+        if problem is not None:
+            raise CorruptRecord(key, f"is unusable: {problem}")
+        return record, found[1].etag
 
     def create(self, record: dict[str, Any]) -> bool:
         """Store ``record`` (a ``new_record`` filled in) unless the job already has one; ``False`` if it has."""

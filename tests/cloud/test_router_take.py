@@ -131,3 +131,29 @@ def test_a_held_job_is_asked_about_again_less_and_less_often_and_noted_once(tmp_
     assert delays == [f"p.burrow.wait.{wait_bucket_ms(ms)}ms" for ms in (5000, 10_000, 20_000, 30_000)]
     routing = RecordStore(storage).get("job-1")["routing"]
     assert [r["action"] for r in routing] == ["hold"] and "node-b (silent 60s)" in routing[0]["reason"]
+
+
+def test_a_job_whose_record_is_corrupt_is_quarantined_naming_it_not_retried_forever(tmp_path):
+    from cloud.routing.quarantine import Quarantine
+    from node.contract.record import record_key
+
+    storage = LocalStorage(tmp_path)
+    storage.put(record_key("job-1"), b'{"job_id": garbage')
+    message = delivery()
+    message._message.kwargs["kind"] = "failed"
+    message._message.kwargs["node"] = "node-a"
+    router(tmp_path, WorkingBroker()).take(message)
+    assert outbox_of(message) == [] and not message.failed  # acked: nothing comes back
+    (entry,) = Quarantine(storage).entries()
+    assert entry["job_id"] == "job-1" and entry["message"]["kwargs"] == {"job_key": "a"}
+    assert entry["reason"].startswith(f"record: job record {record_key('job-1')} is not JSON")
+    assert storage.get(record_key("job-1"))[0] == b'{"job_id": garbage'  # left for the operator
+
+    # and once the operator deleted the record, requeueing the entry runs the job again
+    storage.delete(record_key("job-1"))
+    requeue = {"kind": "requeue", "id": entry["id"], "job": entry["message"], "to": None}
+    message = Delivery(Message(FAILED_JOBS_QUEUE, FAILED_JOBS_ACTOR, (), requeue, {}))
+    router(tmp_path, WorkingBroker()).take(message)
+    (dispatched,) = outbox_of(message)
+    assert dispatched.routing_key == "p.tests" and json.loads(dispatched.body)["kwargs"] == {"job_key": "a"}
+    assert list(Quarantine(storage).entries()) == []

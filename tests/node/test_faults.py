@@ -1,4 +1,5 @@
-"""Fault injection: storage down at the worst moment, a replayed write, two live attempts, a drain."""
+"""Fault injection: storage down at the worst moment, a replayed write, two live attempts, a drain, corrupt
+records."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pika
 import pytest
 from dramatiq import Message
 
-from node.contract.record import begin_attempt
+from node.contract.queues import death_reason
+from node.contract.record import begin_attempt, record_key
 from node.storage import open_storage
 from node.storage.records import RecordStore
 from tests.conftest import job_message, wait_for
@@ -137,3 +139,44 @@ def test_a_drained_node_hands_each_job_back_once_and_takes_nothing_back(
     assert sorted(job["job_id"] for job, _ in waiting) == ["long-1", "long-2"]
     assert [(job["interruptions"], count) for job, count in waiting] == [(1, 0), (1, 0)]
     assert "Traceback" not in node.output()
+
+
+#: Records a hand edit or a truncated write of some other tool could leave: (job id, stored body).
+CORRUPT_RECORDS = [
+    ("torn", b'{"job_id": "torn", "attempts": [{"num'),
+    ("listed", b"[]"),
+    ("misshapen", b'{"job_id": "misshapen", "status": "running", "attempts": 3, "artifacts": {}}'),
+]
+
+
+def test_a_job_whose_record_is_corrupt_is_dead_lettered_once_naming_the_record(
+    amqp_url, broker, queue_prefix, storage, start_node
+):
+    # Given jobs whose records are corrupt, and a good job behind them, for a one-worker node
+    for job_id, body in CORRUPT_RECORDS:
+        storage.put(record_key(job_id), body)
+        broker.enqueue(job_message("tests", "counted", job_id, job_key=job_id))
+    broker.enqueue(job_message("tests", "counted", "fine", job_key="fine"))
+
+    # When the node takes them
+    node = start_node("--processes", "1")
+
+    # Then the good job succeeds, and each corrupt one is dead-lettered once as malformed, naming its record
+    wait_for(lambda: (RecordStore(storage).get("fine") or {}).get("status") == "succeeded", 60, "the good job")
+    wait_for(lambda: broker.get_queue_message_counts("tests") == (0, 0, 3), 60, "three dead letters")
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    details = {}
+    while (got := channel.basic_get(queue_prefix + "tests.XQ", auto_ack=True))[0] is not None:
+        method, properties, body = got
+        assert death_reason(properties.headers) == "malformed"
+        details[Message.decode(body).options["job"]["job_id"]] = properties.headers["x-burrow-detail"]
+    connection.close()
+    assert sorted(details) == sorted(job_id for job_id, _ in CORRUPT_RECORDS)
+    for job_id, detail in details.items():
+        assert detail.startswith(f"record: job record {record_key(job_id)} "), detail
+    assert "is not JSON" in details["torn"] and "attempts must be a list" in details["misshapen"]
+    # and none of them ran, was offered again, or had its record overwritten
+    assert runs(storage, "fine") and not any(runs(storage, job_id) for job_id, _ in CORRUPT_RECORDS)
+    assert "could not start" not in node.output()
+    assert all(storage.get(record_key(job_id))[0] == body for job_id, body in CORRUPT_RECORDS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 
@@ -17,10 +18,12 @@ from node.contract.record import (
     mark_killed,
     new_record,
     record_key,
+    record_problem,
     set_status,
     succeeded_record,
     transition,
 )
+from node.errors import CorruptRecord
 from node.storage import LocalStorage, open_storage
 from node.storage.records import RecordStore
 
@@ -48,7 +51,7 @@ def test_concurrent_writers_never_lose_an_update(backend, tmp_path, request):
 
     def add_attempts(worker: int) -> None:
         for n in range(5):
-            records.update("job", lambda r, n=n: r["attempts"].append({"worker": worker, "n": n}))
+            records.update("job", lambda r, n=n: r["attempts"].append({"number": 1, "worker": worker, "n": n}))
 
     threads = [threading.Thread(target=add_attempts, args=(w,)) for w in range(4)]
     for thread in threads:
@@ -167,3 +170,42 @@ def test_a_short_jobs_record_built_in_one_step_equals_the_general_one(result):
     assert short == general
     assert list(short) == list(general)  # the same field order, so the same bytes in storage
     assert short["attempts"][0] is not entry and list(short["attempts"][0]) == list(general["attempts"][0])
+
+
+_GOOD = {"job_id": "j1", "status": "running", "attempts": [{"number": 1, "outcome": None}], "artifacts": {}}
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b'{"job_id": garbage', "is not JSON"),
+        (b"", "is not JSON"),
+        (b"\xff\xfe", "is not JSON"),
+        (b"[1, 2]", "it is a JSON list, not an object"),
+        (json.dumps({**_GOOD, "job_id": "j2"}).encode(), "its job_id is 'j2'"),
+        (json.dumps({**_GOOD, "status": "bogus"}).encode(), "status 'bogus' is unknown"),
+        (json.dumps({k: v for k, v in _GOOD.items() if k != "attempts"}).encode(), "attempts must be a list"),
+        (json.dumps({**_GOOD, "attempts": [5]}).encode(), "attempts[0] must be an object"),
+        (json.dumps({**_GOOD, "attempts": [{"number": "1"}]}).encode(), "attempts[0].number must be an integer"),
+        (json.dumps({**_GOOD, "attempts": [{"number": 1, "outcome": "?"}]}).encode(), "attempts[0].outcome '?'"),
+        (json.dumps({**_GOOD, "artifacts": []}).encode(), "artifacts must be an object"),
+        (json.dumps({**_GOOD, "checkpoint": "c"}).encode(), "checkpoint must be an object or null"),
+        (json.dumps({**_GOOD, "routing": {}}).encode(), "routing must be a list"),
+    ],
+)
+def test_a_corrupt_record_is_an_error_naming_it_and_is_never_overwritten(tmp_path, body, problem):
+    storage = LocalStorage(tmp_path)
+    storage.put(record_key("j1"), body)
+    records = RecordStore(storage)
+    for call in (lambda: records.read("j1"), lambda: records.update("j1", lambda r: r.update(progress={"n": 1}))):
+        with pytest.raises(CorruptRecord) as error:
+            call()
+        assert error.value.key == record_key("j1")
+        assert f"job record {record_key('j1')} " in str(error.value) and problem in str(error.value)
+    assert storage.get(record_key("j1"))[0] == body
+
+
+def test_every_record_the_node_writes_passes_the_shape_check():
+    assert record_problem(new_record("j1"), "j1") is None
+    entry = {"attempt_id": "a1", "node": "n", "started_at": 1.0}
+    assert record_problem(succeeded_record("j1", entry, actor="a", queue="q", now=2.0, reason="ok"), "j1") is None
