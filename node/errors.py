@@ -14,6 +14,7 @@ Callers catch exactly as much as they mean to; nothing here shadows a built-in n
     ├── MalformedMessage     a message (or one of its fields) cannot be trusted; dead-lettered as ``malformed``
     │   └── InvalidJob       its job options break the schema
     ├── InvalidInput         an actor says its input is bad (public: ``node.job``); dead-lettered as ``malformed``
+    │   └── CorruptCheckpoint  the job's checkpoint cannot be read (public: ``node.job``)
     ├── Preempted            an actor handed its job back (public: ``node.job``)
     └── StorageError         a storage backend failed
         ├── ObjectNotFound
@@ -94,6 +95,22 @@ class InvalidJob(MalformedMessage):
 
 class InvalidInput(BurrowError):
     """Raised by an actor whose arguments are unusable: retrying cannot help, so the job is dead-lettered."""
+
+
+class CorruptCheckpoint(InvalidInput):
+    """The job's newest checkpoint cannot be read: its manifest is not one, or its archive is damaged.
+
+    Retrying elsewhere cannot help (every node reads the same bytes), so, uncaught, the job is dead-lettered
+    as ``malformed`` naming it. An actor that can start over instead catches it and saves a fresh checkpoint,
+    which replaces the damaged manifest.
+
+    Attributes:
+        key: The unreadable object's storage key.
+    """
+
+    def __init__(self, key: str, problem: str, *, manifest: str) -> None:
+        super().__init__(f"checkpoint {key} {problem}; delete {manifest} to start the job over")
+        self.key = key
 
 
 class Preempted(BurrowError, Retry):

@@ -31,11 +31,12 @@ from typing import Any, Protocol
 
 from .attempt import running
 from .contract.job_options import JobOptions
-from .errors import InvalidInput, Preempted
+from .errors import CorruptCheckpoint, InvalidInput, Preempted
 
 __all__ = [
     "Artifacts",
     "Checkpoint",
+    "CorruptCheckpoint",
     "Inputs",
     "InvalidInput",
     "JobContext",
@@ -49,10 +50,12 @@ class Checkpoint(Protocol):
     """A job's checkpoints: the newest one from any attempt is what ``load`` returns."""
 
     def load(self) -> bytes | None:
-        """The newest checkpoint saved as bytes, or ``None`` if the job has none yet."""
+        """The newest checkpoint saved as bytes, or ``None`` if the job has none yet (``CorruptCheckpoint``
+        if it cannot be read: catch it to start over, else the job is dead-lettered naming it)."""
 
     def load_to(self, path: str | os.PathLike[str]) -> Path | None:
-        """Restore the newest checkpoint (a file or a directory) at ``path``; ``None`` if there is none."""
+        """Restore the newest checkpoint (a file or a directory) at ``path``; ``None`` if there is none
+        (``CorruptCheckpoint`` as for ``load``)."""
 
     def save(self, state: bytes | str | os.PathLike[str], **meta: Any) -> int:
         """Snapshot ``state`` (bytes, a file or a directory) and upload it in the background; returns at once."""

@@ -26,7 +26,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from .. import metrics
-from ..errors import FencedOut, NodeError, ObjectNotFound, PreconditionFailed
+from ..errors import CorruptCheckpoint, FencedOut, NodeError, ObjectNotFound, PreconditionFailed
 from ..storage import Storage
 from .gil import fast_switching
 
@@ -39,6 +39,39 @@ LOAD_TRIES = 5
 
 def manifest_key(job_id: str) -> str:
     return f"jobs/{job_id}/checkpoints/latest.json"
+
+
+KINDS = ("bytes", "file", "dir")
+
+
+def parse_manifest(data: bytes, job_id: str) -> dict[str, Any]:
+    """Job ``job_id``'s checkpoint manifest from its stored bytes; raises ``CorruptCheckpoint`` naming what
+    is wrong (a manifest names the blob to read: one outside the job's own checkpoints is never followed)."""
+    key = manifest_key(job_id)
+    try:
+        manifest = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise CorruptCheckpoint(key, f"is not JSON ({str(e)[:200]})", manifest=key) from None
+    problem = _manifest_problem(manifest, job_id)
+    if problem is not None:
+        raise CorruptCheckpoint(key, f"is unusable: {problem}", manifest=key)
+    return manifest
+
+
+def _manifest_problem(manifest: Any, job_id: str) -> str | None:
+    if not isinstance(manifest, dict):
+        return f"it is a JSON {type(manifest).__name__}, not an object"
+    for name in ("attempt", "seq"):
+        if type(manifest.get(name)) is not int:
+            return f"{name} must be an integer, got {type(manifest.get(name)).__name__}"
+    if manifest.get("kind") not in KINDS:
+        return f"kind {str(manifest.get('kind'))[:40]!r} is not one of {', '.join(KINDS)}"
+    blob, folder = manifest.get("key"), f"jobs/{job_id}/checkpoints/"
+    if not isinstance(blob, str) or not blob.startswith(folder) or blob[len(folder) :] in ("", ".", ".."):
+        return f"key must be under {folder}, got {str(blob)[:200]!r}"
+    if "/" in blob[len(folder) :]:
+        return f"key must be under {folder}, got {str(blob)[:200]!r}"
+    return None
 
 
 @dataclass
@@ -106,9 +139,10 @@ class Checkpointer:
     def latest(self) -> dict[str, Any] | None:
         """The job's newest checkpoint manifest (from any attempt), or ``None``."""
         try:
-            return json.loads(self.storage.get(manifest_key(self.job_id))[0])
+            data = self.storage.get(manifest_key(self.job_id))[0]
         except ObjectNotFound:
             return None
+        return parse_manifest(data, self.job_id)
 
     def load(self) -> bytes | None:
         """The newest checkpoint saved as bytes, or ``None`` if the job has none yet."""
@@ -146,8 +180,12 @@ class Checkpointer:
                 self.storage.download_file(manifest["key"], archive)
                 if target.exists():
                     shutil.rmtree(target)
-                with tarfile.open(archive) as tar:
-                    tar.extractall(target, filter="data")
+                try:
+                    with tarfile.open(archive) as tar:
+                        tar.extractall(target, filter="data")
+                except tarfile.TarError as e:  # (FilterError too: a member outside the target)
+                    problem = f"is not a readable archive ({str(e)[:200]})"
+                    raise CorruptCheckpoint(manifest["key"], problem, manifest=manifest_key(self.job_id)) from None
         elif manifest["kind"] == "file":
             self.storage.download_file(manifest["key"], target)
         else:
@@ -260,7 +298,11 @@ class Checkpointer:
         if self.claim is not None:
             self.attempt = self.claim()
             self.claim = None
-        current = self.latest()
+        try:
+            current = self.latest()
+        except CorruptCheckpoint as e:  # nothing valid to fence against: this save replaces it
+            logger.warning("Job %s attempt %d: %s; replacing it.", self.job_id, self.attempt, e)
+            current = None
         self._check_fence(current)
         suffix = ".tar" if snapshot.kind == "dir" else ""
         key = f"jobs/{self.job_id}/checkpoints/{self.attempt:05d}-{snapshot.seq:06d}{suffix}"
@@ -303,7 +345,10 @@ class Checkpointer:
                     return
                 except PreconditionFailed:
                     continue
-            current = json.loads(data)
+            try:
+                current = parse_manifest(data, self.job_id)
+            except CorruptCheckpoint:
+                current = {"attempt": -1, "seq": -1}  # damaged: replaced (if nobody rewrote it meanwhile)
             self._check_fence(current)
             if current["attempt"] == self.attempt and current["seq"] > manifest["seq"]:
                 return  # a newer save of this attempt is already published

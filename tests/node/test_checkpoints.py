@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from node.attempt.checkpoints import Checkpointer, manifest_key
+from node.errors import CorruptCheckpoint, InvalidInput
 from node.storage import Storage, open_storage
 
 pytestmark = pytest.mark.timeout(60)
@@ -159,3 +160,44 @@ def test_a_checkpoint_saved_during_a_store_outage_lands_when_the_store_is_back(t
     assert checkpoint.flush(10)
     assert storage.failures == 3 and checkpoint.last_error is None
     assert checkpoint.load() == b"during outage"
+
+
+@pytest.mark.parametrize(
+    ("manifest", "problem"),
+    [
+        (b'{"attempt": 1, "se', "is not JSON"),
+        (b'["bytes"]', "it is a JSON list, not an object"),
+        (b'{"attempt": 1, "seq": 1, "kind": "pickle", "key": "jobs/job/checkpoints/x"}', "kind 'pickle'"),
+        (b'{"attempt": 1, "seq": 1, "kind": "bytes", "key": "jobs/other/checkpoints/x"}', "key must be under"),
+        (b'{"attempt": 1, "seq": 1, "kind": "bytes", "key": "jobs/job/checkpoints/../../x"}', "key must be under"),
+        (b'{"attempt": "1", "seq": 1, "kind": "bytes", "key": "jobs/job/checkpoints/x"}', "attempt must be"),
+    ],
+)
+def test_an_unusable_manifest_is_an_error_naming_it_and_the_next_save_replaces_it(storage, manifest, problem):
+    # Given a job whose checkpoint manifest was damaged (a hand edit, a foreign tool)
+    storage.put(manifest_key("job"), manifest)
+
+    # When an attempt loads its checkpoint, it learns the manifest is unusable (retrying cannot help)
+    with pytest.raises(CorruptCheckpoint) as error:
+        Checkpointer(storage, "job", 2).load()
+    assert isinstance(error.value, InvalidInput)  # the job is dead-lettered as malformed, not retried
+    assert str(error.value).startswith(f"checkpoint {manifest_key('job')} ") and problem in str(error.value)
+    assert f"delete {manifest_key('job')} to start the job over" in str(error.value)
+
+    # And an attempt that saves anyway (it caught the error to start over) replaces the damaged manifest
+    fresh = Checkpointer(storage, "job", 2)
+    fresh.save(b"fresh")
+    assert fresh.flush(10)
+    assert fresh.load() == b"fresh" and fresh.last_error is None
+
+
+def test_a_directory_checkpoint_that_is_not_an_archive_is_an_error_naming_it(storage, tmp_path):
+    source = tmp_path / "model"
+    source.mkdir()
+    (source / "weights.bin").write_bytes(b"w")
+    checkpoint = Checkpointer(storage, "job-dir", 1)
+    checkpoint.save(source)
+    assert checkpoint.flush(10)
+    storage.put(checkpoint.latest()["key"], b"not a tar archive")
+    with pytest.raises(CorruptCheckpoint, match="is not a readable archive"):
+        Checkpointer(storage, "job-dir", 2).load_to(tmp_path / "restored")

@@ -9,6 +9,7 @@ import pika
 import pytest
 from dramatiq import Message
 
+from node.attempt.checkpoints import manifest_key
 from node.contract.queues import death_reason
 from node.contract.record import begin_attempt, record_key
 from node.storage import open_storage
@@ -180,3 +181,24 @@ def test_a_job_whose_record_is_corrupt_is_dead_lettered_once_naming_the_record(
     assert runs(storage, "fine") and not any(runs(storage, job_id) for job_id, _ in CORRUPT_RECORDS)
     assert "could not start" not in node.output()
     assert all(storage.get(record_key(job_id))[0] == body for job_id, body in CORRUPT_RECORDS)
+
+
+def test_a_job_whose_checkpoint_is_corrupt_is_dead_lettered_once_naming_it(
+    amqp_url, broker, queue_prefix, storage, start_node
+):
+    # Given a job whose checkpoint manifest was damaged, for a one-worker node
+    storage.put(manifest_key("resumes"), b'{"attempt": 1, "se')
+    broker.enqueue(job_message("training", "train_until_stopped", "resumes", seed=1))
+
+    # When the node runs it (its actor loads its checkpoint first)
+    start_node("--processes", "1")
+
+    # Then it is dead-lettered once as malformed, naming the manifest, after one attempt: not retried
+    wait_for(lambda: broker.get_queue_message_counts("training") == (0, 0, 1), 60, "one dead letter")
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    method, properties, body = connection.channel().basic_get(queue_prefix + "training.XQ", auto_ack=True)
+    connection.close()
+    assert death_reason(properties.headers) == "malformed"
+    assert properties.headers["x-burrow-detail"].startswith(f"invalid input: checkpoint {manifest_key('resumes')} ")
+    record = RecordStore(storage).get("resumes")
+    assert record["status"] == "failed" and [a["outcome"] for a in record["attempts"]] == ["invalid_input"]

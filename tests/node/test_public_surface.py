@@ -14,6 +14,7 @@ def test_job_context_public_surface_is_pinned():
     assert sorted(node.job.__all__) == [
         "Artifacts",
         "Checkpoint",
+        "CorruptCheckpoint",
         "Inputs",
         "InvalidInput",
         "JobContext",
