@@ -63,9 +63,14 @@ def quarantine(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.action == "show":
         entry = _entry(store, args.id)
-        when = datetime.datetime.fromtimestamp(entry["quarantined_at"], tz=datetime.UTC).isoformat(timespec="seconds")
+        at = entry.get("quarantined_at")
+        if at is None:
+            when = "at an unknown time"
+        else:
+            when = datetime.datetime.fromtimestamp(at, tz=datetime.UTC).isoformat(timespec="seconds")
+            when += f" ({_age(entry, now)} ago)"
         print(f"job {entry.get('job_id') or '(unreadable)'}  actor {entry.get('actor')}  queue {entry.get('queue')}")
-        print(f"quarantined {when} ({_age(entry, now)} ago): {entry['reason']}")
+        print(f"quarantined {when}: {entry['reason']}")
         if entry.get("error"):
             print(f"last error: {entry['error']}")
         print("attempts:")
@@ -77,7 +82,7 @@ def quarantine(args: argparse.Namespace, settings: Settings) -> int:
         print("router decisions:")
         for decision in entry.get("routing") or []:
             where = decision.get("queue") or ""
-            print(f"  {decision.get('kind')}: {decision.get('action')} {where} — {decision['reason']}")
+            print(f"  {decision.get('kind')}: {decision.get('action')} {where} — {decision.get('reason')}")
         if entry.get("raw"):
             print(f"message (base64, unreadable): {entry['raw'][:200]}")
         return 0

@@ -152,3 +152,36 @@ def test_a_corrupt_record_is_one_line_naming_it_and_is_left_as_it_was(node_env, 
     line = one_line_error(burrow(*command, "torn-1", env=node_env), f"job record {record_key('torn-1')} is not JSON")
     assert line.endswith("repair or delete it")
     assert storage.get(record_key("torn-1"))[0] == b'{"job_id": garbage'
+
+
+#: Quarantine entries a hand edit or a foreign tool could leave, and what `burrow` must say of each.
+DAMAGED_ENTRIES = {
+    "torn": (b'{"id": "torn", "rea', "is not JSON"),
+    "listed": (b"[1, 2]", "it is a JSON list, not an object"),
+    "bare": (b'{"id": "bare"}', "reason must be a string"),
+    "other": (b'{"id": "someone-else", "reason": "r"}', "its id is 'someone-else'"),
+    "odd": (b'{"id": "odd", "reason": "r", "attempts": [7]}', "attempts[0] must be an object"),
+}
+
+
+def test_damaged_quarantine_entries_are_listed_as_unreadable_and_named_in_one_line(node_env, storage):
+    from cloud.routing.quarantine import Quarantine
+
+    for entry_id, (body, _) in DAMAGED_ENTRIES.items():
+        storage.put(Quarantine.key(entry_id), body)
+    Quarantine(storage).put({"id": "fine", "reason": "test", "quarantined_at": time.time(), "queue": "tests"})
+
+    # `list` shows every entry, the damaged ones as unreadable with what is wrong
+    listed = burrow("quarantine", "list", env=node_env)
+    assert listed.returncode == 0 and "(6 quarantined)" in listed.stdout, listed.stderr
+    for entry_id, (_, problem) in DAMAGED_ENTRIES.items():
+        (row,) = [line for line in listed.stdout.splitlines() if line.startswith(entry_id + " ")]
+        assert f"unreadable: quarantine entry {Quarantine.key(entry_id)} " in row and problem in row
+    # `show` says what is wrong; `requeue` refuses in one line, before anything is sent
+    for entry_id, (_, problem) in DAMAGED_ENTRIES.items():
+        shown = burrow("quarantine", "show", entry_id, env=node_env)
+        assert shown.returncode == 0 and problem in shown.stdout, shown.stderr
+        one_line_error(burrow("quarantine", "requeue", entry_id, env=node_env), "is not a readable job", problem)
+    # and `purge` can remove them
+    assert burrow("quarantine", "purge", "--yes", env=node_env).returncode == 0
+    assert list(Quarantine(storage).ids()) == []

@@ -29,6 +29,34 @@ def entry_id(job_id: str | None, message_id: str | None, body: bytes) -> str:
     return "dl-" + hashlib.blake2b(body, digest_size=12).hexdigest()
 
 
+_OPTIONAL = {"job_id": str, "actor": str, "queue": str, "message": dict, "raw": str, "error": str, "node": str}
+
+
+def entry_problem(entry: Any, entry_id: str) -> str | None:
+    """What makes ``entry`` (decoded from ``quarantine/<entry_id>.json``) unusable, or ``None``: only what
+    the operator commands rely on is checked."""
+    if not isinstance(entry, dict):
+        return f"it is a JSON {type(entry).__name__}, not an object"
+    if entry.get("id") != entry_id:
+        return f"its id is {str(entry.get('id'))[:80]!r}, not {entry_id!r}"
+    if not isinstance(entry.get("reason"), str):
+        return f"reason must be a string, got {type(entry.get('reason')).__name__}"
+    when = entry.get("quarantined_at")
+    if when is not None and (type(when) not in (int, float) or when != when):
+        return f"quarantined_at must be a number, got {str(when)[:40]!r}"
+    for name, kind in _OPTIONAL.items():
+        if entry.get(name) is not None and not isinstance(entry[name], kind):
+            return f"{name} must be a {kind.__name__}, got {type(entry[name]).__name__}"
+    for name in ("attempts", "routing"):
+        items = entry.get(name) or []
+        if not isinstance(items, list):
+            return f"{name} must be a list, got {type(items).__name__}"
+        for n, item in enumerate(items):
+            if not isinstance(item, dict):
+                return f"{name}[{n}] must be an object, got {type(item).__name__}"
+    return None
+
+
 class Quarantine:
     """Quarantine entries in storage. An entry is a JSON object with at least ``id``, ``reason``,
     ``quarantined_at``, ``queue``, ``actor``, ``message`` (the job's message, or the raw body as text) and
@@ -45,11 +73,29 @@ class Quarantine:
         self.storage.put(self.key(entry["id"]), json.dumps(entry, separators=(",", ":"), default=str).encode())
 
     def get(self, entry_id: str) -> dict[str, Any] | None:
+        """The entry, or ``None``. A damaged one (a hand edit, a foreign tool) comes back as a stand-in that
+        says so — ``unreadable: True``, no job, its problem as the reason — so it can be listed, shown and
+        purged, and nothing requeues it."""
+        key = self.key(entry_id)
         try:
-            data, _ = self.storage.get(self.key(entry_id))
+            data, _ = self.storage.get(key)
         except ObjectNotFound:
             return None
-        return json.loads(data)
+        try:
+            entry = json.loads(data)
+        except (ValueError, RecursionError) as e:
+            problem: str | None = f"is not JSON ({str(e)[:200]})"
+        else:
+            problem = entry_problem(entry, entry_id)
+        if problem is None:
+            return entry
+        return {
+            "id": entry_id,
+            "job_id": None,
+            "unreadable": True,
+            "reason": f"unreadable: quarantine entry {key} {problem}",
+            "quarantined_at": None,
+        }
 
     def delete(self, entry_id: str) -> None:
         self.storage.delete(self.key(entry_id))
