@@ -24,6 +24,8 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_ACTOR_MODULES = ("actors.simulation", "actors.training", "actors.inference")
 #: How CUDA names a GPU or MIG instance besides its index, e.g. ``GPU-8f6b…`` or ``MIG-GPU-…/1/0``.
 _GPU_UUID = re.compile(r"(GPU|MIG)-[0-9A-Za-z/-]+")
+#: A node id, subcloud or queue prefix: it goes into queue names and storage keys (ASCII, no separators).
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 
 def mask_url(url: str) -> str:
@@ -193,7 +195,7 @@ class Settings:
             prefetch=r.integer("BURROW_PREFETCH", defaults.prefetch, minimum=1),
             threads=r.integer("BURROW_THREADS", defaults.threads, minimum=0),
             delivery_limit=r.integer("BURROW_DELIVERY_LIMIT", defaults.delivery_limit, minimum=0),
-            queue_prefix=r.text("BURROW_QUEUE_PREFIX", ""),
+            queue_prefix=r.name("BURROW_QUEUE_PREFIX", "", empty=True),
             state_dir=Path(r.text("BURROW_STATE_DIR", str(defaults.state_dir))),
             grace_s=r.number("BURROW_GRACE_S", defaults.grace_s, minimum=0),
             end_budget_s=r.number("BURROW_END_BUDGET_S", defaults.end_budget_s, minimum=0),
@@ -226,9 +228,10 @@ class _Reader:
         value = self._raw(name)
         return default if value is None else value
 
-    def name(self, name: str, default: str) -> str:
+    def name(self, name: str, default: str, *, empty: bool = False) -> str:
+        """A name that goes into queue names and storage keys: ASCII letters, digits, ``-``, ``_``, ``.``."""
         value = self.text(name, default)
-        if not value.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        if not (_NAME.fullmatch(value) or (empty and value == "")):
             raise ConfigError(name, f"{value!r} may only hold letters, digits, '-', '_' and '.'")
         return value
 

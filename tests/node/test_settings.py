@@ -51,6 +51,9 @@ def test_values_are_parsed():
         ("BURROW_GPUS", "abc", "'abc' is not a GPU index or UUID"),
         ("BURROW_END_BUDGET_S", "-1", "must be at least"),
         ("BURROW_NODE_ID", "a b", "letters, digits"),
+        ("BURROW_NODE_ID", "nœud", "letters, digits"),  # (ASCII only: it names queues and storage keys)
+        ("BURROW_QUEUE_PREFIX", "../", "letters, digits"),
+        ("BURROW_QUEUE_PREFIX", "my prefix.", "letters, digits"),
         ("BURROW_ACTOR_MODULES", "actors/simulation", "module path"),
     ],
 )
