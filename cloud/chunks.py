@@ -109,7 +109,11 @@ def read_chunks(
                 last_data = now
                 seq = headers.get(SEQ_HEADER)
                 if seq == END_SEQ:
-                    end = StreamEnd.decode(body)
+                    try:
+                        end = StreamEnd.decode(body)
+                    except ValueError as e:  # not from a node: the good one (or the settled record) still ends it
+                        logger.warning("Job %s: skipped an end message that is not one (%s).", job_id, e)
+                        continue
                     if expected < end.chunks and not reread:
                         # A gap at the end: a reader that attached while the stream was being written can miss
                         # its first chunks (seen once in many runs on RabbitMQ 3.10). Read it again from its
@@ -124,7 +128,10 @@ def read_chunks(
                     return
                 if not isinstance(seq, int) or seq < expected or seq in pending:
                     continue  # sent again by a resumed attempt, or already waiting to be yielded
-                pending[seq] = decode_chunk(body)
+                try:
+                    pending[seq] = decode_chunk(body)
+                except ValueError as e:  # a good chunk of this number (a resumed attempt's) is still taken
+                    logger.warning("Job %s: skipped chunk %d, which is not one (%s).", job_id, seq, e)
                 while expected in pending:
                     yield pending.pop(expected)
                     expected += 1

@@ -47,11 +47,19 @@ def encode_chunk(data: Any) -> bytes:
 
 
 def decode_chunk(body: bytes) -> Any:
+    """A chunk's value; raises ``ValueError`` for what ``encode_chunk`` cannot have made."""
     if body[:1] == b"b":
         return body[1:]
     if body[:1] == b"j":
-        return json.loads(body[1:])
+        return _json(body[1:])
     raise ValueError("not a Burrow chunk")
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except RecursionError:  # (JSONDecodeError and UnicodeDecodeError are ValueErrors already)
+        raise ValueError("nested too deeply") from None
 
 
 @dataclass(frozen=True)
@@ -67,5 +75,8 @@ class StreamEnd:
 
     @classmethod
     def decode(cls, body: bytes) -> StreamEnd:
-        data = json.loads(body[1:])
-        return cls(status=str(data["status"]), chunks=int(data["chunks"]), reason=str(data.get("reason") or ""))
+        """An end message; raises ``ValueError`` for anything ``encode`` cannot have made."""
+        data = _json(body[1:]) if body[:1] == b"e" else None
+        if not isinstance(data, dict) or not isinstance(data.get("status"), str) or type(data.get("chunks")) is not int:
+            raise ValueError("not a Burrow end message")
+        return cls(status=data["status"], chunks=data["chunks"], reason=str(data.get("reason") or ""))

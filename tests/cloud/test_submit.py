@@ -235,3 +235,33 @@ def test_a_handle_for_an_id_no_job_can_have_is_refused(client, job_id):
     with pytest.raises(MalformedMessage, match="is not a usable job id"):
         client.job(job_id).cancel()
     assert list(client.storage.list("records/")) == []
+
+
+def test_a_stream_reader_skips_what_it_cannot_decode_and_keeps_the_first_good_chunk_of_each_number(
+    client, amqp_url, queue_prefix
+):
+    import pika
+
+    from node.contract.streams import END_SEQ, JOB_HEADER, SEQ_HEADER, StreamEnd, declare_chunks_stream, encode_chunk
+
+    # Given a job's stream holding garbled chunks and end messages beside the good ones
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    stream = declare_chunks_stream(channel, queue_prefix)
+    sent = [
+        (b"j{not json", 0),
+        (b"?not a chunk", 0),
+        (b"", 0),
+        (encode_chunk("t0"), 0),
+        (b"j[" * 100_000, 1),
+        (encode_chunk("t1"), 1),
+        (b"e{garbage", END_SEQ),
+        (b'e{"status": "succeeded"}', END_SEQ),
+        (StreamEnd(status="succeeded", chunks=2).encode(), END_SEQ),
+    ]
+    for body, seq in sent:
+        channel.basic_publish("", stream, body, pika.BasicProperties(headers={JOB_HEADER: "garbled", SEQ_HEADER: seq}))
+    connection.close()
+
+    # Then its reader yields every good chunk once, in order, and ends at the good end message
+    assert list(client.job("garbled").stream(timeout=60)) == ["t0", "t1"]
