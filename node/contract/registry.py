@@ -12,6 +12,7 @@ processes was heard from within ``live_window_s`` and did not say it stopped.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,9 @@ NODES_MAX_AGE = "1h"
 LIVE_INTERVALS = 3.0
 
 STATES = ("up", "draining", "stopped")
+#: A heartbeat's text and list fields: a reader checks each one's type, so no sender can break a ``fold``.
+_TEXT = ("slot", "subcloud", "state", "version")
+_LISTS = ("models", "queues", "running", "running_queues")
 
 
 @dataclass(frozen=True)
@@ -69,17 +73,26 @@ class Heartbeat:
         """The heartbeat in ``body``, or ``None`` for anything else (a probe, garbage, a newer format)."""
         try:
             data = json.loads(body)
-            if not isinstance(data, dict) or not isinstance(data.get("node"), str):
-                return None
-            known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-            for name in ("models", "queues", "running", "running_queues"):
-                known[name] = tuple(str(x) for x in known.get(name) or ())
-            beat = cls(**known)
-            if beat.state not in STATES or not isinstance(beat.at, int | float):
-                return None
-            return beat
-        except (ValueError, TypeError):
+        except (ValueError, RecursionError):
             return None
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("node", "process")):
+            return None
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for name in _TEXT:
+            if not isinstance(known.get(name, ""), str):
+                return None
+        for name in _LISTS:
+            if not isinstance(known.get(name, []), list):
+                return None
+            known[name] = tuple(str(x) for x in known.get(name) or ())
+        if type(known.get("threads", 1)) is not int:
+            return None
+        for name in ("at", "interval_s"):
+            value = known.get(name, 0.0)
+            if type(value) not in (int, float) or not math.isfinite(value):
+                return None
+        beat = cls(**known)
+        return beat if beat.state in STATES else None
 
 
 @dataclass(frozen=True)
