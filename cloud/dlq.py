@@ -13,6 +13,7 @@ commit as the request to the router — and the rest go back.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from dramatiq import Message
 from dramatiq.common import xq_name
 
 from node.contract.job_options import OPTION_KEY
-from node.contract.queues import DETAIL_HEADER, FAILED_JOBS_ACTOR, FAILED_JOBS_QUEUE, death_reason
+from node.contract.queues import DETAIL_HEADER, FAILED_JOBS_ACTOR, FAILED_JOBS_QUEUE, death_reason, deaths
 
 from .routing.quarantine import entry_id
 
@@ -72,9 +73,9 @@ def _parse(queue: str, tag: int, properties: pika.BasicProperties, body: bytes) 
     job_id = job.get("job_id") or (message or {}).get("message_id")
     job_id = job_id if isinstance(job_id, str) else None
     dead_at = properties.timestamp
-    for death in headers.get("x-death") or []:
-        if dead_at is None and death.get("time") is not None:
-            dead_at = death["time"].timestamp() if hasattr(death["time"], "timestamp") else None
+    for death in deaths(headers):
+        if dead_at is None and isinstance(death.get("time"), datetime.datetime):
+            dead_at = death["time"].timestamp()
     detail = headers.get(DETAIL_HEADER) or ""
     failures = job.get("failures")
     return DeadLetter(

@@ -90,12 +90,19 @@ def death_reason(headers: dict[str, Any] | None) -> str | None:
     reason = headers.get(REASON_HEADER)
     if reason:
         return _text(reason)
-    for death in headers.get("x-death") or []:
+    for death in deaths(headers):
         if ".wait." in _text(death.get("queue", "")) and _text(death.get("reason", "")) == "expired":
             continue
         return _text(death.get("reason"))
     return None
 
 
+def deaths(headers: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The broker's ``x-death`` entries, newest first; what is not one (any publisher may set any header) is
+    left out."""
+    entries = (headers or {}).get("x-death")
+    return [entry for entry in entries if isinstance(entry, dict)] if isinstance(entries, list) else []
+
+
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

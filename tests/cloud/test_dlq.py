@@ -102,3 +102,36 @@ def test_a_dead_letter_nested_past_the_decoders_depth_is_listed(amqp_url, queue_
     listed = burrow(node_env, "dlq", "list")
     assert listed.returncode == 0, listed.stderr
     assert "nested too deeply" in listed.stdout or "malformed" in listed.stdout
+
+
+#: Dead letters with headers no broker or node wrote (any publisher may set any header), and the reason shown.
+ODD_HEADERS = [
+    ({"x-burrow-reason": 5, "x-burrow-detail": ["a"]}, "5"),
+    ({"x-burrow-reason": b"\xffbad"}, "\ufffdbad"),
+    ({"x-death": "not a list"}, "unknown"),
+    ({"x-death": [5, "x", {"queue": 3, "reason": None, "time": "noon"}]}, "None"),
+    ({"x-death": [{"reason": "rejected", "count": "x", "time": 7}]}, "rejected"),
+]
+
+
+def test_dead_letters_with_headers_no_broker_wrote_are_listed_and_forwarded(amqp_url, queue_prefix, broker, node_env):
+    from cloud.dlq import _parse
+    from cloud.routing.housekeeping import dead_letter_report
+
+    broker.declare_queue("tests", ensure=True)
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    for headers, _ in ODD_HEADERS:
+        channel.basic_publish("", queue_prefix + "tests.XQ", b"{}", pika.BasicProperties(headers=headers))
+    connection.close()
+
+    # `burrow dlq list` lists them all (this was a traceback that listed none)
+    listed = burrow(node_env, "dlq", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "(5 dead-lettered)" in listed.stdout, listed.stdout
+    # and each one's reason is what it says, as the router's forwarder reads it too
+    for headers, reason in ODD_HEADERS:
+        properties = pika.BasicProperties(headers=headers)
+        assert _parse("tests", 1, properties, b"{}").reason == reason
+        assert dead_letter_report("tests", b"{}", properties).kwargs["dead_letter_reason"] == reason
+    assert broker.get_queue_message_counts("tests") == (0, 0, 5)  # nothing taken
