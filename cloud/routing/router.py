@@ -22,8 +22,8 @@ from opentelemetry import metrics, propagate, trace
 
 from node.attempt.routing import next_message
 from node.broker import QuorumRabbitmqBroker
-from node.contract.envelope import decode_fields
-from node.contract.job_options import JobOptions
+from node.contract.envelope import check_fields, decode_fields
+from node.contract.job_options import JOB_ID_PATTERN, OPTION_KEY, JobOptions
 from node.contract.queues import FAILED_JOBS_ACTOR, FAILED_JOBS_QUEUE, DeadLetterReason, wait_bucket_ms
 from node.contract.record import JobStatus, cancel_requested, set_status, status_of
 from node.contract.signing import BadSignature, Signer, verify
@@ -36,6 +36,7 @@ from ..registry import NodeRegistry
 from .outbox import Outgoing, outbox_of
 from .policy import JobHistory, Route, RouteRequest, RoutingPolicy
 from .quarantine import Quarantine, entry_id
+from .reports import report_problem
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("burrow.router")
@@ -131,6 +132,10 @@ class Router:
         revived = self._revive(report)
         if revived is not None:
             return self.handle(*revived)
+        problem = report_problem(report)
+        if problem is not None:
+            self._quarantine_unreadable(report, report_id, problem)
+            return []
         message, request, raw = self._request(report)
         job_id = request.job.job_id if request.job else None
         try:
@@ -280,8 +285,10 @@ class Router:
                 raw,
             )
         try:
-            message = Message(**{**report["job"], "args": tuple(report["job"].get("args") or ())})
-            job = JobOptions.from_options(message.options, message_id=message.message_id)
+            fields = report["job"]
+            queue = fields.get("queue_name")
+            job = check_fields(fields, delivered_on=queue if isinstance(queue, str) else "")  # every field's type
+            message = Message(**{**fields, "args": tuple(fields["args"])})
         except Exception as e:  # a report this router cannot read: quarantined, never retried
             raw = json.dumps(report, default=str).encode()
             return None, RouteRequest(kind, "", None, reason=f"unreadable report: {type(e).__name__}: {e}"), raw
@@ -358,6 +365,32 @@ class Router:
             "routing": (record or {}).get("routing", []),
         }
         self.quarantine.put(entry)
+
+    def _quarantine_unreadable(self, report: dict[str, Any], report_id: str, problem: str) -> None:
+        """Set aside a report that fails ``report_problem``, whole; its job, if readable, can be requeued."""
+        raw = json.dumps(report, default=str).encode()
+        reason = f"unreadable report: {problem}"
+        message = report.get("job") if isinstance(report.get("job"), dict) else None
+        options = (message or {}).get("options")
+        job = options.get(OPTION_KEY) if isinstance(options, dict) else None
+        job_id = job.get("job_id") if isinstance(job, dict) else (message or {}).get("message_id")
+        job_id = job_id if isinstance(job_id, str) and JOB_ID_PATTERN.fullmatch(job_id) else None
+        logger.error("Report %s (job %s): %s; quarantined.", report_id, job_id or "?", reason)
+        actor = (message or {}).get("actor_name")
+        self.quarantine.put(
+            {
+                "id": entry_id(job_id, report_id, raw),
+                "job_id": job_id,
+                "reason": reason,
+                "kind": "unreadable",
+                "actor": actor if isinstance(actor, str) else None,
+                "quarantined_at": self.clock(),
+                "message": message if job_id else None,
+                "raw": None if job_id else base64.b64encode(raw).decode(),
+                "attempts": [],
+                "routing": [],
+            }
+        )
 
     def _dispatch(self, message: Message, job: JobOptions, route: Route) -> Outgoing:
         changes: dict[str, Any] = {"avoid_nodes": route.avoid_nodes, "unrecorded_success": None}

@@ -5,8 +5,10 @@ as a lost connection does, local storage."""
 from __future__ import annotations
 
 import json
+import random
 
 import pika.exceptions
+import pytest
 from dramatiq import Message
 from dramatiq.errors import ConnectionClosed
 
@@ -157,3 +159,72 @@ def test_a_job_whose_record_is_corrupt_is_quarantined_naming_it_not_retried_fore
     (dispatched,) = outbox_of(message)
     assert dispatched.routing_key == "p.tests" and json.loads(dispatched.body)["kwargs"] == {"job_key": "a"}
     assert list(Quarantine(storage).entries()) == []
+
+
+class NoNodes:
+    def nodes(self):
+        return {}
+
+
+def lenient(tmp_path) -> Router:
+    """A router with a working broker and no live node."""
+    storage, policy = LocalStorage(tmp_path), DefaultPolicy(RouterConfig())
+    return Router(broker=WorkingBroker(), storage=storage, registry=NoNodes(), policy=policy, topology=None)
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"kind": "whatever"}, "kind must be one of"),
+        ({"node": ["node-a"]}, "node must be a string"),
+        ({"reason": {}}, "reason must be a string"),
+        ({"to": 1.5}, "to must be a string"),
+        ({"holds": "2"}, "holds must be a whole number"),
+        ({"attempts": [1]}, "attempts must be a list of objects"),
+        ({"id": "\x00"}, "is not a quarantine id"),
+        ({"kind": "dead_letter", "queue": None}, "queue must name"),
+        ({"kind": "dead_letter", "queue": "tests", "body_b64": "x"}, "body_b64 is not base64"),
+        ({"job": "job-1"}, "job must be an object"),
+    ],
+)
+def test_a_report_no_node_could_have_sent_is_quarantined_once_and_its_job_kept(tmp_path, changes, named):
+    from cloud.routing.quarantine import Quarantine
+
+    message = delivery()
+    message._message.kwargs.update({"kind": "failed", "node": "node-a", **changes})
+    lenient(tmp_path).take(message)
+    assert outbox_of(message) == [] and not message.failed  # acked, and nothing comes back later
+    (entry,) = Quarantine(LocalStorage(tmp_path)).entries()
+    assert entry["reason"].startswith("unreadable report: ") and named in entry["reason"]
+    if isinstance(message.kwargs["job"], dict):  # the job itself was readable: an operator can requeue it
+        assert entry["job_id"] == "job-1" and entry["message"]["kwargs"] == {"job_key": "a"}
+
+
+def test_no_report_however_malformed_makes_the_router_raise_or_ask_again(tmp_path):
+    # 2,000 reports with one to three fields (of the report, its job, or the job's options) replaced by values
+    # of every JSON type: each is handled or quarantined, never "comes back in 30 s" forever.
+    rng = random.Random(7)
+    values = [None, 1, -1, 1.5, True, "x", "", "\x00", [], [1], {}, {"a": 1}, "a" * 300]
+    fields = ["kind", "job", "reason", "node", "attempts", "queue", "dead_letter_reason", "detail", "body", "body_b64"]
+    fields += ["message_id", "to", "id", "holds", "error", "revived"]
+    router = lenient(tmp_path)
+    base = job_message("tests", "tracked", "job-1", job_key="a").asdict()
+    for n in range(2000):
+        job = json.loads(json.dumps(base))
+        report = {"kind": rng.choice(["failed", "dead_letter", "requeue", "avoided"]), "job": job, "node": "node-a"}
+        for _ in range(rng.randint(1, 3)):
+            where = rng.random()
+            if where < 0.4:
+                report[rng.choice(fields)] = rng.choice(values)
+            elif where < 0.7:
+                job[rng.choice(list(job))] = rng.choice(values)
+            elif isinstance(job.get("options"), dict) and isinstance(job["options"].get("job"), dict):
+                options = job["options"]["job"]
+                options[rng.choice([*options, "avoid_nodes"])] = rng.choice(values)
+        if report["kind"] == "dead_letter" and rng.random() < 0.7:
+            report.update(body=json.dumps(job), queue=rng.choice(["tests", FAILED_JOBS_QUEUE, None]))
+            report["dead_letter_reason"] = rng.choice(["delivery_limit", "malformed", None])
+        message = Delivery(Message(FAILED_JOBS_QUEUE, FAILED_JOBS_ACTOR, (), report, {}, message_id=f"r-{n}"))
+        router.take(message)
+        again = [o for o in outbox_of(message) if o.routing_key == "p." + FAILED_JOBS_QUEUE]
+        assert not message.failed and all("holds" in json.loads(o.body)["kwargs"] for o in again), report
