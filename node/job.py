@@ -78,7 +78,8 @@ class Inputs(Protocol):
     """Inputs passed by storage reference (``Client.put_input`` returns the reference)."""
 
     def get(self, ref: str) -> bytes:
-        """The bytes of input ``ref``."""
+        """The bytes of input ``ref`` (``InvalidInput`` if it is not a reference or nothing is stored there:
+        uncaught, the job is dead-lettered naming it)."""
 
     def download(self, ref: str, path: str | os.PathLike[str]) -> Path:
         """Write input ``ref`` to ``path`` (for inputs too big for memory)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..contract.inputs import check_reference
 from ..contract.job_options import JobOptions
-from ..errors import Preempted
+from ..errors import InvalidInput, ObjectNotFound, Preempted
 from ..retrying import Deadline, retry
 from ..storage import Storage
 from .checkpoints import Checkpointer
@@ -121,13 +121,35 @@ class Inputs:
         self.storage = storage
 
     def get(self, ref: str) -> bytes:
-        """The bytes of stored input ``ref``."""
-        return self.storage.get(check_reference(ref))[0]
+        """The bytes of stored input ``ref``.
+
+        Raises:
+            InvalidInput: ``ref`` is not an input reference, or nothing is stored under it (every node reads
+                the same storage: retrying cannot help, so the job is dead-lettered naming it).
+        """
+        try:
+            return self.storage.get(_checked(ref))[0]
+        except ObjectNotFound:
+            raise _missing(ref) from None
 
     def download(self, ref: str, path: str | os.PathLike[str]) -> Path:
-        """Write stored input ``ref`` to ``path``."""
-        self.storage.download_file(check_reference(ref), Path(path))
+        """Write stored input ``ref`` to ``path`` (raises as ``get`` does)."""
+        try:
+            self.storage.download_file(_checked(ref), Path(path))
+        except ObjectNotFound:
+            raise _missing(ref) from None
         return Path(path)
+
+
+def _checked(ref: object) -> str:
+    try:
+        return check_reference(ref)
+    except ValueError as e:
+        raise InvalidInput(str(e)) from None
+
+
+def _missing(ref: str) -> InvalidInput:
+    return InvalidInput(f"input {ref} is not in storage (store it with Client.put_input or `burrow put` first)")
 
 
 class AttemptContext:

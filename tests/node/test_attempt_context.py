@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import threading
 
-from node.attempt.context import AttemptContext
+import pytest
+
+from node.attempt.context import AttemptContext, Inputs
 from node.contract.job_options import JobOptions
+from node.errors import InvalidInput
+from node.storage import LocalStorage
 from node.unique import unique_hex
 
 
@@ -58,3 +62,19 @@ def test_unique_ids_do_not_repeat_in_a_process_nor_between_a_parent_and_its_fork
     os.waitpid(pid, 0)
     child_id = os.read(read, 64).decode()
     assert child_id != unique_hex() and child_id not in ids
+
+
+@pytest.mark.parametrize(
+    ("ref", "problem"),
+    [
+        ("inputs/" + "0" * 64, "is not in storage"),
+        ("records/aa/j1.json", "is not an input reference"),
+        (7, "is not an input reference"),
+    ],
+)
+def test_an_input_that_is_not_there_is_invalid_input_not_a_failure_to_retry(tmp_path, ref, problem):
+    # (retrying elsewhere reads the same storage: the job is dead-lettered naming the reference, once)
+    inputs = Inputs(LocalStorage(tmp_path))
+    for read in (lambda: inputs.get(ref), lambda: inputs.download(ref, tmp_path / "out")):
+        with pytest.raises(InvalidInput, match=problem):
+            read()
