@@ -422,6 +422,10 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
     return operate.dlq(args, settings)
 
 
+def _number(value: object) -> bool:
+    return type(value) in (int, float)
+
+
 def cmd_job(args: argparse.Namespace, settings: Settings) -> int:
     """Print a job's record: status, every attempt, checkpoint and artifact pointers."""
     from node.storage import storage_from_settings
@@ -445,25 +449,28 @@ def cmd_job(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
-    print(f"job {record['job_id']}  actor {record['actor']}  queue {record['queue']}  status {record['status']}")
+    print(f"job {args.job_id}  actor {record.get('actor')}  queue {record.get('queue')}  status {record.get('status')}")
     if record.get("reason"):
         print(f"reason   {record['reason']}")
     if record.get("cancel") and record["status"] == "running":
         print("cancel   requested: it stops at its next check")
     if record.get("result") is not None:
         print("result   " + ("artifact result.json" if "artifact" in record["result"] else "kept (burrow result ID)"))
-    if record.get("progress"):
-        print(f"progress {record['progress']['fraction']:.1%} {record['progress'].get('note', '')}")
+    progress = record.get("progress") or {}
+    if progress:
+        fraction = progress.get("fraction")
+        shown = f"{fraction:.1%}" if _number(fraction) else "?"
+        print(f"progress {shown} {progress.get('note', '')}")
     for attempt in record["attempts"]:
         ended, started = attempt.get("ended_at"), attempt.get("started_at")
-        took = f"{ended - started:.1f}s" if ended and started else "" if ended else "running"
+        took = f"{ended - started:.1f}s" if _number(ended) and _number(started) else "" if ended else "running"
         print(
             f"  #{attempt['number']} {attempt['outcome'] or 'running':12} node {attempt.get('node', '?')} "
             f"slot {attempt.get('slot', '?')} pid {attempt.get('pid', '?')} {took}"
             + (f"  {attempt['error']}" if attempt.get("error") else "")
         )
     if record.get("checkpoint"):
-        print(f"checkpoint {record['checkpoint']['key']} (attempt {record['checkpoint']['attempt']})")
+        print(f"checkpoint {record['checkpoint'].get('key')} (attempt {record['checkpoint'].get('attempt')})")
     for name, key in sorted(record.get("artifacts", {}).items()):
         print(f"artifact {name}: {key}")
     return 0

@@ -439,10 +439,20 @@ class JobHandle:
         if kept is None:
             return None
         if "artifact" in kept:
-            key = (outcome.get("artifacts") or {}).get(kept["artifact"])
+            name = kept["artifact"]
+            key = (outcome.get("artifacts") or {}).get(name)
             if key is None:  # a reply carries the map; a record read now always has it
-                key = (self.record() or {}).get("artifacts", {}).get(kept["artifact"])
-            return json.loads(self.client.storage.get(key)[0])
+                key = (self.record() or {}).get("artifacts", {}).get(name)
+            if key is None:
+                raise CloudError(f"job {self.job_id}: its result artifact {name!r} is not among its artifacts")
+            try:
+                data = self.client.storage.get(key)[0]
+            except ObjectNotFound:
+                raise CloudError(f"job {self.job_id}: its result {key} is missing from storage") from None
+            try:
+                return json.loads(data)
+            except (ValueError, RecursionError) as e:
+                raise CloudError(f"job {self.job_id}: its result {key} is not JSON ({str(e)[:200]})") from None
         return kept.get("value")
 
     def artifacts(self) -> dict[str, str]:

@@ -185,3 +185,22 @@ def test_damaged_quarantine_entries_are_listed_as_unreadable_and_named_in_one_li
     # and `purge` can remove them
     assert burrow("quarantine", "purge", "--yes", env=node_env).returncode == 0
     assert list(Quarantine(storage).ids()) == []
+
+
+def test_odd_but_readable_records_print_and_a_missing_or_torn_result_is_one_line(node_env, storage):
+    # Records a hand edit or another version could leave: readable, but not every field as this one writes it
+    odd = {
+        "job_id": "odd-1", "actor": "simulate", "queue": "simulation", "status": "succeeded",
+        "attempts": [{"number": 1, "outcome": "succeeded", "started_at": "noon", "ended_at": None}],
+        "artifacts": {}, "progress": {"note": "half"}, "checkpoint": {"key": 5}, "result": {"artifact": "result.json"},
+    }  # fmt: skip
+    RecordStore(storage).create(odd)
+    shown = burrow("job", "odd-1", env=node_env)
+    assert shown.returncode == 0 and "status succeeded" in shown.stdout, shown.stderr
+    one_line_error(burrow("result", "odd-1", env=node_env), "result artifact 'result.json'", "not among its artifacts")
+
+    # a result artifact that is not JSON
+    torn = {**odd, "job_id": "torn-2", "artifacts": {"result.json": "jobs/torn-2/artifacts/a1/result.json"}}
+    RecordStore(storage).create(torn)
+    storage.put("jobs/torn-2/artifacts/a1/result.json", b'{"pi": 3.1')
+    one_line_error(burrow("result", "torn-2", env=node_env), "jobs/torn-2/artifacts/a1/result.json", "is not JSON")
