@@ -241,6 +241,12 @@ def main() -> None:
     parser.add_argument("--short-prefetch", type=int, default=16, help="prefetch for the short-job configuration")
     parser.add_argument("--short-threads", type=int, default=2, help="threads for the short-job configuration")
     parser.add_argument("--no-s3", action="store_true", help="leave out the S3 endpoint")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated configurations to run (plain, bare, local, durable, plain_short, plain_short_p, "
+        "bare_short, fast, s3): e.g. bare,local for many short paired rounds of the prefetch-1 goal",
+    )
     args = parser.parse_args()
     same = ["--processes", str(args.processes), "--threads", str(args.threads)]
     short = ["--processes", str(args.processes), "--threads", str(args.short_threads)]
@@ -327,6 +333,12 @@ def main() -> None:
                              args.s3_jobs)  # fmt: skip
         except ImportError:
             print("(moto not installed: S3 configuration skipped)")
+    if args.only:
+        wanted = [key.strip() for key in args.only.split(",") if key.strip()]
+        unknown = sorted(set(wanted) - set(configs))
+        if unknown:
+            sys.exit(f"--only: unknown configuration {unknown[0]!r} (known: {', '.join(configs)})")
+        configs = {key: configs[key] for key in wanted}
     rates: dict[str, list[float]] = {key: [] for key in configs}
     for round_number in range(args.rounds):  # interleaved: this machine's speed drifts, both sides alike
         print(f"-- round {round_number + 1}", flush=True)
@@ -338,9 +350,21 @@ def main() -> None:
         server.stop()
     rate = {key: statistics.median(values) for key, values in rates.items()}
 
-    def ratio(a: str, b: str) -> str:
+    def show(text: str, a: str, b: str, goal: float | None = None) -> None:
+        """One ratio: the median of the per-round ratios, their range and quartiles, and how many rounds met
+        the goal (a round pairs two drains minutes apart at most: the machine's drift cancels in the pair)."""
+        if a not in rates or b not in rates:
+            return
         per_round = [x / y for x, y in zip(rates[a], rates[b], strict=True)]
-        return f"{statistics.median(per_round):5.2f}x  (rounds {min(per_round):.2f}-{max(per_round):.2f})"
+        line = f"{text:50} {statistics.median(per_round):5.2f}x  (rounds {min(per_round):.2f}-{max(per_round):.2f}"
+        if len(per_round) >= 4:
+            low, _, high = statistics.quantiles(per_round, n=4)
+            line += f", middle half {low:.2f}-{high:.2f}"
+        line += ")"
+        if goal is not None:
+            met = sum(r >= goal for r in per_round)
+            line += f"   goal >= {goal}: {met} of {len(per_round)} rounds"
+        print(line)
 
     print("\nmedians (CPU per job while draining: workers, RabbitMQ):")
     for key, (label, *_rest) in configs.items():
@@ -348,16 +372,16 @@ def main() -> None:
         broker_us = statistics.median(b for _, b in CPU[label])
         print(f"  {label:55} {rate[key]:8.0f} jobs/s   {worker_us:5.0f} µs, {broker_us:5.0f} µs")
     print()
-    print(f"bare Burrow broker / plain Dramatiq                {ratio('bare', 'plain')}")
-    print(f"full stack (local) / bare Burrow broker            {ratio('local', 'bare')}   goal >= 0.8")
-    print(f"full stack (local, sync=full) / bare broker        {ratio('durable', 'bare')}")
-    print(f"full stack (local) / plain Dramatiq                {ratio('local', 'plain')}")
-    if "s3" in rates:
-        print(f"full stack (S3) / S3 endpoint alone                {statistics.median(rates['s3']) / s3_floor:5.2f}x")
-    print(f"short-job settings: bare broker / plain Dramatiq   {ratio('bare_short', 'plain_short')}")
-    print(f"short-job settings: full stack / bare broker       {ratio('fast', 'bare_short')}")
-    print(f"short-job settings: full stack / plain Dramatiq    {ratio('fast', 'plain_short')}   goal >= 0.5")
-    print(f"short-job settings: full stack / plain, same prefetch {ratio('fast', 'plain_short_p')}")
+    show("bare Burrow broker / plain Dramatiq", "bare", "plain")
+    show("full stack (local) / bare Burrow broker", "local", "bare", goal=0.8)
+    show("full stack (local, sync=full) / bare broker", "durable", "bare")
+    show("full stack (local) / plain Dramatiq", "local", "plain")
+    if "s3" in rates and s3_floor:
+        print(f"{'full stack (S3) / S3 endpoint alone':50} {statistics.median(rates['s3']) / s3_floor:5.2f}x")
+    show("short-job settings: bare broker / plain Dramatiq", "bare_short", "plain_short")
+    show("short-job settings: full stack / bare broker", "fast", "bare_short")
+    show("short-job settings: full stack / plain Dramatiq", "fast", "plain_short", goal=0.5)
+    show("short-job settings: full stack / plain, same prefetch", "fast", "plain_short_p")
 
 
 if __name__ == "__main__":
