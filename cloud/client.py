@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import dramatiq
 import pika
 import pika.exceptions
@@ -12,7 +10,7 @@ from node.broker import QuorumRabbitmqBroker
 from node.broker.tls import apply_ca
 from node.contract.topology import load_topology
 from node.middleware import JobSubmission, Tracing
-from node.settings import Settings, mask_url
+from node.settings import Settings, import_actor_modules, mask_url
 
 from .errors import BrokerUnreachable
 
@@ -57,8 +55,7 @@ def connect(settings: Settings, *, check: bool = True) -> QuorumRabbitmqBroker:
         topology=load_topology(settings.topology) if settings.topology else None,
     )
     dramatiq.set_broker(broker)
-    for name in settings.actor_modules:
-        module = importlib.import_module(name)
+    for module in import_actor_modules(settings.actor_modules):
         # A module imported earlier (by another client in this process) declared its actors on that client's
         # broker: declare them on this one too.
         for value in list(vars(module).values()):

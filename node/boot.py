@@ -7,7 +7,6 @@ so any CUDA library) is imported.
 from __future__ import annotations
 
 import atexit
-import importlib
 import logging
 import os
 import sys
@@ -23,7 +22,7 @@ from .attempt.journal import Journal, process_start_time
 from .attempt.lease import lease_timing
 from .broker import QuorumRabbitmqBroker
 from .contract.topology import load_topology
-from .errors import BurrowError, ConfigError, SlotError, StorageError
+from .errors import BurrowError, SlotError, StorageError
 from .middleware import (
     Callbacks,
     CancelListener,
@@ -36,7 +35,7 @@ from .middleware import (
     SlotConsumer,
     Tracing,
 )
-from .settings import Settings
+from .settings import Settings, import_actor_modules
 from .storage import Storage, storage_from_settings
 from .supervisor.process import EXIT_BOOT_FAILED, EXIT_BOOT_RETRY, die_with_parent
 from .supervisor.slots import SlotLease, configured_slots
@@ -203,11 +202,8 @@ def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroke
             settings.masked_amqp_url,
             storage,
         )
-        for module in settings.actor_modules:
-            try:
-                importlib.import_module(module)
-            except ImportError as e:  # Dramatiq would print a traceback and exit 2, which reads as transient
-                raise ConfigError("BURROW_ACTOR_MODULES", f"cannot import {module!r}: {e}") from None
+        # (as a ConfigError: Dramatiq would print a traceback and exit 2, which reads as transient)
+        import_actor_modules(settings.actor_modules)
         for queue_name in broker.work_queues():
             broker.declare_queue(queue_name, ensure=True)  # fail fast on a mismatched existing queue
         # The main thread only sleeps from here on: an idle connection would miss its heartbeats.

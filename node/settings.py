@@ -7,6 +7,7 @@ the variable.  Secrets are read from the environment only and never appear in ``
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import re
@@ -15,6 +16,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import urlsplit, urlunsplit
 
 from .contract.topology import PART_PATTERN
@@ -26,6 +28,11 @@ DEFAULT_ACTOR_MODULES = ("actors.simulation", "actors.training", "actors.inferen
 _GPU_UUID = re.compile(r"(GPU|MIG)-[0-9A-Za-z/-]+")
 #: A node id, subcloud or queue prefix: it goes into queue names and storage keys (ASCII, no separators).
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
+def _shown(url: str) -> str:
+    """``url`` as it may be shown when it does not even parse: anything between ``//`` and ``@`` hidden."""
+    return re.sub(r"//[^/@]*@", "//***@", url)
 
 
 def mask_url(url: str) -> str:
@@ -266,7 +273,12 @@ class _Reader:
         if not value:
             return value
         for one in value.split(";"):
-            scheme = urlsplit(one).scheme
+            try:
+                parts = urlsplit(one)
+                _ = parts.port  # (parsed on use: a bad port or bracket would surface later, as a traceback)
+            except ValueError as e:
+                raise ConfigError(name, f"{_shown(one)!r} is not a URL: {e}") from None
+            scheme = parts.scheme
             if scheme not in schemes:
                 raise ConfigError(
                     name, f"{mask_url(one)!r} has scheme {scheme!r}; expected one of {', '.join(schemes)}"
@@ -316,3 +328,15 @@ class _Reader:
             if not all(piece.isidentifier() for piece in module.split(".")):
                 raise ConfigError(name, f"{module!r} is not a Python module path")
         return modules
+
+
+def import_actor_modules(modules: tuple[str, ...]) -> list[ModuleType]:
+    """Import ``BURROW_ACTOR_MODULES``; a module that does not import (missing, a syntax error, an error it
+    raises) is a ``ConfigError`` naming it and the error in one line."""
+    imported = []
+    for module in modules:
+        try:
+            imported.append(importlib.import_module(module))
+        except Exception as e:
+            raise ConfigError("BURROW_ACTOR_MODULES", f"cannot import {module!r}: {type(e).__name__}: {e}") from None
+    return imported

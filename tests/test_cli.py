@@ -204,3 +204,19 @@ def test_odd_but_readable_records_print_and_a_missing_or_torn_result_is_one_line
     RecordStore(storage).create(torn)
     storage.put("jobs/torn-2/artifacts/a1/result.json", b'{"pi": 3.1')
     one_line_error(burrow("result", "torn-2", env=node_env), "jobs/torn-2/artifacts/a1/result.json", "is not JSON")
+
+
+def test_a_topology_that_is_not_text_and_an_actor_module_that_does_not_import_are_one_line(node_env, tmp_path):
+    binary = tmp_path / "topology.toml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    one_line_error(burrow("queues", env={**node_env, "BURROW_TOPOLOGY": str(binary)}), "BURROW_TOPOLOGY", "UTF-8")
+    broken = tmp_path / "broken_actors.py"
+    broken.write_text("def oops(:\n")
+    for module, problem in (("no.such.module", "No module named 'no'"), ("broken_actors", "SyntaxError")):
+        env = {**node_env, "BURROW_ACTOR_MODULES": module, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+        for command in (["queues"], ["submit", "simulate"]):
+            one_line_error(burrow(*command, env=env), "BURROW_ACTOR_MODULES", f"cannot import {module!r}", problem)
+        # a node logs it for each worker and stops: it cannot boot, restarting would not help
+        node = burrow("node", "--processes", "1", env=env)
+        assert node.returncode == 78 and "Traceback" not in node.stderr, node.stderr
+        assert f"BURROW_ACTOR_MODULES: cannot import {module!r}" in node.stderr and problem in node.stderr

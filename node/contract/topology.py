@@ -241,6 +241,8 @@ def load_topology(path: str | Path) -> Topology:
         data = tomllib.loads(path.read_text())
     except OSError as e:
         raise ConfigError("BURROW_TOPOLOGY", f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("BURROW_TOPOLOGY", f"{path} is not UTF-8 text (a TOML file is expected)") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("BURROW_TOPOLOGY", f"{path} is not valid TOML: {e}") from None
     return Topology.from_dict(data, source=str(path))

@@ -40,6 +40,9 @@ def test_values_are_parsed():
     ("variable", "value", "problem"),
     [
         ("AMQP_URL", "http://x", "scheme 'http'"),
+        ("AMQP_URL", "amqp://[::1", "is not a URL"),  # (urlsplit's ValueError was a traceback)
+        ("AMQP_URL", "amqp://host:99999", "is not a URL"),
+        ("AMQP_URL", "amqp://guest:pw@host:port/", "is not a URL"),
         ("BURROW_STORAGE_URL", "ftp://x", "scheme 'ftp'"),
         ("BURROW_PREFETCH", "zero", "whole number"),
         ("BURROW_PREFETCH", "0", "at least 1"),
