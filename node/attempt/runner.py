@@ -420,8 +420,11 @@ class AttemptRunner:
         if outcome is Outcome.SUCCEEDED and result is not None:
             try:
                 kept_result = self._keep_result(context, result)
-            except (TypeError, ValueError) as e:
+            except (TypeError, ValueError, RecursionError) as e:
                 outcome, exception = Outcome.FAILED, TypeError(f"its return value is not JSON: {e}")
+            except Exception as e:  # (result.json, past the storage's patience) never out of the hook: that acks
+                problem = f"its return value could not be stored: {type(e).__name__}: {e}"
+                outcome, exception = Outcome.FAILED, RuntimeError(problem)
         built = context.built  # the actor used its checkpoint, artifacts, inputs or stream (no more use now)
         if (
             built

@@ -150,3 +150,42 @@ def test_a_short_jobs_record_is_created_at_its_end_or_merged_with_one_that_appea
     record = RecordStore(storage).get(job_id)
     assert record["status"] == "succeeded" and [a["outcome"] for a in record["attempts"]] == ["succeeded"]
     assert ("cancel" in record) is appears
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("result", "problem"),
+    [
+        ({"tokens": "x" * 20_000}, "could not be stored"),  # over the inline limit: stored as result.json
+        (nested(5_000), "not JSON"),  # past json's depth
+        ({1, 2}, "not JSON"),
+    ],
+)
+def test_a_return_value_that_cannot_be_kept_fails_the_attempt_and_loses_nothing(tmp_path, monkeypatch, result, problem):
+    # Given a job whose return value cannot be kept: not JSON, or too big for the record while storage is down
+    from node.attempt.context import Artifacts
+
+    def refuse(self, name, data):
+        raise StorageError("endpoint unreachable")
+
+    monkeypatch.setattr(Artifacts, "put", refuse)
+    storage = LocalStorage(tmp_path)
+    lifecycle, broker = make(storage)
+    message = Message(queue_name="q", actor_name="job", args=(), kwargs={}, options={})
+    lifecycle.before_process_message(broker, message)
+
+    # When the actor returns it, nothing escapes the hook (Dramatiq would log it and ack the message away)
+    lifecycle.after_process_message(broker, message, result=result)
+
+    # Then the attempt failed, saying why, and the job is offered again after its cooldown
+    record = RecordStore(storage).get(message.message_id)
+    (attempt,) = record["attempts"]
+    assert attempt["outcome"] == "failed" and problem in attempt["error"]
+    (copy, delay), *_ = broker.published
+    assert copy.message_id == message.message_id and copy.options["job"]["failures"] == 1 and delay

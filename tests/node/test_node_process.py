@@ -154,5 +154,6 @@ def test_an_actor_module_that_does_not_import_stops_the_worker_in_one_line(start
     )
     assert node.process.wait(timeout=30) == EXIT_BOOT_FAILED  # Dramatiq's own "import failed" is 2, with a traceback
     output = node.output()
-    assert "Cannot start worker: BURROW_ACTOR_MODULES: cannot import 'no_such_actors': ModuleNotFoundError: No module named" in output
+    problem = "cannot import 'no_such_actors': ModuleNotFoundError: No module named"
+    assert f"Cannot start worker: BURROW_ACTOR_MODULES: {problem}" in output
     assert "Traceback" not in output
