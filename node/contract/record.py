@@ -153,7 +153,7 @@ def record_problem(record: Any, job_id: str) -> str | None:
     if record.get("job_id", job_id) != job_id:
         return f"its job_id is {str(record['job_id'])[:80]!r}, not {job_id!r}"
     status = record.get("status")
-    if status is not None and status not in _STATUSES:
+    if status is not None and (not isinstance(status, str) or status not in _STATUSES):
         return f"status {str(status)[:80]!r} is unknown"
     attempts = record.get("attempts")
     if not isinstance(attempts, list):
@@ -165,7 +165,7 @@ def record_problem(record: Any, job_id: str) -> str | None:
         if type(number) is not int:  # (not a bool either)
             return f"attempts[{n}].number must be an integer, got {type(number).__name__}"
         outcome = entry.get("outcome")
-        if outcome is not None and outcome not in _OUTCOMES:
+        if outcome is not None and (not isinstance(outcome, str) or outcome not in _OUTCOMES):
             return f"attempts[{n}].outcome {str(outcome)[:80]!r} is unknown"
     artifacts = record.get("artifacts", {})
     if not isinstance(artifacts, dict) or not all(isinstance(v, str) for v in artifacts.values()):

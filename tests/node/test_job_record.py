@@ -184,6 +184,8 @@ _GOOD = {"job_id": "j1", "status": "running", "attempts": [{"number": 1, "outcom
         (b"[1, 2]", "it is a JSON list, not an object"),
         (json.dumps({**_GOOD, "job_id": "j2"}).encode(), "its job_id is 'j2'"),
         (json.dumps({**_GOOD, "status": "bogus"}).encode(), "status 'bogus' is unknown"),
+        (json.dumps({**_GOOD, "status": {"a": 1}}).encode(), "status \"{'a': 1}\" is unknown"),
+        (json.dumps({**_GOOD, "attempts": [{"number": 1, "outcome": []}]}).encode(), "attempts[0].outcome '[]'"),
         (json.dumps({k: v for k, v in _GOOD.items() if k != "attempts"}).encode(), "attempts must be a list"),
         (json.dumps({**_GOOD, "attempts": [5]}).encode(), "attempts[0] must be an object"),
         (json.dumps({**_GOOD, "attempts": [{"number": "1"}]}).encode(), "attempts[0].number must be an integer"),
