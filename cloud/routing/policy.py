@@ -16,6 +16,7 @@ a delay), or quarantine, with a reason. The router carries a counted decision ou
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ class JobHistory:
     dispatches: tuple[dict[str, Any], ...] = ()
 
     def failed_on(self) -> tuple[str, ...]:
-        nodes = [a.get("node") for a in self.attempts if a.get("outcome") in _FAILED_HERE and a.get("node")]
+        nodes = [a["node"] for a in self.attempts if a.get("outcome") in _FAILED_HERE and _node_id(a.get("node"))]
         return tuple(dict.fromkeys(nodes))
 
     def redispatches(self) -> int:
@@ -99,6 +100,10 @@ class JobHistory:
             elif entry.get("action") == "dispatch":
                 count += 1
         return count
+
+
+def _node_id(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,35 @@ class Route:
     reason: str = ""
     reset_counters: bool = True
     counted: bool = True
+
+    @classmethod
+    def from_saved(cls, saved: Any) -> Route:
+        """A decision as a record's ``routing`` entry keeps it; raises ``ValueError`` saying what is wrong
+        (a record is storage anyone with write access may have edited)."""
+        if not isinstance(saved, dict):
+            raise ValueError(f"it is a JSON {type(saved).__name__}, not an object")
+        unknown = sorted(set(saved) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown field {str(unknown[0])[:40]!r}")
+        try:
+            route = cls(**{**saved, "avoid_nodes": saved.get("avoid_nodes") or ()})
+        except TypeError as e:  # (no action)
+            raise ValueError(str(e)) from None
+        if route.action not in ("dispatch", "hold", "quarantine"):
+            raise ValueError(f"action {str(route.action)[:40]!r} is not dispatch, hold or quarantine")
+        if (route.queue is not None or route.action != "quarantine") and not (
+            isinstance(route.queue, str) and route.queue
+        ):
+            raise ValueError(f"queue must be a queue name (a {route.action} needs one)")
+        if type(route.delay_s) not in (int, float) or not 0 <= route.delay_s < 1e9:
+            raise ValueError("delay_s must be a number of seconds >= 0")
+        if not isinstance(route.avoid_nodes, list | tuple) or not all(isinstance(n, str) for n in route.avoid_nodes):
+            raise ValueError("avoid_nodes must be a list of node ids")
+        if not isinstance(route.reason, str) or not all(
+            type(flag) is bool for flag in (route.reset_counters, route.counted)
+        ):
+            raise ValueError("reason must be a string, reset_counters and counted booleans")
+        return dataclasses.replace(route, avoid_nodes=tuple(route.avoid_nodes))
 
 
 class RoutingPolicy(Protocol):

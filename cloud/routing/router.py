@@ -25,7 +25,7 @@ from node.broker import QuorumRabbitmqBroker
 from node.contract.envelope import check_fields, decode_fields
 from node.contract.job_options import JOB_ID_PATTERN, OPTION_KEY, JobOptions
 from node.contract.queues import FAILED_JOBS_ACTOR, FAILED_JOBS_QUEUE, DeadLetterReason, wait_bucket_ms
-from node.contract.record import JobStatus, cancel_requested, set_status, status_of
+from node.contract.record import JobStatus, cancel_requested, record_key, set_status, status_of
 from node.contract.signing import BadSignature, Signer, verify
 from node.contract.topology import Topology
 from node.errors import CorruptRecord, InvalidTransition
@@ -140,6 +140,7 @@ class Router:
         job_id = request.job.job_id if request.job else None
         try:
             record = self.records.get(job_id) if job_id else None
+            earlier = self._earlier(record, report_id)
         except CorruptRecord as e:  # re-dispatching cannot help, nor can asking again: set aside for an operator
             route = Route("quarantine", reason=f"record: {e}")
             logger.warning("Job %s (%s): quarantined — %s", job_id, kind, route.reason)
@@ -155,10 +156,8 @@ class Router:
                 self.records.update(job_id, lambda r: set_status(r, JobStatus.CANCELLED, reason="cancelled"))
             logger.info("Job %s was cancelled: not routed (%s).", job_id, kind)
             return []
-        earlier = next((r for r in (record or {}).get("routing", []) if _decided(r, report_id)), None)
         if earlier is not None:
-            saved = earlier["route"]
-            route = Route(**{**saved, "avoid_nodes": tuple(saved.get("avoid_nodes") or ())})
+            route = earlier
         elif kind == "requeue" and report.get("id") and status is not JobStatus.QUARANTINED and record is not None:
             # (no record at all: e.g. an unreadable one the operator deleted; nothing says it runs elsewhere)
             logger.info("Job %s is not quarantined (%s): requeue ignored.", job_id, status)
@@ -197,6 +196,18 @@ class Router:
         assert message is not None and request.job is not None
         job = request.job.replace(expires_at=None) if kind == "requeue" else request.job  # an operator's call
         return [self._dispatch(message, job, route)]
+
+    def _earlier(self, record: dict[str, Any] | None, report_id: str) -> Route | None:
+        """The decision already taken about report ``report_id`` (a repeated delivery), from the record;
+        ``CorruptRecord`` if the record keeps it unreadably."""
+        for n, entry in enumerate((record or {}).get("routing", [])):
+            if isinstance(entry, dict) and _decided(entry, report_id):
+                try:
+                    return Route.from_saved(entry.get("route"))
+                except ValueError as e:
+                    assert record is not None
+                    raise CorruptRecord(record_key(record["job_id"]), f"is unusable: routing[{n}].route: {e}") from None
+        return None
 
     def _revive(self, report: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
         """A report of ``failed-jobs`` itself that the broker dead-lettered (routers died while holding it,

@@ -228,3 +228,38 @@ def test_no_report_however_malformed_makes_the_router_raise_or_ask_again(tmp_pat
         router.take(message)
         again = [o for o in outbox_of(message) if o.routing_key == "p." + FAILED_JOBS_QUEUE]
         assert not message.failed and all("holds" in json.loads(o.body)["kwargs"] for o in again), report
+
+
+def test_no_record_however_edited_makes_the_router_raise_or_ask_again(tmp_path):
+    # 400 readable records of one job, their attempts and saved routing decisions edited at random (a record
+    # is storage an operator or a foreign tool may have written): each report about the job is handled or
+    # quarantined, never "comes back in 30 s" forever.
+    from node.contract.record import record_key, record_problem
+
+    rng = random.Random(11)
+    values = [None, 0, -1, 1.5, True, "", "x", [], [1], {}, {"a": 1}, "dispatch", "requeue", "hold", "failed", "lost"]
+    attempt = {"number": 1, "attempt_id": "a1", "node": "node-a", "started_at": 1.0, "outcome": "failed"}
+    route = {"action": "dispatch", "queue": "tests", "delay_s": 0.0, "avoid_nodes": ["node-a"], "reason": "x"}
+    decision = {"report": "r-0", "kind": "failed", "action": "dispatch", "queue": "tests", "route": route}
+    handled = 0
+    for n in range(400):
+        record = {"job_id": "job-1", "status": rng.choice(["failed", "running", "queued", "quarantined"])}
+        record.update(attempts=[dict(attempt)], artifacts={}, routing=[{**decision, "route": dict(route)}])
+        for _ in range(rng.randint(1, 3)):
+            parts = [record["attempts"][0], record["routing"][0], record["routing"][0]["route"]]
+            part = rng.choice([p for p in parts if isinstance(p, dict)])
+            part[rng.choice([*part, "extra"])] = rng.choice(values)
+        if record_problem(record, "job-1") is not None:
+            continue  # (an unreadable record: covered above)
+        handled += 1
+        storage = LocalStorage(tmp_path / str(n))
+        storage.put(record_key("job-1"), json.dumps(record).encode())
+        report = {"kind": rng.choice(["failed", "requeue", "avoided"]), "node": "node-a", "reason": "r", "id": "job-1"}
+        report["job"] = job_message("tests", "tracked", "job-1", job_key="a").asdict()
+        report_id = rng.choice(["r-0", "r-1"])
+        message = Delivery(Message(FAILED_JOBS_QUEUE, FAILED_JOBS_ACTOR, (), report, {}, message_id=report_id))
+        policy = DefaultPolicy(RouterConfig())
+        Router(broker=WorkingBroker(), storage=storage, registry=NoNodes(), policy=policy, topology=None).take(message)
+        again = [o for o in outbox_of(message) if o.routing_key == "p." + FAILED_JOBS_QUEUE]
+        assert not message.failed and all("holds" in json.loads(o.body)["kwargs"] for o in again), record
+    assert handled > 200
