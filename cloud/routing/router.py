@@ -140,7 +140,7 @@ class Router:
         job_id = request.job.job_id if request.job else None
         try:
             record = self.records.get(job_id) if job_id else None
-            earlier = self._earlier(record, report_id)
+            earlier = self._earlier(job_id, record, report_id)
         except CorruptRecord as e:  # re-dispatching cannot help, nor can asking again: set aside for an operator
             route = Route("quarantine", reason=f"record: {e}")
             logger.warning("Job %s (%s): quarantined — %s", job_id, kind, route.reason)
@@ -197,7 +197,7 @@ class Router:
         job = request.job.replace(expires_at=None) if kind == "requeue" else request.job  # an operator's call
         return [self._dispatch(message, job, route)]
 
-    def _earlier(self, record: dict[str, Any] | None, report_id: str) -> Route | None:
+    def _earlier(self, job_id: str | None, record: dict[str, Any] | None, report_id: str) -> Route | None:
         """The decision already taken about report ``report_id`` (a repeated delivery), from the record;
         ``CorruptRecord`` if the record keeps it unreadably."""
         for n, entry in enumerate((record or {}).get("routing", [])):
@@ -205,8 +205,8 @@ class Router:
                 try:
                     return Route.from_saved(entry.get("route"))
                 except ValueError as e:
-                    assert record is not None
-                    raise CorruptRecord(record_key(record["job_id"]), f"is unusable: routing[{n}].route: {e}") from None
+                    assert job_id is not None
+                    raise CorruptRecord(record_key(job_id), f"is unusable: routing[{n}].route: {e}") from None
         return None
 
     def _revive(self, report: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
