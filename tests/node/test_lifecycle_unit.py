@@ -189,3 +189,59 @@ def test_a_return_value_that_cannot_be_kept_fails_the_attempt_and_loses_nothing(
     assert attempt["outcome"] == "failed" and problem in attempt["error"]
     (copy, delay), *_ = broker.published
     assert copy.message_id == message.message_id and copy.options["job"]["failures"] == 1 and delay
+
+
+class Redelivered:
+    """A delivery as the broker marks one it gave out before (Dramatiq's message proxy stands in)."""
+
+    def __init__(self, message: Message, count: int) -> None:
+        self._message, self.redelivered, self.delivery_count = message, count > 0, count
+
+    def __getattr__(self, name):
+        return getattr(self._message, name)
+
+    def fail(self) -> None:
+        pass
+
+
+def test_no_readable_record_however_edited_makes_a_job_be_offered_again_forever(tmp_path):
+    # 300 readable records edited at random (a record is storage an operator or a foreign tool may write),
+    # each met by a first or a repeated delivery of its job: the lifecycle decides (runs it, settles it,
+    # dead-letters it) and never falls back to "could not start; offering it again later", which would loop.
+    import copy
+    import json
+    import random
+
+    from node.contract.record import record_key, record_problem
+
+    rng = random.Random(5)
+    values = [None, 0, -1, 1.5, True, "", "x", [], [1], {}, {"a": 1}, "running", "succeeded", "failed", "lost"]
+    attempt = {"number": 1, "attempt_id": "a1", "node": "n", "started_at": 1.0, "ended_at": None, "outcome": None}
+    fields = ["status", "checkpoint", "progress", "reason", "cancel", "result", "routing", "attempts", "artifacts"]
+    tried = 0
+    for n in range(300):
+        record = {"job_id": f"j{n}", "status": "running", "attempts": [dict(attempt)], "artifacts": {}}
+        for _ in range(rng.randint(1, 3)):
+            if rng.random() < 0.4:
+                record[rng.choice(fields)] = rng.choice(values)
+            elif (
+                isinstance(record.get("attempts"), list)
+                and record["attempts"]
+                and isinstance(record["attempts"][0], dict)
+            ):
+                record["attempts"][0][rng.choice([*attempt, "killed", "released_at", "renewals"])] = rng.choice(values)
+        if record_problem(copy.deepcopy(record), f"j{n}") is not None:
+            continue  # (unreadable: dead-lettered as malformed, covered in test_faults.py)
+        tried += 1
+        storage = LocalStorage(tmp_path / str(n))
+        storage.put(record_key(f"j{n}"), json.dumps(record).encode())
+        lifecycle, broker = make(storage)
+        message = Message(queue_name="q", actor_name="job", args=(), kwargs={}, options={"job": {"job_id": f"j{n}"}})
+        delivery = Redelivered(message, rng.choice([0, 1, 2]))
+        try:
+            lifecycle.before_process_message(broker, delivery)
+        except SkipMessage as skipped:
+            assert not str(skipped).startswith("could not start"), (record, str(skipped))
+        else:
+            lifecycle.after_process_message(broker, delivery, result=None)
+    assert tried > 80
