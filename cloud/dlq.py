@@ -23,10 +23,9 @@ import pika
 from dramatiq import Message
 from dramatiq.common import xq_name
 
-from node.contract.job_options import OPTION_KEY
 from node.contract.queues import DETAIL_HEADER, FAILED_JOBS_ACTOR, FAILED_JOBS_QUEUE, death_reason, deaths
 
-from .routing.quarantine import entry_id
+from .routing.quarantine import entry_id, job_of
 
 #: The most dead letters one command holds at once (the rest stay where they are, in order).
 MAX_HELD = 10_000
@@ -66,12 +65,7 @@ def _parse(queue: str, tag: int, properties: pika.BasicProperties, body: bytes) 
         message = message if isinstance(message, dict) else None
     except (ValueError, RecursionError):  # what a node dead-letters as malformed may be anything
         message = None
-    job = (
-        (message or {}).get("options", {}).get(OPTION_KEY) if isinstance((message or {}).get("options"), dict) else None
-    )
-    job = job if isinstance(job, dict) else {}
-    job_id = job.get("job_id") or (message or {}).get("message_id")
-    job_id = job_id if isinstance(job_id, str) else None
+    job, job_id = job_of(message)
     dead_at = properties.timestamp
     for death in deaths(headers):
         if dead_at is None and isinstance(death.get("time"), datetime.datetime):

@@ -88,7 +88,8 @@ class JobHistory:
     dispatches: tuple[dict[str, Any], ...] = ()
 
     def failed_on(self) -> tuple[str, ...]:
-        nodes = [a["node"] for a in self.attempts if a.get("outcome") in _FAILED_HERE and _node_id(a.get("node"))]
+        failed = (a.get("node") for a in self.attempts if a.get("outcome") in _FAILED_HERE)
+        nodes = [node for node in failed if isinstance(node, str) and node]
         return tuple(dict.fromkeys(nodes))
 
     def redispatches(self) -> int:
@@ -100,10 +101,6 @@ class JobHistory:
             elif entry.get("action") == "dispatch":
                 count += 1
         return count
-
-
-def _node_id(value: Any) -> bool:
-    return isinstance(value, str) and bool(value)
 
 
 @dataclass(frozen=True)

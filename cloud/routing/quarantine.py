@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from node.contract.job_options import JOB_ID_PATTERN
+from node.contract.job_options import JOB_ID_PATTERN, OPTION_KEY
 from node.errors import ObjectNotFound
 from node.storage import Storage
 
@@ -27,6 +27,18 @@ def entry_id(job_id: str | None, message_id: str | None, body: bytes) -> str:
         if isinstance(candidate, str) and JOB_ID_PATTERN.fullmatch(candidate):
             return candidate
     return "dl-" + hashlib.blake2b(body, digest_size=12).hexdigest()
+
+
+def job_of(message: Any) -> tuple[dict[str, Any], str | None]:
+    """The job options a message's fields (a decoded body, perhaps malformed) carry, and its job id: the
+    options' ``job_id``, else the message id (as for a message sent without job options); ``({}, None)``
+    when there is none of either."""
+    fields = message if isinstance(message, dict) else {}
+    options = fields.get("options")
+    job = options.get(OPTION_KEY) if isinstance(options, dict) else None
+    job = job if isinstance(job, dict) else {}
+    job_id = job.get("job_id") or fields.get("message_id")
+    return job, job_id if isinstance(job_id, str) else None
 
 
 _OPTIONAL = {"job_id": str, "actor": str, "queue": str, "message": dict, "raw": str, "error": str, "node": str}

@@ -23,7 +23,7 @@ from opentelemetry import metrics, propagate, trace
 from node.attempt.routing import next_message
 from node.broker import QuorumRabbitmqBroker
 from node.contract.envelope import check_fields, decode_fields
-from node.contract.job_options import JOB_ID_PATTERN, OPTION_KEY, JobOptions
+from node.contract.job_options import JOB_ID_PATTERN, JobOptions
 from node.contract.queues import FAILED_JOBS_ACTOR, FAILED_JOBS_QUEUE, DeadLetterReason, wait_bucket_ms
 from node.contract.record import JobStatus, cancel_requested, record_key, set_status, status_of
 from node.contract.signing import BadSignature, Signer, verify
@@ -35,7 +35,7 @@ from node.storage.records import RecordStore
 from ..registry import NodeRegistry
 from .outbox import Outgoing, outbox_of
 from .policy import JobHistory, Route, RouteRequest, RoutingPolicy
-from .quarantine import Quarantine, entry_id
+from .quarantine import Quarantine, entry_id, job_of
 from .reports import report_problem
 
 logger = logging.getLogger(__name__)
@@ -382,10 +382,8 @@ class Router:
         raw = json.dumps(report, default=str).encode()
         reason = f"unreadable report: {problem}"
         message = report.get("job") if isinstance(report.get("job"), dict) else None
-        options = (message or {}).get("options")
-        job = options.get(OPTION_KEY) if isinstance(options, dict) else None
-        job_id = job.get("job_id") if isinstance(job, dict) else (message or {}).get("message_id")
-        job_id = job_id if isinstance(job_id, str) and JOB_ID_PATTERN.fullmatch(job_id) else None
+        _, job_id = job_of(message)
+        job_id = job_id if job_id and JOB_ID_PATTERN.fullmatch(job_id) else None
         logger.error("Report %s (job %s): %s; quarantined.", report_id, job_id or "?", reason)
         actor = (message or {}).get("actor_name")
         self.quarantine.put(

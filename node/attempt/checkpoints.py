@@ -67,9 +67,8 @@ def _manifest_problem(manifest: Any, job_id: str) -> str | None:
     if manifest.get("kind") not in KINDS:
         return f"kind {str(manifest.get('kind'))[:40]!r} is not one of {', '.join(KINDS)}"
     blob, folder = manifest.get("key"), f"jobs/{job_id}/checkpoints/"
-    if not isinstance(blob, str) or not blob.startswith(folder) or blob[len(folder) :] in ("", ".", ".."):
-        return f"key must be under {folder}, got {str(blob)[:200]!r}"
-    if "/" in blob[len(folder) :]:
+    name = blob[len(folder) :] if isinstance(blob, str) and blob.startswith(folder) else ""
+    if name in ("", ".", "..") or "/" in name:  # one object in the job's own checkpoint folder, nothing else
         return f"key must be under {folder}, got {str(blob)[:200]!r}"
     return None
 

@@ -4,20 +4,9 @@ from __future__ import annotations
 
 from cloud.routing.housekeeping import Housekeeping
 from node.contract.record import begin_attempt, record_key
-from node.contract.registry import Heartbeat, fold
 from node.storage import LocalStorage
 from node.storage.records import RecordStore
-
-
-class SilentRegistry:
-    """One node, last heard from 60 s ago while it ran ``running``."""
-
-    def __init__(self, now: float, running: tuple[str, ...]) -> None:
-        beat = Heartbeat(node="node-a", process="cpu-0/1", running=running, at=now - 60, interval_s=10)
-        self.views = fold([beat], now=now)
-
-    def nodes(self):
-        return self.views
+from tests.cloud.test_router_take import SilentRegistry
 
 
 def test_a_corrupt_record_does_not_stop_the_sweep_closing_the_other_jobs_of_a_vanished_node(tmp_path):
@@ -28,7 +17,10 @@ def test_a_corrupt_record_does_not_stop_the_sweep_closing_the_other_jobs_of_a_va
     for job_id in ("before", "after"):
         records.update(job_id, lambda r: begin_attempt(r, {"attempt_id": "a1", "node": "node-a", "started_at": 1.0}))
     sweep = Housekeeping(
-        registry=SilentRegistry(now, ("before", "torn", "after")), records=records, queues=None, clock=lambda: now
+        registry=SilentRegistry(now, node="node-a", running=("before", "torn", "after")),
+        records=records,
+        queues=None,
+        clock=lambda: now,
     )
 
     sweep.sweep()  # raises nothing

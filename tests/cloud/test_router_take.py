@@ -92,13 +92,14 @@ class WorkingBroker(FailingBroker):
 
 
 class SilentRegistry:
-    """One node that served the job's queue and was last heard from 60 s ago (not live, not stopped)."""
+    """One node (``node-b`` unless told) that served the job's queue and was last heard from 60 s ago (not
+    live, not stopped); ``beat``: more of its heartbeat's fields (e.g. the jobs it ran)."""
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, node: str = "node-b", **beat) -> None:
         from node.contract.registry import Heartbeat, fold
 
-        beat = Heartbeat(node="node-b", process="cpu-0/1", queues=("tests",), at=now - 60, interval_s=10)
-        self.views = fold([beat], now=now)
+        last = Heartbeat(node=node, process="cpu-0/1", queues=("tests",), at=now - 60, interval_s=10, **beat)
+        self.views = fold([last], now=now)
 
     def nodes(self):
         return self.views
