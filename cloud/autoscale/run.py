@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -104,6 +105,9 @@ class Autoscaler:
                 results.append(GroupRound(group.name, depth, current, decision))
             except ProviderError as e:
                 results.append(GroupRound(group.name, depth, None, None, error=str(e)))
+            except Exception as e:  # a provider's bug must not stop the other groups scaling
+                logger.warning("Group %s: unexpected error", group.name, exc_info=True)
+                results.append(GroupRound(group.name, depth, None, None, error=f"{type(e).__name__}: {e}"))
         self._save(states)
         return results
 
@@ -112,13 +116,11 @@ class Autoscaler:
             raw = json.loads(self.state_file.read_text())
         except (OSError, ValueError):
             raw = {}
+        now = self.clock()
         states = {}
         for group in self.config.groups:
             entry = raw.get(group.name) if isinstance(raw, dict) else None
-            try:
-                states[group.name] = ScaleState(entry.get("low_since"), int(entry.get("low_peak", 0)))
-            except (AttributeError, TypeError, ValueError):
-                states[group.name] = ScaleState()
+            states[group.name] = _state_of(entry, now)
         return states
 
     def _save(self, states: Mapping[str, ScaleState]) -> None:
@@ -127,6 +129,19 @@ class Autoscaler:
         tmp = self.state_file.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.state_file)
+
+
+def _state_of(entry: Any, now: float) -> ScaleState:
+    """A group's remembered state from the file; a fresh one for anything else than a time in the past and a
+    count (an edited or damaged file: the scale-down delay then starts again, it never waits forever)."""
+    if not isinstance(entry, dict):
+        return ScaleState()
+    since, peak = entry.get("low_since"), entry.get("low_peak", 0)
+    if isinstance(since, bool) or not isinstance(since, int | float) or not (math.isfinite(since) and since <= now):
+        return ScaleState()
+    if isinstance(peak, bool) or not isinstance(peak, int) or peak < 0:
+        return ScaleState()
+    return ScaleState(float(since), peak)
 
 
 def broker_depths(broker: Any, registry: Any, config: AutoscaleConfig):

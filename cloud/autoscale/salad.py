@@ -106,6 +106,8 @@ class SaladProvider:
         replicas = group.get("replicas") if isinstance(group, dict) else None
         if isinstance(replicas, bool) or not isinstance(replicas, int):
             raise ProviderError(f"{self.name}: GET returned no replica count")
+        if replicas < 0:
+            raise ProviderError(f"{self.name}: GET returned a replica count of {replicas}")
         return group
 
     def _call(self, method: str, path: str, *, body: bytes | None = None, content_type: str | None = None) -> Any:
@@ -134,7 +136,7 @@ class SaladProvider:
                 return {}
             try:
                 return json.loads(response.data)
-            except ValueError:
+            except (ValueError, RecursionError):  # (nested past what the decoder reads)
                 raise ProviderError(f"{what}: the answer is not JSON") from None
         raise AssertionError("unreachable")
 
@@ -156,7 +158,7 @@ def _detail(data: bytes) -> str:
     try:
         problem = json.loads(data)
         text = " — ".join(str(problem[k]) for k in ("title", "detail") if isinstance(problem, dict) and problem.get(k))
-    except ValueError:
+    except (ValueError, RecursionError):
         text = data.decode("utf-8", "replace")
     return text.strip()[:200]
 

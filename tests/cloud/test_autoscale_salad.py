@@ -222,3 +222,16 @@ def test_burrow_autoscale_once_reports_each_group_in_one_line(api, tmp_path, nod
     assert done.returncode == 1
     assert done.stdout.strip() == "llama: error: salad:acme/burrow/llama-nodes: GET container group: HTTP 503"
     assert "Traceback" not in done.stderr and KEY not in done.stdout + done.stderr
+
+
+def test_answers_nested_past_what_json_reads_or_a_negative_size_are_reported_not_raised(api):
+    salad = provider(api)
+    api.faults.append((200, {}, b"[" * 100_000))
+    with pytest.raises(ProviderError, match="not JSON"):
+        salad.current()
+    api.faults.append((500, {}, b"[" * 100_000))
+    with pytest.raises(ProviderError, match="HTTP 500"):
+        salad.current()
+    api.faults.append((200, {}, b'{"replicas": -3, "current_state": {"status": "running"}}'))
+    with pytest.raises(ProviderError, match="replica count of -3"):
+        salad.current()
