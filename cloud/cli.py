@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -400,13 +401,40 @@ def _job_id(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e).removeprefix(f"{e.field}: ")) from None
 
 
-def _positive(text: str) -> float:
+def _finite(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    """A number of seconds above 0 (argparse type)."""
+    value = _finite(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+    return value
+
+
+def _not_negative(text: str) -> float:
+    """A number of seconds of 0 or more (argparse type)."""
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    """A whole number of at least 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
     return value
 
 
@@ -539,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     node = sub.add_parser("node", help="run this machine's worker processes (one per GPU or CPU slot)")
-    node.add_argument("--processes", type=int, default=None, help="worker processes (default: one per slot)")
+    node.add_argument("--processes", type=_count, default=None, help="worker processes (default: one per slot)")
     node.add_argument("--grace-s", type=float, default=None, help="shutdown grace period (BURROW_GRACE_S)")
     node.set_defaults(func=cmd_node)
 
@@ -562,9 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--subcloud", default=None)
     submit.add_argument("--ttl-s", type=float, default=None, help="seconds after which the job must not start")
     submit.add_argument("--key", default=None, help="idempotency key: the same key makes the job once")
-    submit.add_argument("--count", type=int, default=1)
+    submit.add_argument("--count", type=_count, default=1)
     submit.add_argument("--wait", action="store_true", help="wait and print the result (stream: the chunks)")
-    submit.add_argument("--timeout-s", type=float, default=None, help="with --wait: give up after this long")
+    submit.add_argument("--timeout-s", type=_positive, default=None, help="with --wait: give up after this long")
     submit.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     submit.set_defaults(func=cmd_submit)
 
@@ -572,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     result.add_argument("job_id", type=_job_id)
     result.add_argument("--artifact", default=None, metavar="NAME", help="an artifact instead of the return value")
     result.add_argument("-o", "--output", default=None, metavar="FILE", help="save to FILE instead of printing")
-    result.add_argument("--wait-s", type=float, default=0.0, help="wait this long for the job to settle")
+    result.add_argument("--wait-s", type=_not_negative, default=0.0, help="wait this long for the job to settle")
     result.set_defaults(func=cmd_result)
 
     cancel = sub.add_parser("cancel", help="cancel jobs: queued ones never start, running ones stop")
@@ -597,17 +625,17 @@ def build_parser() -> argparse.ArgumentParser:
     topology.set_defaults(func=cmd_topology)
 
     router = sub.add_parser("router", help="run the router: re-dispatch failed jobs, quarantine what cannot be placed")
-    router.add_argument("--processes", type=int, default=1)
-    router.add_argument("--threads", type=int, default=4)
+    router.add_argument("--processes", type=_count, default=1)
+    router.add_argument("--threads", type=_count, default=4)
     router.set_defaults(func=cmd_router)
 
     nodes = sub.add_parser("nodes", help="live and recently dead nodes (the node registry)")
-    nodes.add_argument("--window-s", type=float, default=3600.0, help="how far back to look")
+    nodes.add_argument("--window-s", type=_positive, default=3600.0, help="how far back to look")
     nodes.set_defaults(func=cmd_nodes)
 
     top = sub.add_parser("top", help="queue depths, their rates, nodes and slots, redrawn in place (Ctrl-C quits)")
     top.add_argument("--interval", type=_positive, default=2.0, help="seconds between frames (default 2)")
-    top.add_argument("--frames", type=int, default=None, help="stop after this many frames (default: never)")
+    top.add_argument("--frames", type=_count, default=None, help="stop after this many frames (default: never)")
     top.add_argument("--once", action="store_const", const=1, dest="frames", help="one frame, then exit")
     top.set_defaults(func=cmd_top)
 
@@ -665,10 +693,10 @@ def build_parser() -> argparse.ArgumentParser:
     job.set_defaults(func=cmd_job)
 
     demo = sub.add_parser("demo", help="run a node on demo jobs and show them complete")
-    demo.add_argument("--jobs", type=int, default=4)
-    demo.add_argument("--samples", type=int, default=2_000_000)
-    demo.add_argument("--processes", type=int, default=2)
-    demo.add_argument("--timeout-s", type=float, default=120.0)
+    demo.add_argument("--jobs", type=_count, default=4)
+    demo.add_argument("--samples", type=_count, default=2_000_000)
+    demo.add_argument("--processes", type=_count, default=2)
+    demo.add_argument("--timeout-s", type=_positive, default=120.0)
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -95,7 +95,7 @@ class NodeRegistry:
         channel.basic_publish("", stream, json.dumps({"probe": probe}).encode(), pika.BasicProperties(delivery_mode=2))
         channel.basic_qos(prefetch_count=1000)
         if self._next_offset is None:
-            since = datetime.datetime.fromtimestamp(self.clock() - self.window_s, tz=datetime.UTC)
+            since = datetime.datetime.fromtimestamp(max(0.0, self.clock() - self.window_s), tz=datetime.UTC)
             offset: object = since.replace(tzinfo=None)
         else:
             offset = self._next_offset

@@ -161,6 +161,7 @@ DAMAGED_ENTRIES = {
     "bare": (b'{"id": "bare"}', "reason must be a string"),
     "other": (b'{"id": "someone-else", "reason": "r"}', "its id is 'someone-else'"),
     "odd": (b'{"id": "odd", "reason": "r", "attempts": [7]}', "attempts[0] must be an object"),
+    "far": (b'{"id": "far", "reason": "r", "quarantined_at": 1e300}', "quarantined_at must be a time"),
 }
 
 
@@ -173,7 +174,7 @@ def test_damaged_quarantine_entries_are_listed_as_unreadable_and_named_in_one_li
 
     # `list` shows every entry, the damaged ones as unreadable with what is wrong
     listed = burrow("quarantine", "list", env=node_env)
-    assert listed.returncode == 0 and "(6 quarantined)" in listed.stdout, listed.stderr
+    assert listed.returncode == 0 and "(7 quarantined)" in listed.stdout, listed.stderr
     for entry_id, (_, problem) in DAMAGED_ENTRIES.items():
         (row,) = [line for line in listed.stdout.splitlines() if line.startswith(entry_id + " ")]
         assert f"unreadable: quarantine entry {Quarantine.key(entry_id)} " in row and problem in row
@@ -220,3 +221,33 @@ def test_a_topology_that_is_not_text_and_an_actor_module_that_does_not_import_ar
         node = burrow("node", "--processes", "1", env=env)
         assert node.returncode == 78 and "Traceback" not in node.stderr, node.stderr
         assert f"BURROW_ACTOR_MODULES: cannot import {module!r}" in node.stderr and problem in node.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["nodes", "--window-s", "nan"], "not a finite number: 'nan'"),
+        (["nodes", "--window-s", "inf"], "not a finite number: 'inf'"),
+        (["nodes", "--window-s", "-1"], "must be more than 0: '-1'"),
+        (["result", "j-1", "--wait-s", "nan"], "not a finite number"),
+        (["result", "j-1", "--wait-s", "-5"], "must be 0 or more"),
+        (["submit", "simulate", "--wait", "--timeout-s", "nan"], "not a finite number"),
+        (["submit", "simulate", "--count", "0"], "must be at least 1: '0'"),
+        (["node", "--processes", "0"], "must be at least 1"),
+        (["node", "--processes", "-3"], "must be at least 1"),
+        (["router", "--processes", "0"], "must be at least 1"),
+        (["router", "--threads", "-2"], "must be at least 1"),
+        (["top", "--frames", "0"], "must be at least 1"),
+        (["demo", "--jobs", "0"], "must be at least 1"),
+        (["demo", "--samples", "-5"], "must be at least 1"),
+        (["demo", "--processes", "2.5"], "not a whole number: '2.5'"),
+        (["demo", "--timeout-s", "nan"], "not a finite number"),
+    ],
+)
+def test_numbers_no_command_can_use_are_refused_in_one_line(node_env, argv, problem):
+    one_line_error(burrow(*argv, env=node_env), f"argument --{argv[-2].lstrip('-')}", problem)
+
+
+def test_a_window_reaching_before_1970_lists_the_nodes_seen(node_env, broker):
+    listed = burrow("nodes", "--window-s", "1e308", env=node_env)
+    assert listed.returncode == 0 and listed.stdout.startswith("node "), listed.stderr

@@ -44,6 +44,10 @@ def job_of(message: Any) -> tuple[dict[str, Any], str | None]:
 _OPTIONAL = {"job_id": str, "actor": str, "queue": str, "message": dict, "raw": str, "error": str, "node": str}
 
 
+#: Past this (the year 10000), a time cannot be shown as a date.
+LATEST_TIME = 253_402_300_800
+
+
 def entry_problem(entry: Any, entry_id: str) -> str | None:
     """What makes ``entry`` (decoded from ``quarantine/<entry_id>.json``) unusable, or ``None``: only what
     the operator commands rely on is checked."""
@@ -54,8 +58,8 @@ def entry_problem(entry: Any, entry_id: str) -> str | None:
     if not isinstance(entry.get("reason"), str):
         return f"reason must be a string, got {type(entry.get('reason')).__name__}"
     when = entry.get("quarantined_at")
-    if when is not None and (type(when) not in (int, float) or when != when):
-        return f"quarantined_at must be a number, got {str(when)[:40]!r}"
+    if when is not None and (type(when) not in (int, float) or not 0 <= when < LATEST_TIME):
+        return f"quarantined_at must be a time (Unix seconds), got {str(when)[:40]!r}"
     for name, kind in _OPTIONAL.items():
         if entry.get(name) is not None and not isinstance(entry[name], kind):
             return f"{name} must be a {kind.__name__}, got {type(entry[name]).__name__}"
