@@ -392,6 +392,7 @@ class JobHandle:
         Raises:
             TimeoutError: Not settled in ``timeout`` seconds (the job goes on; ask again later).
         """
+        _check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         event = None
         replies = self.client._replies
@@ -494,6 +495,9 @@ class JobHandle:
             cloud.chunks.JobStreamEnded: The job ended failed, expired or cancelled.
             TimeoutError: Nothing arrived for ``timeout`` seconds.
         """
+        _check_timeout(timeout)
+        if isinstance(from_seq, bool) or not isinstance(from_seq, int) or from_seq < 0:
+            raise ValueError(f"from_seq must be a chunk number (an int >= 0), got {from_seq!r}")
         since = self.submitted_at
         if since is None:
             since = (self.record() or {}).get("submitted_at")
@@ -513,3 +517,11 @@ class JobHandle:
             settled=settled,
             timeout_s=timeout,
         )
+
+
+def _check_timeout(timeout: float | None) -> None:
+    """``ValueError`` unless ``timeout`` is ``None`` (no limit) or a number of seconds >= 0 (NaN never ends)."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")

@@ -6,7 +6,7 @@ import pytest
 
 from cloud.arguments import check_argument_types
 from cloud.batch import _csv, _jsonl, batch_id_for, batch_of, convert_cells, read_rows
-from cloud.submit import idempotent_job_id
+from cloud.submit import JobHandle, idempotent_job_id
 from node.attempt.policy import Action, Limits, decide
 from node.contract.job_options import JobOptions
 from node.contract.record import JobStatus, Outcome, new_record, request_cancel, set_status
@@ -133,3 +133,16 @@ def test_csv_cells_keep_their_line_breaks_and_line_separators_and_a_lost_quote_i
 def test_jsonl_lines_end_only_at_newlines():
     rows, bad = _jsonl('{"prompt": "a\u2028b"}\r\n{"prompt": "c"}\n')
     assert (rows, bad) == ([(1, {"prompt": "a\u2028b"}), (2, {"prompt": "c"})], [])
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), -1, "5", True])
+def test_a_timeout_that_could_never_end_or_is_not_seconds_is_refused_before_waiting(timeout):
+    handle = JobHandle(None, "j-1", job_type="polling", submitted_at=None)  # never reached: refused first
+    with pytest.raises(ValueError, match="timeout must be None or a number of seconds"):
+        handle.wait(timeout)
+    with pytest.raises(ValueError, match="timeout must be None or a number of seconds"):
+        handle.result(timeout)
+    with pytest.raises(ValueError, match="timeout must be None or a number of seconds"):
+        handle.stream(timeout=timeout)
+    with pytest.raises(ValueError, match="from_seq must be a chunk number"):
+        handle.stream(-1)
