@@ -19,8 +19,15 @@ from pathlib import Path
 from types import ModuleType
 from urllib.parse import urlsplit, urlunsplit
 
-from .contract.topology import PART_PATTERN
+from .contract.topology import MAX_PREFETCH, PART_PATTERN
 from .errors import ConfigError
+
+#: AMQP sends the heartbeat interval as a 16-bit number.
+AMQP_SHORT_MAX = 65_535
+#: RabbitMQ's default ``max_message_size`` (128 MiB): a larger message is refused by the broker.
+MAX_PAYLOAD_BYTES = 128 * 1024 * 1024
+#: Worker slots (and processes) of one node: a typo such as 10000 would fork that many workers.
+MAX_SLOTS = 1024
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_ACTOR_MODULES = ("actors.simulation", "actors.training", "actors.inference")
@@ -192,15 +199,17 @@ class Settings:
             node_id=r.name("BURROW_NODE_ID", defaults.node_id),
             subcloud=r.name("BURROW_SUBCLOUD", defaults.subcloud),
             gpus=r.gpus("BURROW_GPUS"),
-            cpu_slots=r.integer("BURROW_CPU_SLOTS", defaults.cpu_slots, minimum=1),
-            processes=r.integer("BURROW_PROCESSES", 0, minimum=0),
-            heartbeat_s=r.integer("BURROW_HEARTBEAT_S", defaults.heartbeat_s, minimum=0),
+            cpu_slots=r.integer("BURROW_CPU_SLOTS", defaults.cpu_slots, minimum=1, maximum=MAX_SLOTS),
+            processes=r.integer("BURROW_PROCESSES", 0, minimum=0, maximum=MAX_SLOTS),
+            heartbeat_s=r.integer("BURROW_HEARTBEAT_S", defaults.heartbeat_s, minimum=0, maximum=AMQP_SHORT_MAX),
             node_heartbeat_s=r.number("BURROW_NODE_HEARTBEAT_S", defaults.node_heartbeat_s, minimum=0),
             cancel_check_s=r.number("BURROW_CANCEL_CHECK_S", defaults.cancel_check_s, minimum=0.1),
             consumer_timeout_s=r.number("BURROW_CONSUMER_TIMEOUT_S", defaults.consumer_timeout_s, minimum=0),
-            max_payload_bytes=r.integer("BURROW_MAX_PAYLOAD_BYTES", defaults.max_payload_bytes, minimum=1024),
-            prefetch=r.integer("BURROW_PREFETCH", defaults.prefetch, minimum=1),
-            threads=r.integer("BURROW_THREADS", defaults.threads, minimum=0),
+            max_payload_bytes=r.integer(
+                "BURROW_MAX_PAYLOAD_BYTES", defaults.max_payload_bytes, minimum=1024, maximum=MAX_PAYLOAD_BYTES
+            ),
+            prefetch=r.integer("BURROW_PREFETCH", defaults.prefetch, minimum=1, maximum=MAX_PREFETCH),
+            threads=r.integer("BURROW_THREADS", defaults.threads, minimum=0, maximum=MAX_PREFETCH),
             delivery_limit=r.integer("BURROW_DELIVERY_LIMIT", defaults.delivery_limit, minimum=0),
             queue_prefix=r.name("BURROW_QUEUE_PREFIX", "", empty=True),
             state_dir=Path(r.text("BURROW_STATE_DIR", str(defaults.state_dir))),
@@ -242,7 +251,7 @@ class _Reader:
             raise ConfigError(name, f"{value!r} may only hold letters, digits, '-', '_' and '.'")
         return value
 
-    def integer(self, name: str, default: int, *, minimum: int) -> int:
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
         value = self._raw(name)
         if value is None:
             return default
@@ -252,6 +261,8 @@ class _Reader:
             raise ConfigError(name, f"expected a whole number, got {value!r}") from None
         if number < minimum:
             raise ConfigError(name, f"must be at least {minimum}, got {number}")
+        if maximum is not None and number > maximum:
+            raise ConfigError(name, f"must be at most {maximum}, got {number}")
         return number
 
     def number(self, name: str, default: float, *, minimum: float) -> float:

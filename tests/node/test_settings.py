@@ -46,6 +46,12 @@ def test_values_are_parsed():
         ("BURROW_STORAGE_URL", "ftp://x", "scheme 'ftp'"),
         ("BURROW_PREFETCH", "zero", "whole number"),
         ("BURROW_PREFETCH", "0", "at least 1"),
+        ("BURROW_PREFETCH", "100000", "at most 64"),  # (past 65535 every consumer crash-looped in basic.qos)
+        ("BURROW_THREADS", "100000", "at most 64"),
+        ("BURROW_HEARTBEAT_S", "100000", "at most 65535"),  # (AMQP's 16 bits: "Stream connection lost")
+        ("BURROW_CPU_SLOTS", "100000", "at most 1024"),
+        ("BURROW_PROCESSES", "5000", "at most 1024"),
+        ("BURROW_MAX_PAYLOAD_BYTES", "999999999999", "at most 134217728"),
         ("BURROW_GRACE_S", "soon", "a number"),
         ("BURROW_GRACE_S", "nan", "finite number"),  # NaN passed the minimum check, then broke the supervisor
         ("BURROW_NODE_HEARTBEAT_S", "inf", "finite number"),
