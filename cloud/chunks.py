@@ -17,6 +17,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from node.contract.record import LATEST_TIME
 from node.contract.streams import (
     END_SEQ,
     JOB_HEADER,
@@ -67,7 +68,7 @@ def read_chunks(
         JobStreamEnded: The job ended failed, expired or cancelled (after every chunk it sent).
     """
     offset: Any = "first"
-    if since is not None:
+    if isinstance(since, int | float) and CLOCK_SLACK_S < since < LATEST_TIME:  # (else: a damaged record)
         offset = datetime.datetime.fromtimestamp(since - CLOCK_SLACK_S, tz=datetime.UTC).replace(tzinfo=None)
     expected = from_seq
     pending: dict[int, Any] = {}

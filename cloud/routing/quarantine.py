@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from node.contract.job_options import JOB_ID_PATTERN, OPTION_KEY
+from node.contract.record import LATEST_TIME
 from node.errors import ObjectNotFound
 from node.storage import Storage
 
@@ -42,10 +43,6 @@ def job_of(message: Any) -> tuple[dict[str, Any], str | None]:
 
 
 _OPTIONAL = {"job_id": str, "actor": str, "queue": str, "message": dict, "raw": str, "error": str, "node": str}
-
-
-#: Past this (the year 10000), a time cannot be shown as a date.
-LATEST_TIME = 253_402_300_800
 
 
 def entry_problem(entry: Any, entry_id: str) -> str | None:

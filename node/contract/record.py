@@ -119,6 +119,9 @@ FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.EXPIRED, JobStatus.QU
 SETTLED_STATUSES = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.QUARANTINED, JobStatus.CANCELLED}
 )
+#: The latest time (Unix seconds) a stored time may name and still be shown as a date (the year 10000).
+LATEST_TIME = 253_402_300_800
+
 #: A job's return value up to this size (JSON) is kept in its record; a larger one is artifact ``result.json``.
 RESULT_INLINE_MAX = 16 * 1024
 

@@ -265,3 +265,26 @@ def test_a_stream_reader_skips_what_it_cannot_decode_and_keeps_the_first_good_ch
 
     # Then its reader yields every good chunk once, in order, and ends at the good end message
     assert list(client.job("garbled").stream(timeout=60)) == ["t0", "t1"]
+
+
+@pytest.mark.parametrize("submitted_at", [1e300, float("nan"), "yesterday"])
+def test_a_submission_time_no_clock_can_have_reads_the_stream_from_its_start(
+    client, amqp_url, queue_prefix, submitted_at
+):
+    import pika
+
+    from cloud.submit import JobHandle
+    from node.contract.streams import END_SEQ, JOB_HEADER, SEQ_HEADER, StreamEnd, declare_chunks_stream, encode_chunk
+
+    # Given a job's stream, and a handle whose submission time (from a damaged record) is no usable time
+    job_id = f"odd-time-{len(str(submitted_at))}"
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    stream = declare_chunks_stream(channel, queue_prefix)
+    for body, seq in [(encode_chunk("t0"), 0), (StreamEnd(status="succeeded", chunks=1).encode(), END_SEQ)]:
+        channel.basic_publish("", stream, body, pika.BasicProperties(headers={JOB_HEADER: job_id, SEQ_HEADER: seq}))
+    connection.close()
+
+    # Then the stream is read from its start (a date from it raised OverflowError or ValueError)
+    handle = JobHandle(client, job_id, job_type="stream", submitted_at=submitted_at)
+    assert list(handle.stream(timeout=60)) == ["t0"]
