@@ -3,10 +3,17 @@
 A stream has no "end" to read to, so a read first publishes a *probe* (a message only this reader knows)
 and reads until it comes back: everything published before it has then been seen, however busy the stream.
 Reads resume from the last offset seen, so a router that refreshes often reads only what is new.
+
+Node clocks are not trusted (consumer machines drift; WSL2 guests fall behind after the host sleeps): a
+heartbeat's time is kept within what this reader's own clock knows of it. It was published before this
+read's probe, and — read after an earlier read — after that read's probe; a heartbeat claiming a time
+outside those bounds is moved to the nearest one. So a node whose clock is behind is live as soon as a beat
+of it arrives in a later read, and one whose clock is ahead does not look live after it died.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import threading
@@ -53,6 +60,7 @@ class NodeRegistry:
         self.clock = clock
         self._beats: dict[tuple[str, str], Heartbeat] = {}
         self._next_offset: int | None = None
+        self._probed_at: float | None = None  # (this reader's clock) just before the last read's probe
         self._read_at: float | None = None
         self._lock = threading.RLock()
 
@@ -92,7 +100,10 @@ class NodeRegistry:
         stream = declare_nodes_stream(channel, self.prefix)
         channel.confirm_delivery()
         probe = uuid.uuid4().hex
+        # Every beat read before the probe was published before it; after the last read's probe, if any.
+        earliest, probing = self._probed_at, self.clock()
         channel.basic_publish("", stream, json.dumps({"probe": probe}).encode(), pika.BasicProperties(delivery_mode=2))
+        latest = self.clock()
         channel.basic_qos(prefetch_count=1000)
         if self._next_offset is None:
             since = datetime.datetime.fromtimestamp(max(0.0, self.clock() - self.window_s), tz=datetime.UTC)
@@ -115,8 +126,12 @@ class NodeRegistry:
                 break
             beat = Heartbeat.decode(body)
             if beat is not None:
+                sent = min(beat.at, latest) if earliest is None else min(max(beat.at, earliest), latest)
+                if sent != beat.at:
+                    beat = dataclasses.replace(beat, at=sent)
                 key = (beat.node, beat.process)
                 if key not in self._beats or beat.at >= self._beats[key].at:
                     self._beats[key] = beat
+        self._probed_at = probing
         # No ``channel.cancel()``: pika rejects the deliveries it still buffers, which a stream refuses by
         # closing the connection. Closing the connection (``refresh``) simply drops them.
