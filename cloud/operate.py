@@ -101,7 +101,7 @@ def _entry(store: Quarantine, entry_id: str) -> dict[str, Any]:
 def _requeue(store: Quarantine, args: argparse.Namespace, settings: Settings) -> int:
     from .client import connect
 
-    entries = [_entry(store, entry_id) for entry_id in args.ids]
+    entries = [_entry(store, entry_id) for entry_id in dict.fromkeys(args.ids)]  # (an id given twice: once)
     for entry in entries:
         if not entry.get("message") or not entry.get("job_id"):
             raise OperateError(f"{entry['id']} is not a readable job ({entry['reason']}): it cannot be requeued")

@@ -115,6 +115,20 @@ def test_a_requeue_to_a_queue_the_broker_lacks_is_refused_before_it_reaches_the_
     assert Quarantine(storage).get("e1") is not None
 
 
+@pytest.mark.integration
+def test_a_quarantined_job_named_twice_in_one_requeue_is_requeued_once(node_env, storage, broker):
+    from cloud.routing.quarantine import Quarantine
+
+    message = {"queue_name": "simulation", "actor_name": "simulate", "args": [1], "kwargs": {}, "options": {}}
+    entry = {"id": "e2", "job_id": "j2", "reason": "r", "queue": "simulation", "quarantined_at": 1.0}
+    Quarantine(storage).put({**entry, "message": {**message, "message_id": "j2", "message_timestamp": 0}})
+
+    sent = burrow("quarantine", "requeue", "e2", "e2", env=node_env)
+
+    assert sent.returncode == 0 and sent.stdout.splitlines() == ["e2: requeue sent to the router"], sent.stderr
+    assert broker.get_queue_message_counts("failed-jobs")[0] == 1  # (two requests could run the job twice)
+
+
 @pytest.mark.parametrize("command", [["cancel"], ["cancel", "fine-id"], ["job"], ["result"]])
 @pytest.mark.parametrize("job_id", ["", " ", "a/../b", "x" * 300])
 def test_an_id_no_job_can_have_is_refused_and_nothing_is_recorded(node_env, storage, command, job_id):
