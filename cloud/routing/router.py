@@ -177,7 +177,11 @@ class Router:
                 except BadSignature as e:
                     route = Route("quarantine", reason=f"bad-signature: {e}")
             if job_id and route.counted:
-                record = self._record(job_id, request, route, report_id)
+                try:
+                    record = self._record(job_id, request, route, report_id, requeued=status is JobStatus.QUARANTINED)
+                except _NoLongerQuarantined as e:  # another request for it was handled meanwhile
+                    logger.info("Job %s is not quarantined any more (%s): requeue ignored.", job_id, e.status)
+                    return []
         logger.info("Job %s (%s): %s %s — %s", job_id or "?", kind, route.action, route.queue or "", route.reason)
         decisions.add(1, {"kind": str(kind), "action": route.action})
         self._trace(request, kind, route)
@@ -318,12 +322,18 @@ class Router:
 
     # -- carrying out -------------------------------------------------------------------------------------
 
-    def _record(self, job_id: str, request: RouteRequest, route: Route, report_id: str) -> dict[str, Any]:
+    def _record(
+        self, job_id: str, request: RouteRequest, route: Route, report_id: str, *, requeued: bool = False
+    ) -> dict[str, Any]:
+        """Note ``route`` in the job's record. ``requeued``: an operator's requeue of a job read as quarantined,
+        which must still be (two requests for one job, handled at once, would both dispatch it)."""
         now = self.clock()
 
         def mutate(record: dict[str, Any]) -> None:
             if any(_decided(r, report_id) for r in record.setdefault("routing", [])):
                 return
+            if requeued and request.kind == "requeue" and status_of(record) is not JobStatus.QUARANTINED:
+                raise _NoLongerQuarantined(status_of(record))
             if request.dead_letter_reason == DeadLetterReason.DELIVERY_LIMIT:
                 for entry in record["attempts"]:
                     if entry["outcome"] is None:
@@ -435,3 +445,11 @@ def _body(report: dict[str, Any]) -> bytes:
     if report.get("body_b64") is not None:
         return base64.b64decode(report["body_b64"])
     return str(report.get("body", "")).encode()
+
+
+class _NoLongerQuarantined(Exception):
+    """A requeue found its job's record changed since it read it as quarantined."""
+
+    def __init__(self, status: JobStatus | None) -> None:
+        super().__init__(str(status))
+        self.status = status

@@ -264,3 +264,36 @@ def test_no_record_however_edited_makes_the_router_raise_or_ask_again(tmp_path):
         again = [o for o in outbox_of(message) if o.routing_key == "p." + FAILED_JOBS_QUEUE]
         assert not message.failed and all("holds" in json.loads(o.body)["kwargs"] for o in again), record
     assert handled > 200
+
+
+def test_two_requeues_of_one_quarantined_job_handled_at_once_dispatch_it_once(tmp_path):
+    from cloud.routing.quarantine import Quarantine
+    from node.contract.record import JobStatus, set_status
+    from node.storage.records import RecordStore
+
+    # Given a quarantined job, and two operators' requeue requests for it
+    storage = LocalStorage(tmp_path)
+    job = job_message("tests", "tracked", "job-1", job_key="a")
+    RecordStore(storage).update("job-1", lambda r: set_status(r, JobStatus.QUARANTINED, reason="test"))
+    Quarantine(storage).put(
+        {"id": "e1", "job_id": "job-1", "reason": "test", "queue": "tests", "message": job.asdict()}
+    )
+    requests = [
+        Delivery(
+            Message(FAILED_JOBS_QUEUE, FAILED_JOBS_ACTOR, (), {"kind": "requeue", "id": "e1", "job": job.asdict()}, {})
+        )
+        for _ in range(2)
+    ]
+    first, second = lenient(tmp_path), lenient(tmp_path)
+    seen_quarantined = first.records.get("job-1")
+    second.records.get = lambda job_id: seen_quarantined  # it read the record before the first one wrote it
+
+    # When both are handled, the second having read the job as quarantined
+    first.take(requests[0])
+    second.take(requests[1])
+
+    # Then the job is dispatched once
+    assert [out.routing_key for out in outbox_of(requests[0])] == ["p.tests"]
+    assert outbox_of(requests[1]) == [] and not requests[1].failed
+    routing = RecordStore(storage).get("job-1")["routing"]
+    assert [r["action"] for r in routing] == ["dispatch"]
