@@ -39,7 +39,7 @@ from dramatiq import Message
 
 from node.contract.envelope import check_arguments
 from node.contract.inputs import input_key
-from node.contract.job_options import JOB_TYPES, JobOptions, check_job_id
+from node.contract.job_options import DEFAULT_SUBCLOUD, JOB_TYPES, JobOptions, check_job_id
 from node.contract.record import (
     SETTLED_STATUSES,
     JobStatus,
@@ -95,7 +95,7 @@ class JobFailed(CloudError):
 def idempotent_job_id(key: str) -> str:
     """The job id a caller's idempotency key stands for (any string: hashed to a valid id)."""
     if not isinstance(key, str) or not key:
-        raise ValueError("idempotency_key must be a non-empty string")
+        raise MalformedMessage("idempotency_key", f"must be a non-empty string, got {key!r}")
     return "k-" + hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
@@ -216,6 +216,13 @@ class Client:
             if value is not None:
                 routing[name] = value
         routing.setdefault("job_type", "polling")
+        subcloud = routing.get("subcloud", DEFAULT_SUBCLOUD)
+        if subcloud != DEFAULT_SUBCLOUD and getattr(self.broker, "topology", None) is None:
+            raise MalformedMessage(
+                "subcloud",
+                f"{subcloud!r} needs a topology that declares it (BURROW_TOPOLOGY): without one every job goes to "
+                "its actor's queue, which the nodes of every subcloud serve",
+            )
         ttl = ttl_s if ttl_s is not None else actor.options.get("ttl_s")
         if ttl is not None and (
             isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl <= 0

@@ -53,6 +53,12 @@ def test_bad_submissions_are_refused_before_publishing(node_env, broker):
     one_line_error(
         burrow("submit", "simulate", "--ttl-s", "-5", "--kwargs", '{"seed": 1}', env=node_env), "ttl_s", "> 0"
     )
+    one_line_error(burrow("submit", "simulate", "--key", "", env=node_env), "idempotency_key: must be a non-empty")
+    # (without a topology there are no private pools: the job would go to the queue every node serves)
+    one_line_error(
+        burrow("submit", "simulate", "--subcloud", "acme", "--kwargs", '{"seed": 1}', env=node_env),
+        "subcloud: 'acme' needs a topology",
+    )
     assert broker.get_queue_message_counts("simulation") == (0, 0, 0)
 
 

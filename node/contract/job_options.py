@@ -28,6 +28,8 @@ JOB_ACTOR_OPTIONS = frozenset(
 
 #: Options (of an actor or a message) that say where a job goes; they become ``JobOptions`` fields.
 ROUTING_OPTIONS = ("subcloud", "job_type", "model", "priority")
+#: The subcloud of a job that names none: the shared pool.
+DEFAULT_SUBCLOUD = "public"
 
 JOB_TYPES = ("sync", "polling", "batch", "stream")
 PRIORITIES = ("urgent", "bulk", "test")
@@ -115,7 +117,7 @@ class JobOptions:
     job_type: str = "batch"
     model: str = ""
     priority: str = "bulk"
-    subcloud: str = "public"
+    subcloud: str = DEFAULT_SUBCLOUD
     expires_at: float | None = None
     failures: int = 0
     interruptions: int = 0
