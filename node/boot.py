@@ -21,6 +21,7 @@ from .attempt import drain
 from .attempt.journal import Journal, process_start_time
 from .attempt.lease import lease_timing
 from .broker import QuorumRabbitmqBroker
+from .contract.job_options import DEFAULT_SUBCLOUD
 from .contract.topology import load_topology
 from .errors import BurrowError, SlotError, StorageError
 from .middleware import (
@@ -117,6 +118,12 @@ def build_broker(
     ]
     topology = load_topology(settings.topology) if settings.topology else None
     serves = topology.node_queues(settings.subcloud, settings.models) if topology else None
+    if topology is None and settings.subcloud != DEFAULT_SUBCLOUD:
+        logger.warning(
+            "BURROW_SUBCLOUD=%s without a topology (BURROW_TOPOLOGY): there are no private pools, so this node "
+            "serves every actor's queue, shared with every other node.",
+            settings.subcloud,
+        )
     return QuorumRabbitmqBroker(
         url=settings.amqp_url,
         delivery_limit=settings.delivery_limit,

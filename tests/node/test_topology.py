@@ -105,3 +105,18 @@ def test_a_job_types_prefetch_applies_to_every_queue_of_that_type():
     assert topology.prefetch_of("a.sync.m.urgent") == topology.prefetch_of("a.sync.m.test") == 4
     assert topology.prefetch_of("a.batch.m.urgent") is None  # the node's own prefetch
     assert topology.prefetch_of("failed-jobs") is None
+
+
+def test_a_node_of_a_private_subcloud_without_a_topology_says_it_serves_the_shared_queues(tmp_path, caplog):
+    from node.boot import build_broker
+    from node.settings import Settings
+    from node.storage import LocalStorage
+
+    def boot(subcloud: str) -> str:
+        caplog.clear()
+        settings = Settings.from_env({"BURROW_STATE_DIR": str(tmp_path / "state"), "BURROW_SUBCLOUD": subcloud})
+        build_broker(settings, storage=LocalStorage(tmp_path / "store"), slot_id="cpu-0").close()
+        return caplog.text
+
+    assert "BURROW_SUBCLOUD=acme without a topology" in boot("acme")
+    assert "without a topology" not in boot("public")
