@@ -263,6 +263,9 @@ def submit_batch(
     messages = []
     build = client.builder(actor, now=now, **options)
     for line, fields in rows:
+        if not isinstance(fields, dict):  # (an API caller's item: dict() of it made no sense of what was wrong)
+            bad.append((line, f"must be an object of keyword arguments, got {type(fields).__name__}"))
+            continue
         try:
             kwargs = convert_cells(actor.fn, fields) if convert else fields
             messages.append((line, *build((), kwargs, f"{batch_id}-{line}")))

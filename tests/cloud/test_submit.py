@@ -166,6 +166,14 @@ def test_a_csv_with_three_bad_rows_out_of_a_thousand_names_them_and_submits_noth
     assert [line for line, _ in caught.value.problems] == [11, 501, 1000]
     assert ready(client, "simulation") == 0
     assert not list(client.storage.list("batches/"))
+    # and an item that is not keyword arguments says so (not "dictionary update sequence element #0 …")
+    with pytest.raises(InvalidRows) as caught:
+        client.submit_batch("simulate", [{"seed": 1}, "seed=2", [3]])
+    assert caught.value.problems == [
+        (2, "must be an object of keyword arguments, got str"),
+        (3, "must be an object of keyword arguments, got list"),
+    ]
+    assert ready(client, "simulation") == 0
 
 
 def test_cancel_a_queued_job_and_a_running_job_neither_is_retried_nor_re_dispatched(
