@@ -22,10 +22,12 @@ import atexit
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 logger = logging.getLogger("burrow.telemetry")
 
@@ -62,6 +64,27 @@ def _choice(environ: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
+#: Where OTLP goes (the SDK reads them itself): checked at start, as the SDK only logs a bad one at every export.
+OTLP_ENDPOINTS = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+)
+
+
+def _check_endpoint(variable: str, value: str | None) -> None:
+    if not value:
+        return
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number or out of range
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = re.sub(r"//[^/@]*@", "//***@", value)  # (credentials, if any, masked without parsing the URL)
+        raise ValueError(f"{variable}={shown!r}: not an http(s) URL, e.g. http://collector:4318")
+
+
 def configure(
     service_name: str,
     *,
@@ -85,6 +108,8 @@ def configure(
     telemetry = Telemetry()
     if (environ.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true":
         return telemetry
+    for variable in OTLP_ENDPOINTS:
+        _check_endpoint(variable, environ.get(variable))
     otlp = any(environ.get(v) for v in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
     otlp_metrics = any(environ.get(v) for v in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))
     telemetry.traces = _choice(environ, "OTEL_TRACES_EXPORTER", "otlp" if otlp else "none")
