@@ -69,6 +69,8 @@ def load_config(path: str | Path) -> AutoscaleConfig:
         raise ConfigError(where, f"cannot read it: {e.strerror or e}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(where, f"not TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(where, "not TOML this reads: nested too deeply") from None
     return parse_config(raw, where)
 
 

@@ -245,4 +245,6 @@ def load_topology(path: str | Path) -> Topology:
         raise ConfigError("BURROW_TOPOLOGY", f"{path} is not UTF-8 text (a TOML file is expected)") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("BURROW_TOPOLOGY", f"{path} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError("BURROW_TOPOLOGY", f"{path} is not TOML this reads: nested too deeply") from None
     return Topology.from_dict(data, source=str(path))

@@ -135,3 +135,12 @@ def test_a_bad_config_entry_is_named(edit, named):
     edit(config)
     with pytest.raises(ConfigError, match=named):
         parse_config(config)
+
+
+def test_an_autoscaler_file_nested_past_what_the_reader_takes_is_named(tmp_path):
+    from cloud.autoscale.config import load_config
+
+    deep = tmp_path / "deep.toml"
+    deep.write_text("interval_s = " + "[" * 5000 + "]" * 5000 + "\n")  # (a RecursionError traceback)
+    with pytest.raises(ConfigError, match="deep.toml: not TOML this reads: nested too deeply"):
+        load_config(deep)

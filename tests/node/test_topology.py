@@ -120,3 +120,12 @@ def test_a_node_of_a_private_subcloud_without_a_topology_says_it_serves_the_shar
 
     assert "BURROW_SUBCLOUD=acme without a topology" in boot("acme")
     assert "without a topology" not in boot("public")
+
+
+def test_toml_nested_past_what_the_reader_takes_is_a_config_error_naming_the_file(tmp_path):
+    from node.errors import ConfigError
+
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")  # (tomllib's RecursionError was a traceback)
+    with pytest.raises(ConfigError, match="deep.toml is not TOML this reads: nested too deeply"):
+        load_topology(deep)
