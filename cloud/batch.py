@@ -303,14 +303,13 @@ def _open_manifest(storage: Any, batch_id: str, actor: str, jobs: list[tuple[int
         storage.put(key, json.dumps(manifest).encode(), if_none_match=True)
         return 0
     except PreconditionFailed:
-        existing = json.loads(storage.get(key)[0])
+        existing = read_manifest(storage, batch_id)
+    if existing is None:
+        raise CloudError(f"batch {batch_id}: its manifest was deleted while this submission read it; submit again")
     if [tuple(j) for j in existing["jobs"]] != [tuple(j) for j in jobs]:
         raise CloudError(f"batch {batch_id} exists with other rows: choose another --batch-id")
-    try:
-        progress = json.loads(storage.get(progress_key(batch_id))[0])
-    except ObjectNotFound:
-        progress = {}
-    return max(int(existing.get("published", 0)), int(progress.get("published", 0)))
+    progress = _read_object(storage, progress_key(batch_id), "batch progress") or {}
+    return max(_count(existing.get("published")), _count(progress.get("published")))
 
 
 def progress_key(batch_id: str) -> str:
@@ -319,10 +318,35 @@ def progress_key(batch_id: str) -> str:
 
 
 def read_manifest(storage: Any, batch_id: str) -> dict[str, Any] | None:
+    """The batch's manifest (``None``: no such batch); ``CloudError`` naming it if it is damaged."""
+    key = manifest_key(batch_id)
+    manifest = _read_object(storage, key, "batch manifest")
+    jobs = None if manifest is None else manifest.get("jobs")
+    if manifest is not None and not (
+        isinstance(jobs, list)
+        and all(isinstance(j, list) and len(j) == 2 and type(j[0]) is int and isinstance(j[1], str) for j in jobs)
+    ):
+        raise CloudError(f"batch manifest {key} does not list its jobs as [line, job id] pairs; repair or delete it")
+    return manifest
+
+
+def _read_object(storage: Any, key: str, what: str) -> dict[str, Any] | None:
+    """A JSON object from storage (``None``: absent); ``CloudError`` naming it if it is not one."""
     try:
-        return json.loads(storage.get(manifest_key(batch_id))[0])
+        data = storage.get(key)[0]
     except ObjectNotFound:
         return None
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise CloudError(f"{what} {key} is not JSON ({type(e).__name__}); repair or delete it") from None
+    if not isinstance(value, dict):
+        raise CloudError(f"{what} {key} is a JSON {type(value).__name__}, not an object; repair or delete it")
+    return value
+
+
+def _count(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0
 
 
 def submitted_in_batch(storage: Any, job_id: str) -> str | None:

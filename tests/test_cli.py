@@ -271,3 +271,27 @@ def test_numbers_no_command_can_use_are_refused_in_one_line(node_env, argv, prob
 def test_a_window_reaching_before_1970_lists_the_nodes_seen(node_env, broker):
     listed = burrow("nodes", "--window-s", "1e308", env=node_env)
     assert listed.returncode == 0 and listed.stdout.startswith("node "), listed.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (b'{"batch_id": "x", "jo', "is not JSON"),
+        (b"[1, 2]", "is a JSON list, not an object"),
+        (b'{"jobs": [["1", 2]]}', "does not list its jobs as [line, job id] pairs"),
+    ],
+)
+def test_a_damaged_batch_manifest_is_one_line_naming_it(node_env, storage, tmp_path, damage, problem):
+    from cloud.batch import manifest_key
+
+    rows = tmp_path / "rows.csv"
+    rows.write_text("seed\n1\n2\n")
+    first = burrow("submit", "simulate", "--file", str(rows), "-q", env=node_env)
+    assert first.returncode == 0, first.stderr
+    batch_id = first.stdout.split()[1].rstrip(":")
+    storage.put(manifest_key(batch_id), damage)
+
+    for command in (["submit", "simulate", "--file", str(rows), "-q"], ["result", f"{batch_id}-2"]):
+        line = one_line_error(burrow(*command, env=node_env), f"batch manifest {manifest_key(batch_id)}", problem)
+        assert line.endswith("repair or delete it")
