@@ -114,7 +114,7 @@ class Autoscaler:
     def _load(self) -> dict[str, ScaleState]:
         try:
             raw = json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # (unreadable or damaged: every delay starts again)
             raw = {}
         now = self.clock()
         states = {}

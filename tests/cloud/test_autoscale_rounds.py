@@ -80,3 +80,16 @@ def test_a_damaged_state_file_starts_the_scale_down_delay_again_never_crashes_or
     clock[0] += 301
     (later,) = scaler.round()
     assert later.error is None and pool.replicas == 0
+
+
+@pytest.mark.parametrize("damage", ["{not json", "[" * 100_000, "\udcff"])
+def test_a_state_file_that_does_not_read_starts_every_delay_again(tmp_path, damage):
+    state = tmp_path / "s.json"
+    state.write_text(damage, errors="surrogateescape")
+    pool = Pool(4)
+    scaler = Autoscaler(config("a"), {"a": pool}, lambda: ({"a": 0}, frozenset()), state, clock=lambda: NOW)
+
+    (first,) = scaler.round()
+
+    assert first.error is None and "0s of 300s low" in first.decision.reason
+    assert json.loads(state.read_text()) == {"a": {"low_since": NOW, "low_peak": 0}}
