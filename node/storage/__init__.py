@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import ConfigError, StorageError
 from .base import ObjectInfo, Storage
 from .local import SYNC_MODES, LocalStorage
+
+#: What botocore takes as a bucket name (S3 itself is stricter; R2 and MinIO alike).
+BUCKET_NAME = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -56,15 +60,22 @@ def open_storage(
         unknown = set(options) - {"sync"}
         if unknown:
             raise ConfigError("BURROW_STORAGE_URL", f"unknown option {sorted(unknown)[0]!r} (file:// takes ?sync=)")
+        if len(options.get("sync", [])) > 1:
+            raise ConfigError("BURROW_STORAGE_URL", f"sync given {len(options['sync'])} times: give it once")
         sync = options.get("sync", ["normal"])[-1]
         if sync not in SYNC_MODES:
             raise ConfigError("BURROW_STORAGE_URL", f"sync={sync!r}: use one of {', '.join(SYNC_MODES)}")
-        return LocalStorage(unquote(parts.path), sync=sync)
+        path = unquote(parts.path)
+        if not path.strip("/"):  # file: and file:// (no path), file:/// (the filesystem's root)
+            raise ConfigError("BURROW_STORAGE_URL", f"{url!r} names no directory (e.g. file:///var/lib/burrow)")
+        return LocalStorage(path, sync=sync)
     if parts.scheme == "s3":
         from .s3 import S3Storage  # boto3 is imported only by nodes that use S3
 
         if not parts.netloc:
             raise ConfigError("BURROW_STORAGE_URL", f"{url!r} names no bucket (expected s3://bucket/prefix)")
+        if not BUCKET_NAME.fullmatch(parts.netloc):  # (botocore's own check: a multi-line error at first use)
+            raise ConfigError("BURROW_STORAGE_URL", f"{parts.netloc!r} is not a bucket name (letters, digits, . - _)")
         return S3Storage(
             bucket=parts.netloc,
             prefix=parts.path.strip("/"),

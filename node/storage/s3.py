@@ -77,7 +77,7 @@ class S3Storage(Storage):
             return ObjectNotFound(key)
         if code in _PRECONDITION:
             return PreconditionFailed(f"{key!r}: conditional write lost ({code})")
-        return StorageError(f"{key!r}: {error}")
+        return StorageError(f"{key!r}: {_one_line(error)}")
 
     @contextlib.contextmanager
     def _errors(self, key: str) -> Iterator[None]:
@@ -93,10 +93,10 @@ class S3Storage(Storage):
                 f"{key!r}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
             ) from None
         except boto3.exceptions.S3UploadFailedError as e:
-            raise StorageError(f"{key!r}: {e}") from None
+            raise StorageError(f"{key!r}: {_one_line(e)}") from None
         except BotoCoreError as e:
             where = self.endpoint_url or "AWS S3"
-            raise StorageError(f"{key!r}: S3 endpoint {where}: {type(e).__name__}: {e}") from None
+            raise StorageError(f"{key!r}: S3 endpoint {where}: {type(e).__name__}: {_one_line(e)}") from None
 
     def put(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> ObjectInfo:
         extra: dict = {}
@@ -157,3 +157,8 @@ class S3Storage(Storage):
         finally:
             Path(tmp).unlink(missing_ok=True)
         return info
+
+
+def _one_line(error: Exception) -> str:
+    """botocore's message on one line (some span several: a CLI error is one line)."""
+    return " ".join(str(error).split())

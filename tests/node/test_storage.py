@@ -103,6 +103,29 @@ def test_open_storage_picks_backend_and_rejects_unknown(tmp_path, s3_endpoint):
     assert open_storage(f"file://localhost{tmp_path}/y").root == tmp_path / "y"
 
 
+@pytest.mark.parametrize(
+    "url, problem",
+    [
+        ("file:", "names no directory"),
+        ("file://", "names no directory"),
+        ("file:///", "names no directory"),  # (it stored objects.sqlite in the filesystem's root)
+        ("file:///tmp/x?sync=full&sync=normal", "sync given 2 times"),
+        ("s3://Bad_Bucket!", "'Bad_Bucket!' is not a bucket name"),  # (botocore's error spans lines)
+    ],
+)
+def test_storage_urls_that_name_no_usable_place_are_refused(url, problem):
+    with pytest.raises(ConfigError, match=problem):
+        open_storage(url)
+
+
+def test_s3_errors_are_one_line(s3_endpoint):
+    storage = S3Storage(bucket="ok", endpoint_url=s3_endpoint, access_key_id="a", secret_access_key="b")
+    storage.bucket = "Bad_Bucket!"  # past the URL check: botocore's ParamValidationError spans two lines
+    with pytest.raises(StorageError) as raised:
+        storage.get("k")
+    assert "\n" not in str(raised.value) and "Invalid bucket name" in str(raised.value)
+
+
 def test_local_etags_never_repeat(tmp_path):
     # Given a local store (ext4 reuses inode numbers, and a coarse clock repeats mtimes)
     storage = LocalStorage(tmp_path / "store")
