@@ -23,7 +23,7 @@ from .attempt.lease import lease_timing
 from .broker import QuorumRabbitmqBroker
 from .contract.job_options import DEFAULT_SUBCLOUD
 from .contract.topology import load_topology
-from .errors import BurrowError, SlotError, StorageError
+from .errors import BurrowError, ConfigError, SlotError, StorageError
 from .middleware import (
     Callbacks,
     CancelListener,
@@ -211,6 +211,11 @@ def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroke
         )
         # (as a ConfigError: Dramatiq would print a traceback and exit 2, which reads as transient)
         import_actor_modules(settings.actor_modules)
+        if not broker.actors:  # (e.g. the package `actors` instead of its modules: the node would sit idle)
+            raise ConfigError(
+                "BURROW_ACTOR_MODULES",
+                f"{', '.join(settings.actor_modules)} declare no actor: this node would take no job",
+            )
         for queue_name in broker.work_queues():
             broker.declare_queue(queue_name, ensure=True)  # fail fast on a mismatched existing queue
         # The main thread only sleeps from here on: an idle connection would miss its heartbeats.

@@ -157,3 +157,14 @@ def test_an_actor_module_that_does_not_import_stops_the_worker_in_one_line(start
     problem = "cannot import 'no_such_actors': ModuleNotFoundError: No module named"
     assert f"Cannot start worker: BURROW_ACTOR_MODULES: {problem}" in output
     assert "Traceback" not in output
+
+
+def test_actor_modules_that_declare_no_actor_stop_the_worker_in_one_line(start_node):
+    # (the package `actors` for its modules, say: the node sat idle, taking no job and saying nothing)
+    node = start_node(
+        argv=[sys.executable, "-m", "dramatiq", "node.actors", "--processes", "1"], env={"BURROW_ACTOR_MODULES": "json"}
+    )
+    assert node.process.wait(timeout=30) == EXIT_BOOT_FAILED
+    output = node.output()
+    assert "Cannot start worker: BURROW_ACTOR_MODULES: json declare no actor: this node would take no job" in output
+    assert "Traceback" not in output
