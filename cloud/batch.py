@@ -309,7 +309,7 @@ def _open_manifest(storage: Any, batch_id: str, actor: str, jobs: list[tuple[int
     if [tuple(j) for j in existing["jobs"]] != [tuple(j) for j in jobs]:
         raise CloudError(f"batch {batch_id} exists with other rows: choose another --batch-id")
     progress = _read_object(storage, progress_key(batch_id), "batch progress") or {}
-    return max(_count(existing.get("published")), _count(progress.get("published")))
+    return max(_published(existing), _published(progress))
 
 
 def progress_key(batch_id: str) -> str:
@@ -345,7 +345,9 @@ def _read_object(storage: Any, key: str, what: str) -> dict[str, Any] | None:
     return value
 
 
-def _count(value: Any) -> int:
+def _published(saved: dict[str, Any]) -> int:
+    """The rows a manifest or progress file says were published (0 if it says nothing usable)."""
+    value = saved.get("published")
     return value if type(value) is int and value >= 0 else 0
 
 

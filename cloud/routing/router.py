@@ -178,7 +178,8 @@ class Router:
                     route = Route("quarantine", reason=f"bad-signature: {e}")
             if job_id and route.counted:
                 try:
-                    record = self._record(job_id, request, route, report_id, requeued=status is JobStatus.QUARANTINED)
+                    requeued = kind == "requeue" and status is JobStatus.QUARANTINED
+                    record = self._record(job_id, request, route, report_id, requeued=requeued)
                 except _NoLongerQuarantined as e:  # another request for it was handled meanwhile
                     logger.info("Job %s is not quarantined any more (%s): requeue ignored.", job_id, e.status)
                     return []
@@ -332,7 +333,7 @@ class Router:
         def mutate(record: dict[str, Any]) -> None:
             if any(_decided(r, report_id) for r in record.setdefault("routing", [])):
                 return
-            if requeued and request.kind == "requeue" and status_of(record) is not JobStatus.QUARANTINED:
+            if requeued and status_of(record) is not JobStatus.QUARANTINED:
                 raise _NoLongerQuarantined(status_of(record))
             if request.dead_letter_reason == DeadLetterReason.DELIVERY_LIMIT:
                 for entry in record["attempts"]:
