@@ -39,7 +39,7 @@ from dramatiq import Message
 
 from node.contract.envelope import check_arguments
 from node.contract.inputs import input_key
-from node.contract.job_options import DEFAULT_SUBCLOUD, JOB_TYPES, JobOptions, check_job_id
+from node.contract.job_options import DEFAULT_SUBCLOUD, JOB_TYPES, JobOptions, check_job_id, lifecycle_option
 from node.contract.record import (
     SETTLED_STATUSES,
     JobStatus,
@@ -223,7 +223,7 @@ class Client:
                 f"{subcloud!r} needs a topology that declares it (BURROW_TOPOLOGY): without one every job goes to "
                 "its actor's queue, which the nodes of every subcloud serve",
             )
-        ttl = ttl_s if ttl_s is not None else actor.options.get("ttl_s")
+        ttl = ttl_s if ttl_s is not None else lifecycle_option(actor.options, "ttl_s")
         if ttl is not None and (
             isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl <= 0
         ):

@@ -145,3 +145,17 @@ class CorruptRecord(StorageError):
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"job record {key} {problem}; repair or delete it")
         self.key = key
+
+
+def describe(exception: BaseException, limit: int = 2000, *, with_type: bool = True) -> str:
+    """``Type: message`` of ``exception`` (``with_type=False``: the message alone), at most ``limit``
+    characters, also when its ``str()`` raises.
+
+    An actor's own exception class can do anything in ``__str__``; recording how its attempt ended must not
+    fail because of it (the hook that records it would fail, and Dramatiq would ack the job away).
+    """
+    try:
+        text = str(exception)
+    except Exception as e:
+        text = f"<str() failed: {type(e).__name__}>"
+    return (f"{type(exception).__name__}: {text}" if with_type else text)[:limit]

@@ -349,5 +349,20 @@ def import_actor_modules(modules: tuple[str, ...]) -> list[ModuleType]:
         try:
             imported.append(importlib.import_module(module))
         except Exception as e:
-            raise ConfigError("BURROW_ACTOR_MODULES", f"cannot import {module!r}: {type(e).__name__}: {e}") from None
+            raise ConfigError("BURROW_ACTOR_MODULES", f"cannot import {module!r}: {_import_problem(e)}") from None
     return imported
+
+
+def _import_problem(error: Exception) -> str:
+    """What went wrong importing an actor module, in one line. Dramatiq's error for an actor option no
+    middleware declares ("Did you forget to add a middleware to your Broker?") is put in this node's terms:
+    which options it does know (Dramatiq's ``Retries``, ``AgeLimit`` and ``TimeLimit`` are not among its
+    middleware; their main options are read under their own names)."""
+    text = str(error)
+    if isinstance(error, ValueError) and text.startswith("The following actor options are undefined: "):
+        unknown = text.removeprefix("The following actor options are undefined: ").split(". Did you forget")[0]
+        import dramatiq  # (here: the settings are read before any broker exists)
+
+        known = ", ".join(sorted(dramatiq.get_broker().actor_options))
+        return f"an actor uses options this node does not know: {unknown} (it knows: {known})"
+    return f"{type(error).__name__}: {text}"

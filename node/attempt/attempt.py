@@ -64,6 +64,7 @@ class Attempt:
         self.token: Any = None
         self.broker: Any = None  # the broker it arrived through (set by the runner)
         self.released = False  # its delivery was acked early; it renews a lease (``node.attempt.lease``)
+        self.sent_on = False  # its end was decided and carried out (the job sent on, or the message failed)
         self._progress_written: dict[str, Any] | None = None
 
     @property

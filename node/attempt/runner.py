@@ -47,7 +47,7 @@ from ..contract.record import (
     status_of,
     succeeded_record,
 )
-from ..errors import CorruptRecord, InvalidInput, Preempted
+from ..errors import CorruptRecord, InvalidInput, Preempted, describe
 from ..retrying import Deadline, deadline_scope, retry
 from ..storage import Storage
 from ..storage.records import RecordStore
@@ -386,6 +386,14 @@ class AttemptRunner:
         with deadline_scope(self.budget()) as deadline:
             try:
                 self._end(broker, message, attempt, exception, deadline, result)
+            except Exception:
+                # Out of this hook, Dramatiq would log the error and ack: a job with no successor, its record
+                # still saying it runs. Unless it was sent on already, reject it: the broker dead-letters it
+                # and the router, which reads its record, takes it from there.
+                logger.exception("Job %s attempt %d could not be ended.", context.job_id, context.attempt)
+                if not attempt.sent_on:
+                    logger.error("Rejecting the message of job %s (it goes to the dead letters).", context.job_id)
+                    message.fail()
             finally:
                 if context.built:
                     context.checkpoint.close()
@@ -433,9 +441,11 @@ class AttemptRunner:
         ):
             logger.warning("Job %s: last checkpoint not stored in time.", context.job_id)
         decision = self._decide(attempt.settings, JobStatus.RUNNING, outcome, job=context.options)
-        error = None if exception is None else f"{type(exception).__name__}: {exception}"[:2000]
+        error = None if exception is None else describe(exception)
         if outcome is Outcome.INVALID_INPUT:
-            decision = dataclasses.replace(decision, reason=f"invalid input: {exception}"[:2000])
+            decision = dataclasses.replace(
+                decision, reason="invalid input: " + describe(exception, 1986, with_type=False)
+            )
         began = running.shutdown_began_at()
         if decision.action is Action.HAND_BACK and began is not None:
             # Not back in the queue before every consumer of this draining node has stopped, or one of them
@@ -509,6 +519,7 @@ class AttemptRunner:
                 decision.reason,
             )
         self._carry_out(broker, message, decision, error=error, attempts=(record or {}).get("attempts"))
+        attempt.sent_on = True
         if record is not None:
             self._notify(broker, decision.job, decision, record, context.stream if built else None)
 

@@ -25,6 +25,20 @@ OPTION_KEY = "job"
 JOB_ACTOR_OPTIONS = frozenset(
     {"ttl_s", "max_failures", "max_interruptions", "min_backoff_s", "max_backoff_s", "max_run_s", "checkpoint_every_s"}
 )
+#: Dramatiq's own names for what the job lifecycle does in place of its ``Retries``, ``AgeLimit`` and
+#: ``TimeLimit`` middleware, read so that an actor (or a ``send_with_options`` call) written for Dramatiq runs
+#: unchanged: Burrow's option → (Dramatiq's option, factor from its unit to Burrow's). Dramatiq counts
+#: ``max_retries`` as ``max_failures`` counts failures (``max_retries=3``: a fourth failure gives up) and gives
+#: times in milliseconds. Burrow's name wins where both are given.
+DRAMATIQ_OPTIONS: dict[str, tuple[str, float]] = {
+    "max_failures": ("max_retries", 1),
+    "min_backoff_s": ("min_backoff", 0.001),
+    "max_backoff_s": ("max_backoff", 0.001),
+    "max_run_s": ("time_limit", 0.001),
+    "ttl_s": ("max_age", 0.001),
+}
+#: Every actor option the job lifecycle reads, under Burrow's names and Dramatiq's.
+LIFECYCLE_OPTIONS = JOB_ACTOR_OPTIONS | {alias for alias, _ in DRAMATIQ_OPTIONS.values()}
 
 #: Options (of an actor or a message) that say where a job goes; they become ``JobOptions`` fields.
 ROUTING_OPTIONS = ("subcloud", "job_type", "model", "priority")
@@ -38,7 +52,9 @@ PRIORITIES = ("urgent", "bulk", "test")
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=@+-]{0,127}")
 
 __all__ = [
+    "DRAMATIQ_OPTIONS",
     "JOB_ACTOR_OPTIONS",
+    "LIFECYCLE_OPTIONS",
     "ROUTING_OPTIONS",
     "JOB_ID_PATTERN",
     "JOB_TYPES",
@@ -48,6 +64,7 @@ __all__ = [
     "InvalidJob",
     "JobOptions",
     "check_actor_options",
+    "lifecycle_option",
     "check_job_id",
     "new_job",
 ]
@@ -77,13 +94,28 @@ def _number(name: str, value: object, *, integer: bool = False, minimum: float =
 
 
 def check_actor_options(options: Mapping[str, Any]) -> None:
-    """Check the lifecycle options a message may carry itself (``ttl_s`` …); raise ``MalformedMessage``."""
+    """Check the lifecycle options a message may carry itself (``ttl_s`` …, or Dramatiq's names for them);
+    raise ``MalformedMessage``."""
     for name in ("ttl_s", "max_run_s", "checkpoint_every_s", "min_backoff_s", "max_backoff_s"):
-        if name in options:
-            _number(name, options[name])
-    for name in ("max_failures", "max_interruptions"):
+        for given in (name, DRAMATIQ_OPTIONS.get(name, ("",))[0]):
+            if given in options:
+                _number(given, options[given])
+    for name in ("max_failures", "max_interruptions", "max_retries"):
         if name in options:
             _number(name, options[name], integer=True)
+
+
+def lifecycle_option(options: Mapping[str, Any], name: str) -> Any:
+    """Lifecycle option ``name`` (Burrow's name) in an actor's or a message's ``options``: its value, else the
+    value of Dramatiq's name for it in Burrow's unit (``DRAMATIQ_OPTIONS``), else ``None``."""
+    value = options.get(name)
+    if value is not None or name not in DRAMATIQ_OPTIONS:
+        return value
+    alias, factor = DRAMATIQ_OPTIONS[name]
+    value = options.get(alias)
+    if value is None or factor == 1 or isinstance(value, bool) or not isinstance(value, int | float):
+        return value  # (a value of the wrong type is left for the caller's check to name)
+    return value * factor
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from ..attempt.lease import LeaseTiming
 from ..attempt.policy import Limits, expiry
 from ..attempt.runner import AttemptRunner, JobSettings
 from ..contract.envelope import check_fields
+from ..contract.job_options import LIFECYCLE_OPTIONS, lifecycle_option
 from ..contract.queues import DeadLetterReason
 from ..errors import MalformedMessage
 from ..storage import Storage
@@ -34,7 +35,8 @@ class JobLifecycle(dramatiq.Middleware):
     ``node.attempt.runner`` for the order of things and ``node.attempt.policy`` for the rules.
 
     Options (message option → actor option → default here): ``ttl_s``, ``max_failures``,
-    ``max_interruptions``, ``min_backoff_s``, ``max_backoff_s``, ``max_run_s``, ``checkpoint_every_s``.
+    ``max_interruptions``, ``min_backoff_s``, ``max_backoff_s``, ``max_run_s``, ``checkpoint_every_s``; also
+    under Dramatiq's names (``max_retries``, ``min_backoff``, ``max_backoff``, ``time_limit``, ``max_age``).
 
     Parameters:
         storage: Where records, checkpoints and artifacts live.
@@ -97,7 +99,7 @@ class JobLifecycle(dramatiq.Middleware):
             "max_run_s": max_run_s,
             "checkpoint_every_s": checkpoint_every_s,
         }
-        self._names = frozenset(self.defaults)
+        self._names = LIFECYCLE_OPTIONS
         self.runner = AttemptRunner(
             storage=storage,
             node_id=node_id,
@@ -118,10 +120,11 @@ class JobLifecycle(dramatiq.Middleware):
         )
 
     def option(self, actor: dramatiq.Actor, message: Message, name: str) -> Any:
-        """An option's value: the message's, else the actor's, else this middleware's default."""
-        if message.options.get(name) is not None:
-            return message.options[name]
-        value = actor.options.get(name)
+        """An option's value: the message's, else the actor's, else this middleware's default (at each level
+        Burrow's name, else Dramatiq's name for it: ``node.contract.job_options.DRAMATIQ_OPTIONS``)."""
+        value = lifecycle_option(message.options, name)
+        if value is None:
+            value = lifecycle_option(actor.options, name)
         return self.defaults[name] if value is None else value
 
     def settings(self, broker: dramatiq.Broker, message: Message) -> JobSettings:

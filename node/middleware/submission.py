@@ -6,7 +6,14 @@ import dramatiq
 from dramatiq import Message
 
 from ..contract.envelope import check_arguments
-from ..contract.job_options import JOB_ACTOR_OPTIONS, OPTION_KEY, ROUTING_OPTIONS, JobOptions, check_actor_options
+from ..contract.job_options import (
+    LIFECYCLE_OPTIONS,
+    OPTION_KEY,
+    ROUTING_OPTIONS,
+    JobOptions,
+    check_actor_options,
+    lifecycle_option,
+)
 from ..contract.signing import Signer
 from ..errors import MalformedMessage
 
@@ -30,7 +37,7 @@ class JobSubmission(dramatiq.Middleware):
 
     @property
     def actor_options(self) -> set[str]:
-        return set(JOB_ACTOR_OPTIONS) | set(ROUTING_OPTIONS)
+        return set(LIFECYCLE_OPTIONS) | set(ROUTING_OPTIONS)
 
     def before_enqueue(self, broker: dramatiq.Broker, message: Message, delay: int | None) -> None:
         try:
@@ -46,9 +53,9 @@ class JobSubmission(dramatiq.Middleware):
             return
         if actor is not None:
             check_arguments(actor.fn, message.args, message.kwargs)
-        ttl_s = message.options.get("ttl_s")
+        ttl_s = lifecycle_option(message.options, "ttl_s")
         if ttl_s is None and actor is not None:
-            ttl_s = actor.options.get("ttl_s")
+            ttl_s = lifecycle_option(actor.options, "ttl_s")
         expires_at = message.message_timestamp / 1000 + float(ttl_s) if ttl_s is not None else None
         # Where the job goes (subcloud, job type, model, priority): the message's option, else the actor's.
         routing = {}

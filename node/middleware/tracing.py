@@ -20,6 +20,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ..contract.job_options import OPTION_KEY
+from ..errors import describe
 from ..telemetry_on import tracing_on
 
 tracer = trace.get_tracer("burrow.node")
@@ -105,8 +106,12 @@ class Tracing(dramatiq.Middleware):
             span.set_attribute("burrow.skipped", skipped)
         if exception is not None:
             span.set_attribute("error.type", type(exception).__qualname__)
-            span.record_exception(exception)
-            span.set_status(Status(StatusCode.ERROR, str(exception)[:200]))
+            text = describe(exception, 200, with_type=False)
+            try:
+                span.record_exception(exception)
+            except Exception:  # its str() raises (an actor's own exception class): recorded without it
+                span.add_event("exception", {"exception.type": type(exception).__qualname__, "exception.message": text})
+            span.set_status(Status(StatusCode.ERROR, text))
         try:
             otel_context.detach(token)
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dramatiq
 import pytest
 from dramatiq import Message
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import SkipMessage
 
@@ -245,3 +246,82 @@ def test_no_readable_record_however_edited_makes_a_job_be_offered_again_forever(
         else:
             lifecycle.after_process_message(broker, delivery, result=None)
     assert tried > 80
+
+
+class Unprintable(Exception):
+    """An actor's exception whose ``str()`` itself raises."""
+
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+
+def test_an_actor_exception_whose_str_raises_still_ends_its_attempt_as_a_failure(tmp_path):
+    # Given a running job
+    storage = LocalStorage(tmp_path)
+    lifecycle, broker = make(storage)
+    message = MessageProxy(Message(queue_name="q", actor_name="job", args=(), kwargs={}, options={}))
+    lifecycle.before_process_message(broker, message)
+
+    # When its actor raises an exception that cannot be turned into text
+    lifecycle.after_process_message(broker, message, exception=Unprintable())
+
+    # Then the attempt is recorded as failed, naming the exception, and the job is retried after its cooldown
+    (attempt,) = RecordStore(storage).get(message.message_id)["attempts"]
+    assert attempt["outcome"] == "failed" and attempt["error"] == "Unprintable: <str() failed: ValueError>"
+    (copy, delay), *_ = broker.published
+    assert copy.options["job"]["failures"] == 1 and delay and not message.failed
+
+
+@pytest.mark.parametrize("breaks", ["_decide", "_notify"])
+def test_an_unforeseen_error_while_ending_an_attempt_rejects_a_job_not_yet_sent_on(tmp_path, monkeypatch, breaks):
+    # Given a running job, and a node where ending an attempt breaks before (or after) the job is sent on
+    lifecycle, broker = make(LocalStorage(tmp_path))
+    message = MessageProxy(Message(queue_name="q", actor_name="job", args=(), kwargs={}, options={}))
+    lifecycle.before_process_message(broker, message)
+    monkeypatch.setattr(lifecycle.runner, breaks, lambda *a, **k: (_ for _ in ()).throw(OSError("a bug")))
+
+    # When its actor fails, nothing escapes the hook (Dramatiq would log it and ack the message away)
+    lifecycle.after_process_message(broker, message, exception=RuntimeError("boom"))
+
+    # Then a job with no successor is rejected (the broker dead-letters it); one already sent on is not
+    assert message.failed is (breaks == "_decide")
+    assert len(broker.published) == (breaks == "_notify")
+
+
+def test_dramatiqs_names_for_retries_backoff_time_and_age_limits_are_read_in_burrows_units(tmp_path):
+    # Given actors written for Dramatiq (its Retries, TimeLimit and AgeLimit options, times in milliseconds)
+    lifecycle, broker = make(LocalStorage(tmp_path))
+    options = {"max_retries": 1, "min_backoff": 2_000, "max_backoff": 4_000, "time_limit": 30_000, "max_age": 60_000}
+    for name, extra in (("ported", {}), ("both", {"max_failures": 5, "max_run_s": 7})):
+        actor = dramatiq.Actor(lambda: None, broker=broker, actor_name=name, queue_name="q", priority=0, options={})
+        actor.options.update(options, **extra)  # (as the decorator would, once the node declares them)
+    now = 1_700_000_000.0
+
+    def settings(actor_name: str, **message_options):
+        message = Message(
+            queue_name="q",
+            actor_name=actor_name,
+            args=(),
+            kwargs={},
+            options=message_options,
+            message_timestamp=now * 1000,
+        )
+        return lifecycle.settings(broker, message)
+
+    # Then the lifecycle applies them as its own options
+    ported = settings("ported")
+    assert (ported.limits.max_failures, ported.limits.min_backoff_s, ported.limits.max_backoff_s) == (1, 2.0, 4.0)
+    assert ported.max_run_s == 30.0 and ported.expires_at == now + 60
+    # Burrow's name wins beside Dramatiq's, and a message's option (send_with_options) beside the actor's
+    both = settings("both")
+    assert (both.limits.max_failures, both.max_run_s) == (5, 7.0)
+    assert settings("ported", max_retries=0).limits.max_failures == 0
+    # and a malformed one is named as given
+    with pytest.raises(SkipMessage):
+        lifecycle.before_process_message(
+            broker,
+            MessageProxy(
+                Message(queue_name="q", actor_name="ported", args=(), kwargs={}, options={"time_limit": "soon"})
+            ),
+        )
+    assert broker.set_aside[-1][0] == "malformed" and broker.set_aside[-1][1].startswith("options.time_limit")

@@ -82,3 +82,25 @@ def test_credentials_are_masked():
     with pytest.raises(ConfigError) as error:
         Settings.from_env({"AMQP_URL": "http://u:hunter2@h"})
     assert "hunter2" not in str(error.value)
+
+
+def test_an_actor_option_no_middleware_declares_is_named_with_the_options_the_node_knows(tmp_path, monkeypatch):
+    # Given an actor module using a Dramatiq option the node has no middleware for (Retries' throws)
+    import dramatiq
+    from dramatiq.brokers.stub import StubBroker
+
+    from node.middleware import JobSubmission
+    from node.settings import import_actor_modules
+
+    (tmp_path / "ported_actors.py").write_text(
+        "import dramatiq\n@dramatiq.actor(queue_name='q', throws=(ValueError,))\ndef job():\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(dramatiq.broker, "global_broker", StubBroker(middleware=[JobSubmission()]))
+
+    # When the node imports it, the error is one line naming the option and the ones the node knows
+    with pytest.raises(ConfigError) as raised:
+        import_actor_modules(("ported_actors",))
+    message = str(raised.value)
+    assert "'ported_actors': an actor uses options this node does not know: throws (it knows: " in message
+    assert "max_retries" in message and "ttl_s" in message and "\n" not in message
