@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from ..contract import exact_json
 from ..contract.record import new_record, record_key, record_problem
 from ..errors import CorruptRecord, PreconditionFailed
 from .base import Storage
@@ -32,8 +33,8 @@ def _compact(value: Any) -> bytes:
 
 def _loads(data: bytes | str) -> Any:
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:  # e.g. NaN, written by ``json`` (above, or by an earlier version)
+        return exact_json.loads(data)  # (an integer beyond 64 bits in a result stays one)
+    except ValueError:  # orjson refuses e.g. NaN, written by ``json`` (above, or by an earlier version)
         return json.loads(data)
 
 

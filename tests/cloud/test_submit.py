@@ -59,6 +59,11 @@ def test_sync_polling_and_stream_jobs_end_to_end_through_submit_and_the_cli(clie
     handle = client.submit("echo", {"answer": 42}, job_type="sync")
     assert handle.result(timeout=60) == {"answer": 42}
     assert client.job(handle.job_id).result(timeout=0) == {"answer": 42}
+    # ... integers beyond 64 bits included, as plain Dramatiq carries them (orjson alone read 10**30 as 1e+30)
+    big = {"big": 10**30, "negative": -(2**70)}
+    assert client.submit("echo", big, job_type="sync").result(timeout=60) == big
+    polled = client.submit("echo", big)
+    assert polled.result(timeout=60) == big and isinstance(client.job(polled.job_id).result(timeout=0)["big"], int)
     # polling: the record exists (queued) from submission; status walks to succeeded; result from storage.
     polling = client.submit("infer", prompt="the node", max_tokens=5, job_type="polling")
     assert polling.status() in ("queued", "running", "succeeded")

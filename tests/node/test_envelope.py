@@ -182,3 +182,22 @@ def test_envelope_checks_name_the_field(fields, named):
 def test_a_body_nested_past_the_decoders_depth_is_malformed_not_a_recursion_error():
     with pytest.raises(MalformedMessage, match="nested too deeply"):
         decode_fields(b'{"args":' * 50_000 + b"1" + b"}" * 50_000)
+
+
+BIG = {"big": 10**30, "below": -(10**25), "u64": 2**64, "i64": -(2**63) - 1, "float": 1.5e30, "ok": 2**63}
+
+
+def test_integers_beyond_64_bits_are_read_exactly_from_envelopes_and_records(tmp_path):
+    # (orjson reads them as floats: 10**30 became 1e+30, where plain Dramatiq keeps the integer)
+    from node.storage import LocalStorage
+
+    base = json.loads(json.dumps(good("", "x")))
+    fields = decode_fields(json.dumps({**base, "kwargs": BIG}).encode())
+    assert fields["kwargs"] == BIG and [type(v) for v in fields["kwargs"].values()] == [type(v) for v in BIG.values()]
+    records = RecordStore(LocalStorage(tmp_path))
+    records.update("j", lambda record: record.update(result={"value": BIG}))
+    assert records.get("j")["result"]["value"] == BIG and isinstance(records.get("j")["result"]["value"]["big"], int)
+    # and a long digit run that is not an integer token changes nothing
+    assert decode_fields(json.dumps({**base, "kwargs": {"f": 0.1234567890123456789012, "s": "1" * 30}}).encode())[
+        "kwargs"
+    ] == {"f": 0.1234567890123456789012, "s": "1" * 30}
