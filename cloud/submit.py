@@ -30,7 +30,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -339,10 +339,12 @@ class Client:
         record = self.records.get(job_id) or {}
         return JobHandle(self, job_id, job_type=record.get("job_type", ""), submitted_at=record.get("submitted_at"))
 
-    def submit_batch(self, actor: str | dramatiq.Actor, items: list[dict[str, Any]], **options: Any) -> Any:
+    def submit_batch(self, actor: str | dramatiq.Actor, items: Iterable[Any], **options: Any) -> Any:
         """Submit many jobs of one actor at once (``cloud.batch.submit_batch``); returns the ``Batch``."""
         from .batch import submit_batch
 
+        if isinstance(items, str | bytes | dict) or not isinstance(items, Iterable):
+            raise TypeError(f"items must be a list of argument sets (dicts or lists), got {type(items).__name__}")
         return submit_batch(self, actor, [(n + 1, item) for n, item in enumerate(items)], **options)
 
     def replies(self) -> ReplyListener:

@@ -146,3 +146,12 @@ def test_a_timeout_that_could_never_end_or_is_not_seconds_is_refused_before_wait
         handle.stream(timeout=timeout)
     with pytest.raises(ValueError, match="from_seq must be a chunk number"):
         handle.stream(-1)
+
+
+@pytest.mark.parametrize("items", [5, None, "seed=1", {"seed": 1}])
+def test_a_batch_that_is_not_a_sequence_of_argument_sets_is_refused_saying_so(items):
+    from cloud.submit import Client
+
+    client = Client.__new__(Client)  # (refused before the client touches the broker)
+    with pytest.raises(TypeError, match="items must be a list of argument sets"):
+        client.submit_batch("simulate", items)
