@@ -197,7 +197,15 @@ class Checkpointer:
         """Snapshot ``state`` (bytes, a file or a directory) and upload it in the background.
 
         Returns the checkpoint's sequence number at once; ``meta`` (JSON values) is kept in the manifest.
+        Raises ``TypeError`` / ``ValueError`` at once for ``meta`` that is not standard JSON (the upload, in
+        the background, would fail on every try while the job believed itself checkpointed).
         """
+        try:
+            json.dumps(meta, allow_nan=False)
+        except TypeError as e:
+            raise TypeError(f"checkpoint meta must be JSON values: {e}") from None
+        except (ValueError, RecursionError) as e:
+            raise ValueError(f"checkpoint meta must be standard JSON values (no NaN or infinity): {e}") from None
         self._seq += 1
         snapshot = self._snapshot(self._seq, state, meta)
         self.last_save_at = snapshot.taken_at

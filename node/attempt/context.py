@@ -15,7 +15,7 @@ from typing import Any
 
 from ..contract.inputs import check_reference
 from ..contract.job_options import JobOptions
-from ..errors import InvalidInput, ObjectNotFound, Preempted
+from ..errors import InvalidInput, ObjectNotFound, Preempted, StorageError
 from ..retrying import Deadline, retry
 from ..storage import Storage
 from .checkpoints import Checkpointer
@@ -30,8 +30,21 @@ _build_lock = threading.Lock()
 def artifact_key(job_id: str, attempt_id: str, name: str) -> str:
     """Where attempt ``attempt_id`` stores artifact ``name``: under the attempt, so a stale attempt can never
     overwrite what a newer one stored; the record's ``artifacts`` map (written only by the newest attempt)
-    says which attempt's artifacts are the job's."""
-    return Storage.check_key(f"jobs/{job_id}/artifacts/{attempt_id}/{name}")
+    says which attempt's artifacts are the job's. Raises ``ValueError`` for a name no store can take."""
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_ARTIFACT_NAME:
+        shown = repr(name)[:60]
+        raise ValueError(f"artifact name {shown}: must be a string of 1-{MAX_ARTIFACT_NAME} characters")
+    try:
+        return Storage.check_key(f"jobs/{job_id}/artifacts/{attempt_id}/{name}")
+    except StorageError:
+        raise ValueError(
+            f"artifact name {name[:60]!r}: use a relative path such as 'model.bin' or 'eval/scores.json' "
+            "(no empty, '.' or '..' segment, no control character)"
+        ) from None
+
+
+#: Longest artifact name (S3 keys are at most 1,024 bytes; the job id and attempt id come before it).
+MAX_ARTIFACT_NAME = 255
 
 
 class JobCheckpoint(Checkpointer):
@@ -99,15 +112,30 @@ class Artifacts:
         """Store ``data`` (bytes or a file path) as artifact ``name`` (e.g. ``result.json``); returns its key.
 
         Retries a failing store; raises ``StorageError`` if it stays down (the attempt then fails and is
-        retried later, so nothing is acked without its results).
+        retried later, so nothing is acked without its results). Raises at once, without retrying, for a bad
+        ``name`` (``ValueError``), ``data`` of another type (``TypeError``), or a path that is no file.
         """
         key = artifact_key(self.job_id, self.attempt_id, name)
+        # What the actor got wrong fails at once: only the store's own failures are worth retrying.
+        if isinstance(data, bytes | bytearray | memoryview):
+            payload, source = bytes(data), None
+        elif isinstance(data, str | os.PathLike):
+            payload, source = None, Path(data)
+            if source.is_dir():
+                raise IsADirectoryError(
+                    f"artifact {name!r}: {str(source)!r} is a directory (store a file, or an archive)"
+                )
+            if not source.is_file():
+                hint = " (to store text, pass bytes: text.encode())" if isinstance(data, str) else ""
+                raise FileNotFoundError(f"artifact {name!r}: no file {str(source)[:200]!r}{hint}")
+        else:
+            raise TypeError(f"artifact {name!r}: data must be bytes or a file path, got {type(data).__name__}")
 
         def store() -> None:
-            if isinstance(data, bytes | bytearray | memoryview):
-                self.storage.put(key, bytes(data))
+            if source is None:
+                self.storage.put(key, payload)
             else:
-                self.storage.upload_file(key, Path(data))
+                self.storage.upload_file(key, source)
 
         retry(store, deadline=Deadline(self.patience_s), what=f"Storing artifact {key}")
         self.keys[name] = key

@@ -78,3 +78,32 @@ def test_an_input_that_is_not_there_is_invalid_input_not_a_failure_to_retry(tmp_
     for read in (lambda: inputs.get(ref), lambda: inputs.download(ref, tmp_path / "out")):
         with pytest.raises(InvalidInput, match=problem):
             read()
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "error", "says"),
+    [
+        ("../x", b"a", ValueError, "artifact name '../x': use a relative path"),
+        ("", b"a", ValueError, "must be a string of 1-255 characters"),
+        ("a" * 256, b"a", ValueError, "must be a string of 1-255 characters"),
+        ("a\x00b", b"a", ValueError, "no control character"),
+        ("n.bin", 5, TypeError, "data must be bytes or a file path, got int"),
+        ("out.txt", "hello world", FileNotFoundError, "to store text, pass bytes"),
+        ("d.tar", ".", IsADirectoryError, "is a directory"),
+    ],
+)
+def test_an_artifact_the_actor_got_wrong_fails_at_once_not_after_a_minute_of_retries(tmp_path, name, data, error, says):
+    from node.attempt.context import Artifacts
+
+    calls: list[str] = []
+
+    class Counting(LocalStorage):
+        def put(self, key, data, **kwargs):
+            calls.append(key)
+            return super().put(key, data, **kwargs)
+
+    artifacts = Artifacts(Counting(tmp_path), "j1", "a1", patience_s=3600)
+    with pytest.raises(error, match=says):
+        artifacts.put(name, data)
+    assert calls == [] and artifacts.keys == {}
+    assert artifacts.put("eval/scores.json", b"{}") == "jobs/j1/artifacts/a1/eval/scores.json"

@@ -201,3 +201,15 @@ def test_a_directory_checkpoint_that_is_not_an_archive_is_an_error_naming_it(sto
     storage.put(checkpoint.latest()["key"], b"not a tar archive")
     with pytest.raises(CorruptCheckpoint, match="is not a readable archive"):
         Checkpointer(storage, "job-dir", 2).load_to(tmp_path / "restored")
+
+
+@pytest.mark.parametrize(("meta", "error"), [({"at": object()}, TypeError), ({"loss": float("nan")}, ValueError)])
+def test_checkpoint_meta_that_is_not_standard_json_is_refused_at_save_not_retried_in_the_background(
+    tmp_path, meta, error
+):
+    # (the background upload failed on every try while the job believed itself checkpointed)
+    checkpoint = Checkpointer(open_storage((tmp_path / "store").as_uri()), "job", 1)
+    with pytest.raises(error, match="checkpoint meta must be"):
+        checkpoint.save(b"state", **meta)
+    checkpoint.save(b"state", step=1)
+    assert checkpoint.flush(10) and checkpoint.latest()["meta"] == {"step": 1}
