@@ -126,7 +126,8 @@ class JobContext(Protocol):
 
     def emit(self, chunk: bytes | Any) -> int:
         """Send a partial result (bytes or a JSON value) to the job's callers; returns its sequence number.
-        Returns once the broker has it; chunks sent before a checkpoint are never sent again after a resume."""
+        Returns once the broker has it; chunks sent before a checkpoint are never sent again after a resume.
+        A chunk is at most 1 MiB (``ValueError``; store more as an artifact) and standard JSON (no NaN)."""
 
     def hand_back(self) -> None:
         """Stop here (raises ``Preempted``) so the job re-runs elsewhere from its last checkpoint."""

@@ -26,6 +26,9 @@ JOB_HEADER = "x-burrow-job"
 SEQ_HEADER = "x-burrow-seq"
 #: The end message's sequence header: not a chunk number.
 END_SEQ = -1
+#: Largest chunk: every reader of the shared stream reads every job's chunks, so a big result belongs in an
+#: artifact (``job.artifacts.put``), with a chunk that names it.
+MAX_CHUNK_BYTES = 1024 * 1024
 
 
 def stream_arguments() -> dict[str, Any]:
@@ -40,10 +43,27 @@ def declare_chunks_stream(channel: Any, prefix: str) -> str:
 
 
 def encode_chunk(data: Any) -> bytes:
-    """A chunk as sent: bytes as they are, anything else as JSON (``{"json": value}``)."""
+    """A chunk as sent: bytes as they are, anything else as standard JSON (``{"json": value}``).
+
+    Raises:
+        TypeError: ``data`` is neither bytes nor a JSON value.
+        ValueError: It holds NaN or an infinity, or is over ``MAX_CHUNK_BYTES``.
+    """
     if isinstance(data, bytes | bytearray | memoryview):
-        return b"b" + bytes(data)
-    return b"j" + json.dumps(data, separators=(",", ":")).encode()
+        body = b"b" + bytes(data)
+    else:
+        try:
+            body = b"j" + json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+        except RecursionError:
+            raise ValueError("a chunk must be standard JSON: nested too deeply") from None
+        except ValueError as e:
+            raise ValueError(f"a chunk must be standard JSON: {e}") from None
+    if len(body) - 1 > MAX_CHUNK_BYTES:
+        raise ValueError(
+            f"a chunk of {len(body) - 1} bytes is over {MAX_CHUNK_BYTES}: store it as an artifact "
+            "(job.artifacts.put) and emit its name"
+        )
+    return body
 
 
 def decode_chunk(body: bytes) -> Any:
