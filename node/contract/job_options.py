@@ -48,6 +48,9 @@ DEFAULT_SUBCLOUD = "public"
 JOB_TYPES = ("sync", "polling", "batch", "stream")
 PRIORITIES = ("urgent", "bulk", "test")
 
+#: A submitter's reply queue (``cloud.replies``): server-named by RabbitMQ, so no job can name another queue.
+REPLY_QUEUE = re.compile(r"amq\.gen-[A-Za-z0-9_-]{1,200}")
+
 #: A job id is also a storage key segment and a log field: printable ASCII, no '/', at most 128 characters.
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=@+-]{0,127}")
 
@@ -193,8 +196,11 @@ class JobOptions:
             problems.append("lease_of must be an attempt id")
         if not isinstance(self.lease_seen, int) or isinstance(self.lease_seen, bool) or self.lease_seen < 0:
             problems.append(f"lease_seen must be a non-negative integer, got {self.lease_seen!r}")
-        if self.reply_to is not None and not (isinstance(self.reply_to, str) and 0 < len(self.reply_to) <= 255):
-            problems.append("reply_to must be a queue name (1-255 characters)")
+        if self.reply_to is not None and not (isinstance(self.reply_to, str) and REPLY_QUEUE.fullmatch(self.reply_to)):
+            # Only a submitter's own reply queue: else a job could make every node that runs it publish into
+            # any queue by name (a work queue, failed-jobs).
+            shown = repr(self.reply_to)[:60]
+            problems.append(f"reply_to must be a submitter's server-named reply queue (amq.gen-…), got {shown}")
         if self.signature is not None and not (isinstance(self.signature, str) and 0 < len(self.signature) <= 256):
             problems.append("signature must be a string of 1-256 characters")
         if isinstance(self.version, bool) or self.version != SCHEMA_VERSION:

@@ -24,6 +24,7 @@ def test_round_trip_keeps_every_field():
         interruptions=2,
         avoid_nodes=("n1",),
         trace={"traceparent": "00-abc-def-01"},
+        reply_to="amq.gen-JzTY20BRgKO-HjmUJj0wLg",
     )
     assert JobOptions.from_options({"job": options.to_options()}, message_id="other") == options
 
@@ -44,6 +45,10 @@ def test_round_trip_keeps_every_field():
         ({"expires_at": "tomorrow"}, "expires_at must be Unix seconds"),
         ({"version": 99}, "unsupported job schema version 99"),
         ({"colour": "blue"}, "unknown job option(s): colour"),
+        # a reply goes to the submitter's own queue only, never into a queue a job names (a work queue)
+        ({"reply_to": "tests"}, "reply_to must be a submitter's server-named reply queue (amq.gen-…), got 'tests'"),
+        ({"reply_to": "failed-jobs"}, "reply_to must be"),
+        ({"reply_to": "amq.rabbitmq.reply-to"}, "reply_to must be"),
     ],
 )
 def test_malformed_options_name_what_is_wrong(raw, problem):
