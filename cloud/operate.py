@@ -142,7 +142,7 @@ def work_queue_names(broker) -> list[str]:
 
 
 def _purge(store: Quarantine, args: argparse.Namespace, now: float) -> int:
-    older_than = parse_age(args.older_than) if args.older_than else 0.0
+    older_than = parse_age(args.older_than) if args.older_than is not None else 0.0
     doomed = [e["id"] for e in store.entries() if now - float(e.get("quarantined_at") or now) >= older_than]
     if not doomed:
         print("nothing to purge")
@@ -240,7 +240,7 @@ def dlq(args: argparse.Namespace, settings: Settings) -> int:
                 channel.tx_commit()  # the request and the ack, together
                 print(f"{letter.id}: requeue sent to the router")
             return 0
-        older_than = parse_age(args.older_than) if args.older_than else 0.0
+        older_than = parse_age(args.older_than) if args.older_than is not None else 0.0
         doomed = [letter for letter in held if (letters_of.age(letter, now) or 0.0) >= older_than]
         if not doomed:
             print("nothing to purge")

@@ -88,6 +88,10 @@ def test_quarantine_purge_asks_first_and_honours_older_than(node_env, storage):
     assert list(quarantine.ids()) == ["new-1"]
     bad = burrow(node_env, "quarantine", "purge", "--older-than", "soon")
     assert bad.returncode == 2 and bad.stderr.startswith("burrow: error: --older-than 'soon'")
+    # an empty age (an unset shell variable) is no age, not "everything"
+    empty = burrow(node_env, "quarantine", "purge", "--older-than", "", "--yes")
+    assert empty.returncode == 2 and empty.stderr.startswith("burrow: error: --older-than ''")
+    assert list(quarantine.ids()) == ["new-1"]
 
 
 def test_a_dead_letter_nested_past_the_decoders_depth_is_listed(amqp_url, queue_prefix, broker, start_node, node_env):
