@@ -390,9 +390,16 @@ class AttemptRunner:
                 # Out of this hook, Dramatiq would log the error and ack: a job with no successor, its record
                 # still saying it runs. Unless it was sent on already, reject it: the broker dead-letters it
                 # and the router, which reads its record, takes it from there.
-                logger.exception("Job %s attempt %d could not be ended.", context.job_id, context.attempt)
-                if not attempt.sent_on:
-                    logger.error("Rejecting the message of job %s (it goes to the dead letters).", context.job_id)
+                if attempt.sent_on:  # (only telling its waiting submitter or stream readers failed)
+                    logger.exception(
+                        "Job %s attempt %d: its end could not be announced.", context.job_id, context.attempt
+                    )
+                else:
+                    logger.exception(
+                        "Job %s attempt %d could not be ended; rejecting its message (it goes to the dead letters).",
+                        context.job_id,
+                        context.attempt,
+                    )
                     message.fail()
             finally:
                 if context.built:
