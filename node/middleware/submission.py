@@ -39,6 +39,16 @@ class JobSubmission(dramatiq.Middleware):
     def actor_options(self) -> set[str]:
         return set(LIFECYCLE_OPTIONS) | set(ROUTING_OPTIONS)
 
+    def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor) -> None:
+        """``@dramatiq.actor(priority="urgent")``: Dramatiq takes ``priority`` as its own parameter (an integer
+        that orders a worker's buffered messages), so a priority class given there would route nothing and
+        break that ordering (a string compared with other actors' integers). It is moved into the actor's
+        options, where the job's priority class is read (and checked when a job is sent); an integer stays
+        Dramatiq's."""
+        if isinstance(actor.priority, str):
+            actor.options.setdefault("priority", actor.priority)
+            actor.priority = 0
+
     def before_enqueue(self, broker: dramatiq.Broker, message: Message, delay: int | None) -> None:
         try:
             actor = broker.get_actor(message.actor_name)

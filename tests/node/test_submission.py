@@ -36,3 +36,21 @@ def test_explicit_job_options_are_kept():
 def test_an_actor_without_ttl_gets_no_expiry():
     broker = StubBroker(middleware=[JobSubmission()])
     assert JobOptions.from_options(make_actor(broker).send().options, message_id="x").expires_at is None
+
+
+def test_a_priority_class_given_as_dramatiqs_priority_parameter_routes_the_job():
+    # (Dramatiq took it as its integer priority: the job went to "bulk", and a worker compared "urgent" with
+    # other actors' integers when ordering its buffered messages)
+    import pytest
+
+    from node.errors import MalformedMessage
+
+    broker = StubBroker(middleware=[JobSubmission()])
+    actor = make_actor(broker, priority="urgent")
+    assert actor.priority == 0 and actor.options["priority"] == "urgent"
+    assert JobOptions.from_options(actor.send().options, message_id="x").priority == "urgent"
+    assert dramatiq.actor(lambda: None, actor_name="ordered", broker=broker, priority=5).priority == 5
+    # and a class that is none is named when a job is sent
+    other = dramatiq.actor(lambda: None, actor_name="other", broker=broker, priority="high")
+    with pytest.raises(MalformedMessage, match="priority must be one of urgent, bulk, test"):
+        other.send()
