@@ -172,12 +172,19 @@ def start_telemetry(settings: Settings, slot_id: str, environ: Mapping[str, str]
 
 
 class _QuietSkips(logging.Filter):
-    """Drops Dramatiq's "Message … was skipped." warning: the lifecycle skips every message it carries out
-    without running (a retry, a hand-back, a lease check) and logs why itself; Dramatiq's line says nothing
-    more, at WARNING, and prints the message's arguments — a job's payload — into the log."""
+    """Drops two of Dramatiq's per-job warnings that are wrong under the node. "Message … was skipped.": the
+    lifecycle skips every message it carries out without running (a retry, a hand-back, a lease check) and
+    logs why itself; Dramatiq's line says nothing more, at WARNING, and prints the message's arguments — a
+    job's payload — into the log. "Actor … returned a value … the value has been discarded": it was not, the
+    lifecycle keeps it as the job's result (Dramatiq looks for its own ``Results`` middleware only)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg != "Message %s was skipped."
+        return record.msg != "Message %s was skipped." and _DISCARDED not in str(record.msg)
+
+
+#: Dramatiq's warning for an actor's return value when its ``Results`` middleware is absent (formatted with
+#: the actor's name before it is logged).
+_DISCARDED = "returned a value that is not None, and you haven't added the Results middleware"
 
 
 def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroker:

@@ -54,7 +54,7 @@ def ready(client: Client, queue: str) -> int:
 
 
 def test_sync_polling_and_stream_jobs_end_to_end_through_submit_and_the_cli(client, start_node, tmp_path, node_env):
-    node(start_node, tmp_path)
+    worker = node(start_node, tmp_path)
     # sync: the caller blocks for the reply; the record is the durable copy it can read again later.
     handle = client.submit("echo", {"answer": 42}, job_type="sync")
     assert handle.result(timeout=60) == {"answer": 42}
@@ -85,6 +85,8 @@ def test_sync_polling_and_stream_jobs_end_to_end_through_submit_and_the_cli(clie
     out = burrow(node_env, "submit", "generate", "--kwargs", '{"prompt": "a gpu", "max_tokens": 6}', "--wait")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[1:] == complete("a gpu", 6)
+    # and no job's result was said to be discarded (Dramatiq warns so at every return value without its Results)
+    assert "has been discarded" not in worker.output()
 
 
 def test_a_stream_whose_node_is_killed_midway_reaches_its_caller_whole_in_order_once(
