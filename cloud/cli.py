@@ -347,6 +347,12 @@ def cmd_nodes(args: argparse.Namespace, settings: Settings) -> int:
         )
     if not views:
         print("(no node heard from)")
+    for view in sorted(views.values(), key=lambda v: v.node):
+        if view.hosts > 1:
+            print(
+                f"warning: {view.hosts} machines heartbeat as node {view.node!r}: give each its own "
+                "BURROW_NODE_ID (the router cannot send a job away from one of them without avoiding all)"
+            )
     return 0
 
 

@@ -58,7 +58,7 @@ class NodeRegistry:
         self.window_s = window_s
         self.refresh_s = refresh_s
         self.clock = clock
-        self._beats: dict[tuple[str, str], Heartbeat] = {}
+        self._beats: dict[tuple[str, str, str], Heartbeat] = {}
         self._next_offset: int | None = None
         self._probed_at: float | None = None  # (this reader's clock) just before the last read's probe
         self._read_at: float | None = None
@@ -129,7 +129,7 @@ class NodeRegistry:
                 sent = min(beat.at, latest) if earliest is None else min(max(beat.at, earliest), latest)
                 if sent != beat.at:
                     beat = dataclasses.replace(beat, at=sent)
-                key = (beat.node, beat.process)
+                key = beat.key
                 if key not in self._beats or beat.at >= self._beats[key].at:
                     self._beats[key] = beat
         self._probed_at = probing

@@ -106,6 +106,7 @@ def build_broker(
         NodeHeartbeat(
             node_id=settings.node_id,
             slot_id=slot_id,
+            instance=instance,
             subcloud=settings.subcloud,
             models=settings.models,
             interval_s=settings.node_heartbeat_s,

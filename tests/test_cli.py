@@ -273,6 +273,28 @@ def test_a_window_reaching_before_1970_lists_the_nodes_seen(node_env, broker):
     assert listed.returncode == 0 and listed.stdout.startswith("node "), listed.stderr
 
 
+def test_machines_that_share_a_node_id_are_pointed_out(node_env, amqp_url, queue_prefix):
+    # Given two machines heartbeating under one BURROW_NODE_ID (a container group's shared environment)
+    import pika
+
+    from node.contract.registry import Heartbeat
+    from node.middleware.heartbeat import declare_nodes_stream
+
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    stream = declare_nodes_stream(channel, queue_prefix)
+    channel.confirm_delivery()
+    for host in ("c1", "c2"):
+        beat = Heartbeat(node="shared", process="cpu-0/7", instance=host, host=host, at=time.time(), interval_s=10)
+        channel.basic_publish("", stream, beat.encode(), pika.BasicProperties(delivery_mode=2))
+    connection.close()
+
+    # Then `burrow nodes` counts both slots and says to give each machine its own id
+    listed = burrow("nodes", env=node_env)
+    assert listed.returncode == 0 and "0/2 busy" in listed.stdout, listed.stderr
+    assert "warning: 2 machines heartbeat as node 'shared': give each its own BURROW_NODE_ID" in listed.stdout
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(
     "damage, problem",

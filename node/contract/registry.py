@@ -26,7 +26,7 @@ LIVE_INTERVALS = 3.0
 
 STATES = ("up", "draining", "stopped")
 #: A heartbeat's text and list fields: a reader checks each one's type, so no sender can break a ``fold``.
-_TEXT = ("slot", "subcloud", "state", "version")
+_TEXT = ("slot", "subcloud", "state", "version", "instance", "host")
 _LISTS = ("models", "queues", "running", "running_queues")
 
 
@@ -48,6 +48,9 @@ class Heartbeat:
         version: Burrow's version.
         at: When it was sent (Unix seconds).
         interval_s: How often this process heartbeats (a reader times it out after ``LIVE_INTERVALS``).
+        instance: The node instance (one ``burrow node`` or ``dramatiq`` run).
+        host: The machine's host name: two machines given the same node id (as a container group's shared
+            environment does) have different ones.
     """
 
     node: str
@@ -63,6 +66,14 @@ class Heartbeat:
     version: str = ""
     at: float = 0.0
     interval_s: float = 10.0
+    instance: str = ""
+    host: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """Which process this is a beat of: its newest beat stands for it (machines that share a node id can
+        share pids too, so the instance is part of it)."""
+        return (self.node, self.instance, self.process)
 
     def encode(self) -> bytes:
         data = {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
@@ -108,6 +119,7 @@ class NodeView:
     state: str  # up, draining, stopped (cleanly), silent (vanished)
     version: str
     slots: tuple[Heartbeat, ...] = field(default_factory=tuple)
+    hosts: int = 1  # machines heartbeating live under this id (more than one: a shared node id)
 
     @property
     def running(self) -> tuple[str, ...]:
@@ -120,13 +132,13 @@ def _process_live(beat: Heartbeat, now: float) -> bool:
 
 def fold(heartbeats: Iterable[Heartbeat], *, now: float) -> dict[str, NodeView]:
     """One ``NodeView`` per node from heartbeats in any order (the newest per process wins)."""
-    latest: dict[tuple[str, str], Heartbeat] = {}
+    latest: dict[tuple[str, str, str], Heartbeat] = {}
     for beat in heartbeats:
-        key = (beat.node, beat.process)
+        key = beat.key
         if key not in latest or beat.at >= latest[key].at:
             latest[key] = beat
     by_node: dict[str, list[Heartbeat]] = {}
-    for (node, _), beat in sorted(latest.items()):
+    for (node, _, _), beat in sorted(latest.items()):
         by_node.setdefault(node, []).append(beat)
     views = {}
     for node, beats in by_node.items():
@@ -146,7 +158,8 @@ def fold(heartbeats: Iterable[Heartbeat], *, now: float) -> dict[str, NodeView]:
             live=bool(live_beats) and state == "up",
             state=state,
             version=newest.version,
-            slots=tuple(sorted(shown, key=lambda b: b.process)),
+            slots=tuple(sorted(shown, key=lambda b: (b.instance, b.process))),
+            hosts=len({b.host for b in live_beats}) or 1,
         )
     return views
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,10 @@ def declare_nodes_stream(channel, prefix: str) -> str:
     return name
 
 
+#: This machine's host name, in every heartbeat (``Heartbeat.host``).
+_HOST = socket.gethostname()
+
+
 class NodeHeartbeat(dramatiq.Middleware):
     """Publishes this worker process's ``Heartbeat`` every ``interval_s`` on its own connection, and a last
     one saying ``stopped`` when the worker shuts down cleanly.
@@ -46,6 +51,7 @@ class NodeHeartbeat(dramatiq.Middleware):
         slot_id: This process's slot.
         subcloud: The node's subcloud.
         models: The models it serves (empty: all of its subcloud's).
+        instance: This node instance (``node.boot.node_instance``).
         interval_s: Seconds between beats (0 disables the registry for this process).
         clock: Wall clock (Unix seconds).
         on_beat: Also called with each heartbeat, broker or not (the worker's slot status file, which the
@@ -59,6 +65,7 @@ class NodeHeartbeat(dramatiq.Middleware):
         slot_id: str,
         subcloud: str,
         models: tuple[str, ...] = (),
+        instance: str = "",
         interval_s: float = 10.0,
         clock: Callable[[], float] = time.time,
         on_beat: Callable[[Heartbeat], None] | None = None,
@@ -67,6 +74,7 @@ class NodeHeartbeat(dramatiq.Middleware):
         self.slot_id = slot_id
         self.subcloud = subcloud
         self.models = models
+        self.instance = instance
         self.interval_s = interval_s
         self.clock = clock
         self.on_beat = on_beat
@@ -88,6 +96,8 @@ class NodeHeartbeat(dramatiq.Middleware):
         return Heartbeat(
             node=self.node_id,
             process=f"{self.slot_id}/{os.getpid()}",
+            instance=self.instance,
+            host=_HOST,
             slot=self.slot_id,
             subcloud=self.subcloud,
             models=self.models,

@@ -47,3 +47,17 @@ def test_a_heartbeat_round_trips():
 def test_anything_but_a_heartbeat_is_ignored_and_cannot_break_a_fold(body):
     assert Heartbeat.decode(body) is None
     assert list(fold([GOOD, *filter(None, [Heartbeat.decode(body)])], now=1005.0)) == ["node-a"]
+
+
+def test_machines_sharing_a_node_id_and_pids_are_all_seen_and_counted():
+    # Given two containers of one group, given the same BURROW_NODE_ID by their shared environment, whose
+    # worker processes have the same pid (a container's first processes get the same numbers)
+    one = Heartbeat(node="salad", process="cpu-0/7", instance="i1", host="c1", running=("j1",), at=1000.0)
+    other = Heartbeat(node="salad", process="cpu-0/7", instance="i2", host="c2", running=("j2",), at=1001.0)
+    # When the registry folds their beats, neither hides the other, and the node says it is two machines
+    (view,) = fold([one, other], now=1002.0).values()
+    assert sorted(view.running) == ["j1", "j2"] and view.hosts == 2
+    # while a node restarted on its machine (a new instance beside its last beats) is one machine
+    restarted = Heartbeat(node="salad", process="cpu-0/9", instance="i3", host="c1", at=1001.5)
+    assert fold([one, restarted], now=1002.0)["salad"].hosts == 1
+    assert Heartbeat.decode(one.encode()) == one
