@@ -25,6 +25,7 @@ from .contract.job_options import DEFAULT_SUBCLOUD
 from .contract.topology import load_topology
 from .errors import BurrowError, ConfigError, SlotError, StorageError
 from .middleware import (
+    AsyncActors,
     Callbacks,
     CancelListener,
     JobLifecycle,
@@ -74,7 +75,8 @@ def build_broker(
     ``JobLifecycle`` replaces Dramatiq's ``Retries`` and ``AgeLimit`` (retries with cooldown through wait
     queues, TTL, records, checkpoints). Dramatiq's ``TimeLimit`` (10 minutes, and unable to interrupt C/CUDA
     code) and ``ShutdownNotifications`` (an async exception that may land after the work is done) are left
-    out on purpose: ``max_run_s`` and ``Preemption`` ask the job to stop cooperatively instead.
+    out on purpose: ``max_run_s`` and ``Preemption`` ask the job to stop cooperatively instead. ``async def``
+    actors run on Dramatiq's event loop thread, in their job's context (``AsyncActors``).
     """
     middleware = [
         Callbacks(),
@@ -100,6 +102,7 @@ def build_broker(
             lease=lease_timing(settings.consumer_timeout_s),  # the attempt's lease, not the slot's
         ),
         Shutdown(slots_dir=settings.state_dir / "slots" if lease is not None else None, slot_id=slot_id),
+        AsyncActors(),
         Prefetch(prefetch=settings.prefetch),
         SlotConsumer(),
         CancelListener(storage=storage),

@@ -228,6 +228,17 @@ def echo(value: object, repeat: int = 1) -> object:
     return value if repeat == 1 else [value] * repeat
 
 
+@dramatiq.actor(queue_name=QUEUE, job_type="sync")
+async def async_echo(value: object) -> object:
+    """An ``async def`` actor: awaits, then returns ``value`` with the job id its job context gives it."""
+    import asyncio
+
+    from node.job import current_job
+
+    await asyncio.sleep(0)
+    return {"value": value, "job_id": current_job().job_id}
+
+
 @dramatiq.actor(queue_name=QUEUE)
 def checkpoints_once(job_key: str) -> None:
     """Store one checkpoint (waiting until it is stored), then succeed."""

@@ -39,6 +39,12 @@ def enter(context: JobContext, queue_name: str = "") -> contextvars.Token:
     return _current.set(context)
 
 
+def bind(context: JobContext | None) -> None:
+    """Make ``context`` the job of the current context only (an async actor's task: see
+    ``node.middleware.async_actors``), without counting it again."""
+    _current.set(context)
+
+
 def leave(context: JobContext, token: contextvars.Token | None) -> None:
     with _lock:
         _running.pop(context, None)

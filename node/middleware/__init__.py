@@ -1,5 +1,6 @@
 """Node middleware: Dramatiq hooks only, one concern per module, each a ``dramatiq.Middleware``."""
 
+from .async_actors import AsyncActors
 from .cancel import CancelListener
 from .chaining import Callbacks, Pipelines
 from .heartbeat import NodeHeartbeat
@@ -11,6 +12,7 @@ from .submission import JobSubmission
 from .tracing import Tracing
 
 __all__ = [
+    "AsyncActors",
     "Callbacks",
     "CancelListener",
     "JobLifecycle",

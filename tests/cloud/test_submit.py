@@ -59,6 +59,9 @@ def test_sync_polling_and_stream_jobs_end_to_end_through_submit_and_the_cli(clie
     handle = client.submit("echo", {"answer": 42}, job_type="sync")
     assert handle.result(timeout=60) == {"answer": 42}
     assert client.job(handle.job_id).result(timeout=0) == {"answer": 42}
+    # ... an async def actor too, which finds its job context on the event loop thread
+    handle = client.submit("async_echo", 5)
+    assert handle.result(timeout=60) == {"value": 5, "job_id": handle.job_id}
     # ... integers beyond 64 bits included, as plain Dramatiq carries them (orjson alone read 10**30 as 1e+30)
     big = {"big": 10**30, "negative": -(2**70)}
     assert client.submit("echo", big, job_type="sync").result(timeout=60) == big
