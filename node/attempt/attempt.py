@@ -37,6 +37,7 @@ class JobSettings:
     expires_at: float | None
     max_run_s: float | None
     checkpoint_every_s: float
+    throws: tuple[type[BaseException], ...] = ()  # exceptions the actor expects: never retried (Dramatiq's option)
 
 
 class Attempt:

@@ -423,7 +423,7 @@ class AttemptRunner:
         result: Any = None,
     ) -> None:
         context = attempt.context
-        outcome = _outcome(context, exception)
+        outcome = _outcome(context, exception, attempt.settings.throws)
         if attempt.labels is not None:  # metered from its start
             metrics.in_flight.add(-1, attempt.labels)
             ended = {**attempt.labels, "outcome": outcome.value}
@@ -449,10 +449,13 @@ class AttemptRunner:
             logger.warning("Job %s: last checkpoint not stored in time.", context.job_id)
         decision = self._decide(attempt.settings, JobStatus.RUNNING, outcome, job=context.options)
         error = None if exception is None else describe(exception)
-        if outcome is Outcome.INVALID_INPUT:
+        if outcome is Outcome.INVALID_INPUT and isinstance(exception, InvalidInput):
             decision = dataclasses.replace(
                 decision, reason="invalid input: " + describe(exception, 1986, with_type=False)
             )
+        elif outcome is Outcome.INVALID_INPUT:
+            reason = f"{describe(exception, 1950)} (in the actor's throws: not retried)"
+            decision = dataclasses.replace(decision, reason=reason)
         began = running.shutdown_began_at()
         if decision.action is Action.HAND_BACK and began is not None:
             # Not back in the queue before every consumer of this draining node has stopped, or one of them
@@ -654,8 +657,11 @@ class _NotStarted(Exception):
     """Stands for "skipped by another middleware" when an attempt is ended from ``after_skip_message``."""
 
 
-def _outcome(context: AttemptContext, exception: BaseException | None) -> Outcome:
-    """How an attempt ended, judged by its exception and why it was asked to stop (if it was)."""
+def _outcome(
+    context: AttemptContext, exception: BaseException | None, throws: tuple[type[BaseException], ...] = ()
+) -> Outcome:
+    """How an attempt ended, judged by its exception (``throws``: those the actor expects, never retried,
+    as ``InvalidInput``) and why it was asked to stop (if it was)."""
     if context.stop_reason == "fenced" or (context.built and context.checkpoint.fenced):
         return Outcome.FENCED
     if exception is None:
@@ -664,7 +670,7 @@ def _outcome(context: AttemptContext, exception: BaseException | None) -> Outcom
         return Outcome.CANCELLED
     if isinstance(exception, _NotStarted):
         return Outcome.NOT_STARTED
-    if isinstance(exception, InvalidInput):
+    if isinstance(exception, InvalidInput) or (throws and isinstance(exception, throws)):
         return Outcome.INVALID_INPUT
     if context.stop_reason == "timeout":
         return Outcome.TIMED_OUT

@@ -36,7 +36,8 @@ class JobLifecycle(dramatiq.Middleware):
 
     Options (message option → actor option → default here): ``ttl_s``, ``max_failures``,
     ``max_interruptions``, ``min_backoff_s``, ``max_backoff_s``, ``max_run_s``, ``checkpoint_every_s``; also
-    under Dramatiq's names (``max_retries``, ``min_backoff``, ``max_backoff``, ``time_limit``, ``max_age``).
+    under Dramatiq's names (``max_retries``, ``min_backoff``, ``max_backoff``, ``time_limit``, ``max_age``),
+    and Dramatiq's ``throws`` (exceptions the actor expects: never retried).
 
     Parameters:
         storage: Where records, checkpoints and artifacts live.
@@ -89,7 +90,7 @@ class JobLifecycle(dramatiq.Middleware):
     ) -> None:
         self.delivery_limit = delivery_limit
         self.clock = clock
-        self._per_actor: dict[str, tuple[dramatiq.Actor, tuple[Limits, Any, float | None, float]]] = {}
+        self._per_actor: dict[str, tuple[dramatiq.Actor, tuple[Limits, Any, float | None, float, tuple]]] = {}
         self.defaults = {
             "ttl_s": ttl_s,
             "max_failures": max_failures,
@@ -143,22 +144,26 @@ class JobLifecycle(dramatiq.Middleware):
                 # The common case: the actor's options decide, and they are resolved once per actor.
                 cached = self._per_actor.get(actor.actor_name)
                 if cached is None or cached[0] is not actor:
-                    resolved = self._resolve(lambda name: self.option(actor, message, name))
-                    cached = self._per_actor[actor.actor_name] = (actor, resolved)
-                limits, ttl_s, max_run_s, checkpoint_every_s = cached[1]
+                    cached = self._per_actor[actor.actor_name] = (actor, self._resolve(actor, message))
+                limits, ttl_s, max_run_s, checkpoint_every_s, throws = cached[1]
             else:
-                limits, ttl_s, max_run_s, checkpoint_every_s = self._resolve(
-                    lambda name: self.option(actor, message, name)
-                )
+                limits, ttl_s, max_run_s, checkpoint_every_s, throws = self._resolve(actor, message)
             expires_at = expiry(job.expires_at, message.message_timestamp / 1000, ttl_s)
         except (TypeError, ValueError) as e:  # an actor declared with a malformed lifecycle option
             raise MalformedMessage("options", f"actor {message.actor_name!r}: {e}") from None
         return JobSettings(
-            job=job, limits=limits, expires_at=expires_at, max_run_s=max_run_s, checkpoint_every_s=checkpoint_every_s
+            job=job,
+            limits=limits,
+            expires_at=expires_at,
+            max_run_s=max_run_s,
+            checkpoint_every_s=checkpoint_every_s,
+            throws=throws,
         )
 
-    def _resolve(self, option: Callable[[str], Any]) -> tuple[Limits, Any, float | None, float]:
-        max_run_s = option("max_run_s")
+    def _resolve(self, actor: dramatiq.Actor, message: Message) -> tuple[Limits, Any, float | None, float, tuple]:
+        def option(name: str) -> Any:
+            return self.option(actor, message, name)
+
         limits = Limits(
             max_failures=int(option("max_failures")),
             max_interruptions=int(option("max_interruptions")),
@@ -166,8 +171,13 @@ class JobLifecycle(dramatiq.Middleware):
             max_backoff_s=float(option("max_backoff_s")),
             delivery_limit=self.delivery_limit,
         )
-        max_run_s = None if max_run_s is None else float(max_run_s)
-        return limits, option("ttl_s"), max_run_s, float(option("checkpoint_every_s"))
+        max_run_s = None if option("max_run_s") is None else float(option("max_run_s"))
+        # Dramatiq's ``throws``: exceptions the actor expects, so a job that raises one is not retried.
+        throws = actor.options.get("throws") or ()
+        throws = tuple(throws) if isinstance(throws, tuple | list) else (throws,)
+        if not all(isinstance(c, type) and issubclass(c, BaseException) for c in throws):
+            raise TypeError(f"throws must be exception classes, got {actor.options.get('throws')!r}")
+        return limits, option("ttl_s"), max_run_s, float(option("checkpoint_every_s")), throws
 
     def before_process_message(self, broker: dramatiq.Broker, message: Message) -> None:
         try:

@@ -37,7 +37,7 @@ class JobSubmission(dramatiq.Middleware):
 
     @property
     def actor_options(self) -> set[str]:
-        return set(LIFECYCLE_OPTIONS) | set(ROUTING_OPTIONS)
+        return set(LIFECYCLE_OPTIONS) | set(ROUTING_OPTIONS) | {"throws"}
 
     def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor) -> None:
         """``@dramatiq.actor(priority="urgent")``: Dramatiq takes ``priority`` as its own parameter (an integer

@@ -325,3 +325,34 @@ def test_dramatiqs_names_for_retries_backoff_time_and_age_limits_are_read_in_bur
             ),
         )
     assert broker.set_aside[-1][0] == "malformed" and broker.set_aside[-1][1].startswith("options.time_limit")
+
+
+def test_an_exception_the_actor_declares_in_throws_is_not_retried(tmp_path):
+    # Given an actor written for Dramatiq that expects KeyError (its Retries' `throws`)
+    storage = LocalStorage(tmp_path)
+    lifecycle, broker = make(storage)
+    actor = dramatiq.Actor(lambda: None, broker=broker, actor_name="lookup", queue_name="q", priority=0, options={})
+    actor.options["throws"] = (KeyError,)
+
+    def run(exception: BaseException) -> MessageProxy:
+        message = MessageProxy(Message(queue_name="q", actor_name="lookup", args=(), kwargs={}, options={}))
+        lifecycle.before_process_message(broker, message)
+        lifecycle.after_process_message(broker, message, exception=exception)
+        return message
+
+    # When a job raises it, the job is set aside once, record failed, naming it, and nothing is re-published
+    expected = run(KeyError("no such user"))
+    record = RecordStore(storage).get(expected.message_id)
+    assert record["status"] == "failed" and broker.published == []
+    assert broker.set_aside == [("malformed", "KeyError: 'no such user' (in the actor's throws: not retried)")]
+    # while any other exception is retried as usual
+    run(RuntimeError("flaky"))
+    assert [copy.options["job"]["failures"] for copy, _ in broker.published] == [1]
+    # and a throws that names no exception class is named as malformed
+    actor.options["throws"] = "KeyError"
+    lifecycle._per_actor.clear()
+    with pytest.raises(SkipMessage):
+        lifecycle.before_process_message(
+            broker, MessageProxy(Message(queue_name="q", actor_name="lookup", args=(), kwargs={}, options={}))
+        )
+    assert "throws must be exception classes" in broker.set_aside[-1][1]

@@ -85,7 +85,7 @@ def test_credentials_are_masked():
 
 
 def test_an_actor_option_no_middleware_declares_is_named_with_the_options_the_node_knows(tmp_path, monkeypatch):
-    # Given an actor module using a Dramatiq option the node has no middleware for (Retries' throws)
+    # Given an actor module using a Dramatiq option the node has no middleware for (Retries' retry_when)
     import dramatiq
     from dramatiq.brokers.stub import StubBroker
 
@@ -93,7 +93,7 @@ def test_an_actor_option_no_middleware_declares_is_named_with_the_options_the_no
     from node.settings import import_actor_modules
 
     (tmp_path / "ported_actors.py").write_text(
-        "import dramatiq\n@dramatiq.actor(queue_name='q', throws=(ValueError,))\ndef job():\n    pass\n"
+        "import dramatiq\n@dramatiq.actor(queue_name='q', retry_when=min)\ndef job():\n    pass\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(dramatiq.broker, "global_broker", StubBroker(middleware=[JobSubmission()]))
@@ -102,5 +102,5 @@ def test_an_actor_option_no_middleware_declares_is_named_with_the_options_the_no
     with pytest.raises(ConfigError) as raised:
         import_actor_modules(("ported_actors",))
     message = str(raised.value)
-    assert "'ported_actors': an actor uses options this node does not know: throws (it knows: " in message
+    assert "'ported_actors': an actor uses options this node does not know: retry_when (it knows: " in message
     assert "max_retries" in message and "ttl_s" in message and "\n" not in message
