@@ -97,7 +97,7 @@ def _csv(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, s
     # Read as a file opened with newline="": a quoted cell keeps its line breaks, and only \r and \n end a
     # line (``str.splitlines`` also splits at U+2028 and other separators that are data in a cell). Strict:
     # an unterminated quote is an error on its line, not a cell that runs to the end of the file.
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text), strict=True)
     try:
         header = next(reader)
     except (StopIteration, csv.Error) as e:
@@ -120,6 +120,17 @@ def _csv(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, s
             continue
         rows.append((reader.line_num, {name.strip(): cell for name, cell in zip(header, cells, strict=True) if cell}))
     return rows, bad
+
+
+def _delimiter(text: str) -> str:
+    """The file's column separator: a comma, unless its header line has none but has semicolons (what Excel
+    writes where the comma is the decimal separator) or tabs."""
+    header = text.split("\n", 1)[0]
+    if "," not in header:
+        for candidate in (";", "\t"):
+            if candidate in header:
+                return candidate
+    return ","
 
 
 def convert_cells(fn: Callable[..., Any], fields: dict[str, Any]) -> dict[str, Any]:

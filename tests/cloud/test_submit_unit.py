@@ -155,3 +155,12 @@ def test_a_batch_that_is_not_a_sequence_of_argument_sets_is_refused_saying_so(it
     client = Client.__new__(Client)  # (refused before the client touches the broker)
     with pytest.raises(TypeError, match="items must be a list of argument sets"):
         client.submit_batch("simulate", items)
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_a_csv_separated_by_semicolons_or_tabs_is_read_by_its_header(separator):
+    # (Excel writes ';' where the comma is the decimal separator: the file was one column named "seed;samples")
+    rows, bad = _csv(f"seed{separator}samples\n1{separator}10\n2{separator}20\n")
+    assert rows == [(2, {"seed": "1", "samples": "10"}), (3, {"seed": "2", "samples": "20"})] and bad == []
+    # a comma in the header keeps commas, whatever the cells hold
+    assert _csv("seed,note\n1,a;b\n")[0] == [(2, {"seed": "1", "note": "a;b"})]
