@@ -14,6 +14,8 @@ from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 import dramatiq
+from dramatiq import Message
+from dramatiq.broker import MessageProxy
 from dramatiq.middleware import CurrentMessage
 
 from . import context, metrics
@@ -175,15 +177,27 @@ def start_telemetry(settings: Settings, slot_id: str, environ: Mapping[str, str]
     metrics.prime()
 
 
-class _QuietSkips(logging.Filter):
-    """Drops two of Dramatiq's per-job warnings that are wrong under the node. "Message … was skipped.": the
-    lifecycle skips every message it carries out without running (a retry, a hand-back, a lease check) and
-    logs why itself; Dramatiq's line says nothing more, at WARNING, and prints the message's arguments — a
-    job's payload — into the log. "Actor … returned a value … the value has been discarded": it was not, the
-    lifecycle keeps it as the job's result (Dramatiq looks for its own ``Results`` middleware only)."""
+class _WorkerLines(logging.Filter):
+    """Dramatiq's worker log lines, as the node wants them.
+
+    Two per-job warnings that are wrong under the node are dropped. "Message … was skipped.": the lifecycle
+    skips every message it carries out without running (a retry, a hand-back, a lease check) and logs why
+    itself. "Actor … returned a value … the value has been discarded": it was not, the lifecycle keeps it as
+    the job's result (Dramatiq looks for its own ``Results`` middleware only).
+
+    A message in any other line ("Failed to process message %s …") is shown as its actor and id, not as
+    Dramatiq prints it, with its arguments: a job's payload (a prompt, a credential, 256 KiB of input) does
+    not belong in the log, once per failure.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg != "Message %s was skipped." and _DISCARDED not in str(record.msg)
+        if record.msg == "Message %s was skipped." or _DISCARDED in str(record.msg):
+            return False
+        if isinstance(record.args, tuple) and any(isinstance(a, Message | MessageProxy) for a in record.args):
+            record.args = tuple(
+                f"{a.actor_name}[{a.message_id}]" if isinstance(a, Message | MessageProxy) else a for a in record.args
+            )
+        return True
 
 
 #: Dramatiq's warning for an actor's return value when its ``Results`` middleware is absent (formatted with
@@ -209,7 +223,8 @@ def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroke
             settings, storage=storage, slot_id=lease.slot.id, instance=instance, journal=journal, lease=lease
         )
         dramatiq.set_broker(broker)
-        logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_QuietSkips())
+        for name in ("dramatiq.worker.WorkerThread", "dramatiq.worker.ConsumerThread"):
+            logging.getLogger(name).addFilter(_WorkerLines())
         context.install(context.NodeContext(settings=settings, storage=storage, slot=lease.slot))
         logger.info(
             "Node %s slot %s (CUDA_VISIBLE_DEVICES=%r) pid %d: broker %s, storage %r",

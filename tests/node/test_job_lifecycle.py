@@ -173,7 +173,7 @@ def test_an_actor_that_always_raises_cools_down_longer_each_time_then_lands_in_f
     amqp_url, broker, queue_prefix, storage, start_node
 ):
     # Given an actor that always raises (max_failures=3, backoff 0.4 s doubling, with jitter)
-    start_node("--processes", "1")
+    node = start_node("--processes", "1")
     broker.enqueue(job_message("tests.failing", "always_fails", "doomed", job_key="doomed"))
 
     # When its failure budget is spent
@@ -200,6 +200,9 @@ def test_an_actor_that_always_raises_cools_down_longer_each_time_then_lands_in_f
     assert [a["outcome"] for a in record["attempts"]] == ["failed"] * 4
     assert all("RuntimeError: doomed always fails" in a["error"] for a in record["attempts"])
     assert broker.get_queue_message_counts("tests.failing") == (0, 0, 0)
+    # and the log names each failing message by actor and id, never with its arguments (a job's payload)
+    output = node.output()
+    assert "Failed to process message always_fails[" in output and "job_key='doomed'" not in output
 
 
 def test_s3_outage_during_checkpoints_does_not_stop_the_job_and_checkpoints_land_afterwards(
