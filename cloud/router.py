@@ -18,6 +18,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 from opentelemetry import metrics
 
+from node import worker_logs
 from node.contract.queues import FAILED_JOBS_ACTOR, FAILED_JOBS_QUEUE
 from node.errors import BurrowError
 from observability.setup import configure
@@ -45,6 +46,7 @@ if telemetry.metrics != "none":
         quarantine_every_s=count_every_s,
     )
 dramatiq.set_broker(broker)
+worker_logs.install()  # (a report's body is a job's arguments: never in the log)
 
 
 @dramatiq.actor(queue_name=FAILED_JOBS_QUEUE, actor_name=FAILED_JOBS_ACTOR)

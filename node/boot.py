@@ -14,11 +14,9 @@ from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 import dramatiq
-from dramatiq import Message
-from dramatiq.broker import MessageProxy
 from dramatiq.middleware import CurrentMessage
 
-from . import context, metrics
+from . import context, metrics, worker_logs
 from .attempt import drain
 from .attempt.journal import Journal, process_start_time
 from .attempt.lease import lease_timing
@@ -177,34 +175,6 @@ def start_telemetry(settings: Settings, slot_id: str, environ: Mapping[str, str]
     metrics.prime()
 
 
-class _WorkerLines(logging.Filter):
-    """Dramatiq's worker log lines, as the node wants them.
-
-    Two per-job warnings that are wrong under the node are dropped. "Message … was skipped.": the lifecycle
-    skips every message it carries out without running (a retry, a hand-back, a lease check) and logs why
-    itself. "Actor … returned a value … the value has been discarded": it was not, the lifecycle keeps it as
-    the job's result (Dramatiq looks for its own ``Results`` middleware only).
-
-    A message in any other line ("Failed to process message %s …") is shown as its actor and id, not as
-    Dramatiq prints it, with its arguments: a job's payload (a prompt, a credential, 256 KiB of input) does
-    not belong in the log, once per failure.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg == "Message %s was skipped." or _DISCARDED in str(record.msg):
-            return False
-        if isinstance(record.args, tuple) and any(isinstance(a, Message | MessageProxy) for a in record.args):
-            record.args = tuple(
-                f"{a.actor_name}[{a.message_id}]" if isinstance(a, Message | MessageProxy) else a for a in record.args
-            )
-        return True
-
-
-#: Dramatiq's warning for an actor's return value when its ``Results`` middleware is absent (formatted with
-#: the actor's name before it is logged).
-_DISCARDED = "returned a value that is not None, and you haven't added the Results middleware"
-
-
 def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroker:
     """Set up this worker process and return its broker; exits the process with a clear message on bad config."""
     environ = os.environ if environ is None else environ
@@ -223,8 +193,7 @@ def boot(environ: MutableMapping[str, str] | None = None) -> QuorumRabbitmqBroke
             settings, storage=storage, slot_id=lease.slot.id, instance=instance, journal=journal, lease=lease
         )
         dramatiq.set_broker(broker)
-        for name in ("dramatiq.worker.WorkerThread", "dramatiq.worker.ConsumerThread"):
-            logging.getLogger(name).addFilter(_WorkerLines())
+        worker_logs.install()
         context.install(context.NodeContext(settings=settings, storage=storage, slot=lease.slot))
         logger.info(
             "Node %s slot %s (CUDA_VISIBLE_DEVICES=%r) pid %d: broker %s, storage %r",
