@@ -172,7 +172,8 @@ class Settings:
             probe.touch()
             probe.unlink()
         except OSError as e:
-            raise ConfigError("BURROW_STATE_DIR", f"cannot use {str(self.state_dir)!r}: {e.strerror or e}") from None
+            why = "it is a file, not a directory" if isinstance(e, FileExistsError) else e.strerror or e
+            raise ConfigError("BURROW_STATE_DIR", f"cannot use {str(self.state_dir)!r}: {why}") from None
         return self.state_dir
 
     @property

@@ -77,8 +77,14 @@ def test_an_unreachable_s3_endpoint_is_one_line_naming_it(node_env):
     one_line_error(burrow("job", "some-job", env=env), "no S3 credentials", "AWS_ACCESS_KEY_ID")
 
 
-def test_a_bad_setting_stops_burrow_node_with_one_line(node_env):
+def test_a_bad_setting_stops_burrow_node_with_one_line(node_env, tmp_path):
     one_line_error(burrow("node", env={**node_env, "BURROW_GPUS": "abc"}), "BURROW_GPUS", "'abc'")
+    # a state directory or local store that is a file: said so (it read "File exists")
+    (tmp_path / "a-file").write_text("")
+    as_state = {**node_env, "BURROW_STATE_DIR": str(tmp_path / "a-file")}
+    one_line_error(burrow("node", env=as_state), "BURROW_STATE_DIR", "it is a file, not a directory")
+    as_store = {**node_env, "BURROW_STORAGE_URL": (tmp_path / "a-file").as_uri()}
+    one_line_error(burrow("node", env=as_store), "BURROW_STORAGE_URL", "it is a file, not a directory")
     # a state directory that cannot be created (this was a traceback)
     one_line_error(burrow("node", env={**node_env, "BURROW_STATE_DIR": "/proc/burrow"}), "BURROW_STATE_DIR")
     # a local store that cannot be written: refused at start, not retried by every job

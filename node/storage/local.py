@@ -124,7 +124,8 @@ class LocalStorage(Storage):
             probe.touch()
             probe.unlink()
         except OSError as e:
-            raise StorageError(f"local storage {str(self.root)!r} is not usable: {e.strerror or e}") from None
+            why = "it is a file, not a directory" if isinstance(e, FileExistsError) else e.strerror or e
+            raise StorageError(f"local storage {str(self.root)!r} is not usable: {why}") from None
 
     # -- the database -------------------------------------------------------------------------------------
 
