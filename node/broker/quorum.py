@@ -38,6 +38,7 @@ from ..contract.queues import (
     DEAD_LETTER_EXCHANGE,
     DETAIL_HEADER,
     REASON_HEADER,
+    WAIT_BUCKETS_MS,
     wait_bucket_ms,
     wait_queue_arguments,
     wait_queue_name,
@@ -224,7 +225,10 @@ class QuorumRabbitmqBroker(HookDispatch, RabbitmqBroker):
         """Publish ``message`` (with publisher confirms), after ``delay`` milliseconds if given.
 
         A delayed message goes to the smallest wait queue at least ``delay`` long, whose expiry sends it back
-        to its work queue; ``eta`` is not set, so no worker holds it in memory.
+        to its work queue; ``eta`` is not set, so no worker holds it in memory. The message expires after its
+        own ``delay`` (per-message TTL) unless one ahead of it in that queue leaves later: it never waits
+        longer than the bucket. A delay past the longest bucket carries ``eta``: back from that wait, the rest
+        is waited out again (``node.broker.consumer``) instead of running early.
         """
         return self._publish(message, delay=delay, announce=True)
 
@@ -253,6 +257,8 @@ class QuorumRabbitmqBroker(HookDispatch, RabbitmqBroker):
         if message.options.get("eta") is not None:
             message = message.copy(options={k: v for k, v in message.options.items() if k != "eta"})
         bucket = wait_bucket_ms(delay) if delay else None
+        if delay and delay > WAIT_BUCKETS_MS[-1]:
+            message = message.copy(options={**message.options, "eta": int(time.time() * 1000) + delay})
         if announce:
             # Middleware (``JobSubmission``) stamps the job options the topology routes by: emit first. A
             # message sent elsewhere (a report to ``failed-jobs``) is not a job and is never routed.
@@ -279,7 +285,10 @@ class QuorumRabbitmqBroker(HookDispatch, RabbitmqBroker):
                 body=message.encode(),
                 # No headers on purpose: a copied x-delivery-count would be trusted by the broker.
                 properties=pika.BasicProperties(
-                    delivery_mode=2, message_id=message.message_id, content_type="application/json"
+                    delivery_mode=2,
+                    message_id=message.message_id,
+                    content_type="application/json",
+                    expiration=str(delay) if bucket is not None and delay < bucket else None,
                 ),
                 mandatory=self.confirm_delivery,
             )

@@ -70,6 +70,31 @@ def test_delay_goes_through_a_wait_queue_and_is_never_held_by_a_worker(broker):
     assert delivered.delivery_count == 0
 
 
+def test_a_delay_leaves_its_bucket_by_its_own_ttl_and_one_past_the_longest_bucket_waits_on(broker, amqp_url):
+    # A 300 ms delay waits in the 500 ms bucket, but expires by its own TTL: the broker says so in x-death
+    consumer = broker.consume("tests", prefetch=1, timeout=50)
+    broker.enqueue(Message(queue_name="tests", actor_name="tracked", args=(), kwargs={}, options={}), delay=300)
+    delivered = next_message(consumer)
+    consumer.ack(delivered)
+    consumer.close()
+    (death,) = delivered.headers["x-death"]
+    assert death["reason"] == "expired" and death["original-expiration"] == "300"
+    assert death["queue"].endswith("burrow.wait.500ms")
+    # A delay of two days goes to the longest bucket (one day) carrying its eta, so that, back from there, it
+    # waits out the rest instead of running a day early
+    before_ms = int(time.time() * 1000)
+    message = Message(queue_name="tests", actor_name="tracked", args=(), kwargs={}, options={})
+    broker.enqueue(message, delay=2 * 86_400_000)
+    channel = raw_channel(amqp_url)
+    wait_queue = broker.wait_queue_name(86_400_000)
+    got = wait_for(lambda: (r := channel.basic_get(wait_queue, auto_ack=True))[0] and r, 10, "the wait queue")
+    _, properties, body = got
+    channel.connection.close()
+    eta = Message.decode(body).options["eta"]
+    assert before_ms + 2 * 86_400_000 <= eta <= int(time.time() * 1000) + 2 * 86_400_000
+    assert properties.expiration is None  # (the bucket's own TTL is the shorter)
+
+
 def test_wait_buckets_round_up():
     assert wait_bucket_ms(1) == 100
     assert wait_bucket_ms(1_000) == 1_000
