@@ -223,7 +223,10 @@ class Client:
                 f"{subcloud!r} needs a topology that declares it (BURROW_TOPOLOGY): without one every job goes to "
                 "its actor's queue, which the nodes of every subcloud serve",
             )
-        ttl = ttl_s if ttl_s is not None else lifecycle_option(actor.options, "ttl_s")
+        try:
+            ttl = ttl_s if ttl_s is not None else lifecycle_option(actor.options, "ttl_s")
+        except TypeError as e:
+            raise MalformedMessage("ttl_s", f"actor {actor.actor_name!r}: {e}") from None
         if ttl is not None and (
             isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl <= 0
         ):

@@ -110,14 +110,18 @@ def check_actor_options(options: Mapping[str, Any]) -> None:
 
 def lifecycle_option(options: Mapping[str, Any], name: str) -> Any:
     """Lifecycle option ``name`` (Burrow's name) in an actor's or a message's ``options``: its value, else the
-    value of Dramatiq's name for it in Burrow's unit (``DRAMATIQ_OPTIONS``), else ``None``."""
+    value of Dramatiq's name for it in Burrow's unit (``DRAMATIQ_OPTIONS``), else ``None``. Raises
+    ``TypeError`` for a Dramatiq value that is not a number."""
     value = options.get(name)
     if value is not None or name not in DRAMATIQ_OPTIONS:
         return value
     alias, factor = DRAMATIQ_OPTIONS[name]
     value = options.get(alias)
-    if value is None or factor == 1 or isinstance(value, bool) or not isinstance(value, int | float):
-        return value  # (a value of the wrong type is left for the caller's check to name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int if factor == 1 else int | float):
+        unit = "an integer" if factor == 1 else "a number of milliseconds"
+        raise TypeError(f"{alias} must be {unit}, got {value!r}")  # ("1000" would read as 1,000 s)
     return value * factor
 
 

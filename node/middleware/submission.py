@@ -63,10 +63,13 @@ class JobSubmission(dramatiq.Middleware):
             return
         if actor is not None:
             check_arguments(actor.fn, message.args, message.kwargs)
-        ttl_s = lifecycle_option(message.options, "ttl_s")
-        if ttl_s is None and actor is not None:
-            ttl_s = lifecycle_option(actor.options, "ttl_s")
-        expires_at = message.message_timestamp / 1000 + float(ttl_s) if ttl_s is not None else None
+        try:
+            ttl_s = lifecycle_option(message.options, "ttl_s")
+            if ttl_s is None and actor is not None:
+                ttl_s = lifecycle_option(actor.options, "ttl_s")
+            expires_at = message.message_timestamp / 1000 + float(ttl_s) if ttl_s is not None else None
+        except (TypeError, ValueError) as e:  # (raised as a MiddlewareError: anything else Dramatiq only logs)
+            raise MalformedMessage("ttl_s", f"actor {message.actor_name!r}: {e}") from None
         # Where the job goes (subcloud, job type, model, priority): the message's option, else the actor's.
         routing = {}
         for name in ROUTING_OPTIONS:

@@ -54,3 +54,18 @@ def test_a_priority_class_given_as_dramatiqs_priority_parameter_routes_the_job()
     other = dramatiq.actor(lambda: None, actor_name="other", broker=broker, priority="high")
     with pytest.raises(MalformedMessage, match="priority must be one of urgent, bulk, test"):
         other.send()
+
+
+def test_an_actors_ttl_or_max_age_that_is_not_a_number_fails_the_send():
+    # (a TypeError in this hook was only logged by Dramatiq: the job went out without its identity)
+    import pytest
+
+    from node.errors import MalformedMessage
+
+    broker = StubBroker(middleware=[JobSubmission()])
+    for options in ({"ttl_s": "soon"}, {"max_age": "60000"}):
+        actor = dramatiq.actor(
+            lambda: None, actor_name=f"a{len(options)}{next(iter(options))}", broker=broker, **options
+        )
+        with pytest.raises(MalformedMessage, match="ttl_s"):
+            actor.send()
