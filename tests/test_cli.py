@@ -62,6 +62,23 @@ def test_bad_submissions_are_refused_before_publishing(node_env, broker):
     assert broker.get_queue_message_counts("simulation") == (0, 0, 0)
 
 
+def test_a_bucket_that_does_not_exist_stops_burrow_node_with_one_line(node_env, s3_endpoint, s3_bucket):
+    # (the node started and every job retried its record writes against a bucket that is not there)
+    env = {**node_env, "BURROW_S3_ENDPOINT_URL": s3_endpoint}
+    missing = {**env, "BURROW_STORAGE_URL": "s3://no-such-bucket-for-burrow"}
+    one_line_error(
+        burrow("node", env=missing), "BURROW_STORAGE_URL", "bucket 'no-such-bucket-for-burrow' does not exist"
+    )
+    # while a store that is there passes the same check (its probe key is simply absent)
+    from node.settings import Settings
+    from node.storage import storage_from_settings
+
+    assert storage_from_settings(Settings.from_env({**env, "BURROW_STORAGE_URL": f"s3://{s3_bucket}"}), check=True)
+    # and one that does not answer now only warns: the workers ride an outage out
+    down = {**env, "BURROW_STORAGE_URL": "s3://bucket", "BURROW_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    assert storage_from_settings(Settings.from_env(down), check=True)
+
+
 def test_an_unreachable_s3_endpoint_is_one_line_naming_it(node_env):
     env = {
         **node_env,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -9,6 +10,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ..errors import ConfigError, StorageError
 from .base import ObjectInfo, Storage
 from .local import SYNC_MODES, LocalStorage
+
+logger = logging.getLogger(__name__)
 
 #: What botocore takes as a bucket name (S3 itself is stricter; R2 and MinIO alike).
 BUCKET_NAME = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
@@ -22,8 +25,9 @@ __all__ = ["ObjectInfo", "Storage", "LocalStorage", "open_storage", "storage_fro
 def storage_from_settings(settings: Settings, *, check: bool = False) -> Storage:
     """The backend a node's settings name (``BURROW_STORAGE_URL`` and the S3 variables).
 
-    ``check``: refuse (``ConfigError``) a local store that cannot be written, as a node does at start (S3 is
-    not probed: it may be down for a while, which the workers ride out)."""
+    ``check``: refuse (``ConfigError``) a store that cannot work, as a node does at start: a local one that
+    cannot be written, an S3 bucket that does not exist or refuses the credentials (an S3 endpoint that is
+    down for a while only logs a warning: the workers ride it out)."""
     storage = open_storage(
         settings.storage_url,
         endpoint_url=settings.s3_endpoint_url,
@@ -31,11 +35,14 @@ def storage_from_settings(settings: Settings, *, check: bool = False) -> Storage
         access_key_id=settings.s3_access_key_id,
         secret_access_key=settings.s3_secret_access_key,
     )
-    if check and isinstance(storage, LocalStorage):
+    if check:
         try:
-            storage.check_usable()
+            probe = getattr(storage, "check_usable", None)  # (S3Storage is imported only when used)
+            warning = probe() if probe is not None else None
         except StorageError as e:
             raise ConfigError("BURROW_STORAGE_URL", str(e)) from None
+        if warning:
+            logger.warning("BURROW_STORAGE_URL: %s", warning)
     return storage
 
 

@@ -17,6 +17,18 @@ from ..errors import ObjectNotFound, PreconditionFailed, StorageError
 from .base import ObjectInfo, Storage
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+#: Answers no retry mends: the bucket is not there, or the credentials are refused.
+_REFUSED = {
+    "NoSuchBucket",
+    "InvalidBucketName",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "AuthorizationHeaderMalformed",
+}
+#: What a node reads at start to see that its store answers (no job has this key).
+PROBE_KEY = "burrow/probe"
 # R2 and AWS answer a lost conditional write with 412; a concurrent conditional write in flight gives 409.
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 
@@ -51,18 +63,48 @@ class S3Storage(Storage):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
+        self._client_args = {
+            "endpoint_url": endpoint_url,
+            "region_name": region,
+            "aws_access_key_id": access_key_id,
+            "aws_secret_access_key": secret_access_key,
+        }
         self.client = boto3.client(
             "s3",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            aws_access_key_id=access_key_id,
-            aws_secret_access_key=secret_access_key,
+            **self._client_args,
             config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60),
         )
         self.transfer_config = TransferConfig(multipart_threshold=multipart_threshold, multipart_chunksize=16 << 20)
 
     def __repr__(self) -> str:
         return f"S3Storage(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint_url={self.endpoint_url!r})"
+
+    def check_usable(self) -> str | None:
+        """One quick read of a key no job has, as a node does at start. Raises ``StorageError`` for an answer
+        no retry mends (the bucket does not exist, the credentials are refused, there are none): every job
+        would otherwise retry its record writes against a store that never works. An endpoint that does not
+        answer now passes: the workers ride out an outage. Returns a warning to log, or ``None``."""
+        probe = boto3.client(
+            "s3", **self._client_args, config=Config(retries={"max_attempts": 1}, connect_timeout=3, read_timeout=10)
+        )
+        try:
+            probe.get_object(Bucket=self.bucket, Key=self._key(PROBE_KEY))
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code == "NoSuchBucket":
+                raise StorageError(
+                    f"bucket {self.bucket!r} does not exist at {self.endpoint_url or 'AWS S3'}"
+                ) from None
+            if code in _REFUSED:
+                raise StorageError(f"bucket {self.bucket!r}: the endpoint refuses these credentials ({code})") from None
+            if code not in _NOT_FOUND:
+                return f"bucket {self.bucket!r} answered a test read with {code or 'an error'}: {_one_line(e)}"
+        except NoCredentialsError:
+            raise StorageError("no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)") from None
+        except BotoCoreError as e:
+            where = self.endpoint_url or "AWS S3"
+            return f"S3 endpoint {where} does not answer now ({type(e).__name__}); the workers will retry"
+        return None
 
     def _key(self, key: str) -> str:
         self.check_key(key)
