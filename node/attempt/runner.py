@@ -449,12 +449,12 @@ class AttemptRunner:
             logger.warning("Job %s: last checkpoint not stored in time.", context.job_id)
         decision = self._decide(attempt.settings, JobStatus.RUNNING, outcome, job=context.options)
         error = None if exception is None else describe(exception)
-        if outcome is Outcome.INVALID_INPUT and isinstance(exception, InvalidInput):
-            decision = dataclasses.replace(
-                decision, reason="invalid input: " + describe(exception, 1986, with_type=False)
+        if outcome is Outcome.INVALID_INPUT:  # raised InvalidInput, or an exception in the actor's throws
+            reason = (
+                "invalid input: " + describe(exception, 1986, with_type=False)
+                if isinstance(exception, InvalidInput)
+                else f"{describe(exception, 1950)} (in the actor's throws: not retried)"
             )
-        elif outcome is Outcome.INVALID_INPUT:
-            reason = f"{describe(exception, 1950)} (in the actor's throws: not retried)"
             decision = dataclasses.replace(decision, reason=reason)
         began = running.shutdown_began_at()
         if decision.action is Action.HAND_BACK and began is not None:

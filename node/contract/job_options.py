@@ -99,13 +99,19 @@ def _number(name: str, value: object, *, integer: bool = False, minimum: float =
 def check_actor_options(options: Mapping[str, Any]) -> None:
     """Check the lifecycle options a message may carry itself (``ttl_s`` …, or Dramatiq's names for them);
     raise ``MalformedMessage``."""
-    for name in ("ttl_s", "max_run_s", "checkpoint_every_s", "min_backoff_s", "max_backoff_s"):
-        for given in (name, DRAMATIQ_OPTIONS.get(name, ("",))[0]):
-            if given in options:
-                _number(given, options[given])
+    for name in _SECONDS_OR_MS:
+        if name in options:
+            _number(name, options[name])
     for name in ("max_failures", "max_interruptions", "max_retries"):
         if name in options:
             _number(name, options[name], integer=True)
+
+
+#: The lifecycle options that are durations: Burrow's (seconds) and Dramatiq's (milliseconds).
+_SECONDS_OR_MS = (
+    *("ttl_s", "max_run_s", "checkpoint_every_s", "min_backoff_s", "max_backoff_s"),
+    *("max_age", "time_limit", "min_backoff", "max_backoff"),
+)
 
 
 def lifecycle_option(options: Mapping[str, Any], name: str) -> Any:

@@ -171,7 +171,8 @@ class JobLifecycle(dramatiq.Middleware):
             max_backoff_s=float(option("max_backoff_s")),
             delivery_limit=self.delivery_limit,
         )
-        max_run_s = None if option("max_run_s") is None else float(option("max_run_s"))
+        max_run_s = option("max_run_s")
+        max_run_s = None if max_run_s is None else float(max_run_s)
         # Dramatiq's ``throws``: exceptions the actor expects, so a job that raises one is not retried.
         throws = actor.options.get("throws") or ()
         throws = tuple(throws) if isinstance(throws, tuple | list) else (throws,)
