@@ -86,6 +86,7 @@ def build_broker(
         Tracing(),  # after JobSubmission (it traces the job options that creates), before the attempt's hooks
         JobLifecycle(
             storage=storage,
+            clock=storage.now,  # expiry and record times by the store's clock where this machine's is off
             node_id=settings.node_id,
             instance=instance,
             slot_id=slot_id,

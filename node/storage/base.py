@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +37,11 @@ class Storage(ABC):
 
     #: The backend honours ``if_match`` / ``if_none_match`` atomically.
     supports_conditional_writes: ClassVar[bool] = True
+
+    def now(self) -> float:
+        """The current time (Unix seconds) by the store's clock: this machine's, corrected where the backend
+        learns that it is off (an S3 endpoint's ``Date`` header). Job expiry and record times are judged by it."""
+        return time.time()
 
     @abstractmethod
     def put(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> ObjectInfo:

@@ -74,7 +74,7 @@ class RecordStore:
 
     def create(self, record: dict[str, Any]) -> bool:
         """Store ``record`` (a ``new_record`` filled in) unless the job already has one; ``False`` if it has."""
-        record["updated_at"] = time.time()
+        record["updated_at"] = self.storage.now()
         body = _compact(record)
         try:
             self.storage.put(record_key(record["job_id"]), body, if_none_match=True)
@@ -127,7 +127,7 @@ class RecordStore:
             after = _compact(record)
             if after == before:
                 return record, value  # nothing changed (e.g. a replayed begin): nothing to write
-            record["updated_at"] = now = time.time()
+            record["updated_at"] = now = self.storage.now()
             body = after[:-1] + (b"," if after != b"{}" else b"") + b'"updated_at":' + orjson.dumps(now) + b"}"
             try:
                 if etag is None:

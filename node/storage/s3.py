@@ -15,6 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from ..errors import ObjectNotFound, PreconditionFailed, StorageError
 from .base import ObjectInfo, Storage
+from .s3_clock import EndpointClock
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 #: Answers no retry mends: the bucket is not there, or the credentials are refused.
@@ -69,12 +70,20 @@ class S3Storage(Storage):
             "aws_access_key_id": access_key_id,
             "aws_secret_access_key": secret_access_key,
         }
-        self.client = boto3.client(
-            "s3",
-            **self._client_args,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+        #: The endpoint's time: a node whose clock is off signs with it and judges job expiry by it.
+        self.clock = EndpointClock()
+        self.client = self._new_client(
+            Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60)
         )
         self.transfer_config = TransferConfig(multipart_threshold=multipart_threshold, multipart_chunksize=16 << 20)
+
+    def _new_client(self, config: Config):
+        client = boto3.client("s3", **self._client_args, config=config)
+        self.clock.attach(client)
+        return client
+
+    def now(self) -> float:
+        return self.clock.now()
 
     def __repr__(self) -> str:
         return f"S3Storage(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint_url={self.endpoint_url!r})"
@@ -84,9 +93,7 @@ class S3Storage(Storage):
         no retry mends (the bucket does not exist, the credentials are refused, there are none): every job
         would otherwise retry its record writes against a store that never works. An endpoint that does not
         answer now passes: the workers ride out an outage. Returns a warning to log, or ``None``."""
-        probe = boto3.client(
-            "s3", **self._client_args, config=Config(retries={"max_attempts": 1}, connect_timeout=3, read_timeout=10)
-        )
+        probe = self._new_client(Config(retries={"max_attempts": 1}, connect_timeout=3, read_timeout=10))
         try:
             probe.get_object(Bucket=self.bucket, Key=self._key(PROBE_KEY))
         except ClientError as e:
@@ -97,6 +104,8 @@ class S3Storage(Storage):
                 ) from None
             if code in _REFUSED:
                 raise StorageError(f"bucket {self.bucket!r}: the endpoint refuses these credentials ({code})") from None
+            if code == "RequestTimeTooSkewed":  # (only if the endpoint's Date did not tell the offset)
+                return f"bucket {self.bucket!r} refuses this machine's clock ({code}): set it right (NTP)"
             if code not in _NOT_FOUND:
                 return f"bucket {self.bucket!r} answered a test read with {code or 'an error'}: {_one_line(e)}"
         except NoCredentialsError:
