@@ -47,7 +47,7 @@ from ..contract.record import (
     status_of,
     succeeded_record,
 )
-from ..errors import CorruptRecord, InvalidInput, Preempted, describe
+from ..errors import CorruptRecord, InvalidInput, PreconditionFailed, Preempted, StorageError, describe
 from ..retrying import Deadline, deadline_scope, retry
 from ..storage import Storage
 from ..storage.records import RecordStore
@@ -154,8 +154,11 @@ class AttemptRunner:
     def arrive(self, broker: dramatiq.Broker, message: Message, settings: JobSettings) -> None:
         """Start an attempt, or carry out what else the job needs and raise ``SkipMessage`` (the ack)."""
         job = settings.job
+        intake = getattr(broker, "intake", None)
         try:
             record, etag = self.records.read(job.job_id)
+            if intake is not None:
+                intake.worked()
             lease_lost = False
             if job.lease_of is not None:  # raises SkipMessage unless the attempt it guards went silent
                 settings, lease_lost = self._look_at_lease(broker, message, settings, record), True
@@ -171,6 +174,8 @@ class AttemptRunner:
             raise SkipMessage(reason) from None
         except Exception as e:
             logger.warning("Job %s could not start (%s); offering it again later.", job.job_id, e)
+            if intake is not None and _storage_failed(e):
+                intake.failed(e)  # before the ack below frees the consumer's prefetch for the next job
             self.not_started(broker, message, settings)
             raise SkipMessage(f"could not start: {e}") from None
         status = status_of(record)
@@ -509,6 +514,8 @@ class AttemptRunner:
                 decision = Decision(Action.DROP, decision.job, reason="a newer attempt owns the job")
         except Exception as e:
             logger.error("Could not record the end of job %s attempt %d: %s", context.job_id, context.attempt, e)
+            if _storage_failed(e) and getattr(broker, "intake", None) is not None:
+                broker.intake.failed(e)
             if decision.action is Action.SUCCEED:
                 # The results are stored; only the record is missing. The next delivery records the success.
                 decision = Decision(
@@ -677,3 +684,8 @@ def _outcome(
     if isinstance(exception, Preempted) or context.stop_reason == "preempted":
         return Outcome.INTERRUPTED
     return Outcome.FAILED
+
+
+def _storage_failed(error: BaseException) -> bool:
+    """Storage itself failed (down, refusing): not a lost race or a damaged record, which it answered."""
+    return isinstance(error, StorageError) and not isinstance(error, PreconditionFailed | CorruptRecord)

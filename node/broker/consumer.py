@@ -16,7 +16,8 @@ Extends Dramatiq's private ``_RabbitmqConsumer`` (Dramatiq is pinned exactly for
   broker's ``consumer_timeout``, ``node.attempt.lease``): the consumer stops taking deliveries first, so
   the freed prefetch window brings no second job to a busy worker, and takes them again once every
   released job of this worker on this queue has ended. Dramatiq's own ack of a released message, at the
-  job's end, is skipped.
+  job's end, is skipped;
+* while the worker's storage fails (``node.broker.intake``) it stops taking deliveries the same way.
 """
 
 from __future__ import annotations
@@ -154,10 +155,11 @@ class QuorumConsumer(BatchedSettles, _RabbitmqConsumer):
                     return False
             return True
 
-    def _service_releases(self) -> bool:
-        """Send the early acks asked for; True while a released job of this worker runs (take nothing)."""
+    def _service_releases(self, taking: bool = True) -> bool:
+        """Send the early acks asked for; True while a released job of this worker runs, or (``taking``
+        false) its storage fails: take nothing."""
         with self._lock:
-            busy = bool(self._released_ids())
+            busy = bool(self._released_ids()) or not taking
         try:
             if busy and not self._paused:
                 self._paused = True
@@ -166,7 +168,7 @@ class QuorumConsumer(BatchedSettles, _RabbitmqConsumer):
             if not busy and self._paused:
                 self._paused = False
                 self.iterator = self.channel.consume(self.queue_name, inactivity_timeout=self.timeout_s)
-                logger.info("Taking jobs from %r again (its long job ended).", self.queue_name)
+                logger.info("Taking jobs from %r again.", self.queue_name)
                 return False
             if busy:
                 self.connection.process_data_events(time_limit=self.timeout_s)
@@ -185,8 +187,9 @@ class QuorumConsumer(BatchedSettles, _RabbitmqConsumer):
     def __next__(self):
         if self._cancel_requested:
             return self._idle_after_cancel()
-        if (self._releasing or self._paused or self.broker.released.get(self.logical_queue_name)) and (
-            self._service_releases()
+        taking = self.broker.intake.may_take()
+        if (not taking or self._releasing or self._paused or self.broker.released.get(self.logical_queue_name)) and (
+            self._service_releases(taking)
         ):
             return None
         try:
@@ -200,6 +203,9 @@ class QuorumConsumer(BatchedSettles, _RabbitmqConsumer):
         if self._cancel_requested:  # arrived while shutdown began: not ours to run
             self._hand_back_untouched(method.delivery_tag, body)
             return self._idle_after_cancel()
+        if not self.broker.intake.may_take():  # storage failed while it was on its way: not one to try now
+            self._hand_back_untouched(method.delivery_tag, body)
+            return None
         return self._admit_or_dead_letter(self.logical_queue_name, method, properties, body)
 
     def _admit_or_dead_letter(self, queue: str, method: Any, properties: Any, body: bytes) -> DeliveredMessage | None:
@@ -240,6 +246,7 @@ class QuorumConsumer(BatchedSettles, _RabbitmqConsumer):
                 return None
         headers = dict(properties.headers or {})
         self.known_tags.add(method.delivery_tag)
+        self.broker.intake.took()
         count = headers.get("x-delivery-count") or 0
         return DeliveredMessage(
             method.redelivered,

@@ -108,6 +108,8 @@ class PriorityConsumer(QuorumConsumer):
                 self._cancelled = True  # checked between polls: no basic.get is in flight
             held = self._held()
             takes = [queue for queue in self.queues if may_take(self.limit_of(queue), held)]
+            if not self.broker.intake.may_take():  # its storage fails (``node.broker.intake``)
+                takes = []
             if self._cancel_requested or not takes:
                 self.connection.process_data_events(time_limit=self.timeout_s)  # woken early by an ack
                 return None

@@ -49,6 +49,7 @@ from ..errors import NoSuchQueue, QueueMismatchError
 from ..retrying import current_deadline
 from .consumer import QuorumConsumer
 from .hooks import HookDispatch
+from .intake import Intake
 from .priority import PriorityConsumer
 from .tls import apply_ca
 
@@ -112,6 +113,8 @@ class QuorumRabbitmqBroker(HookDispatch, RabbitmqBroker):
         #: The worker's threads (set by ``node.middleware.Prefetch``): a consumer whose prefetch exceeds them
         #: holds acks briefly to send them together (``node.broker.settle``).
         self.worker_threads = 1
+        #: Whether this worker takes jobs now: not while its storage fails (``node.broker.intake``).
+        self.intake = Intake()
 
     # -- names -------------------------------------------------------------------------------------------
 

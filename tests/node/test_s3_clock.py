@@ -15,7 +15,7 @@ from node.storage import open_storage
 from node.storage.records import RecordStore
 from node.storage.s3_clock import EndpointClock, describe_offset, offset_from_date
 from tests.conftest import wait_for
-from tests.skewed_s3 import SkewedS3
+from tests.s3_proxy import S3Proxy
 
 HOUR = 3600.0
 
@@ -23,7 +23,7 @@ HOUR = 3600.0
 @pytest.fixture
 def skewed(s3_endpoint: str, request):
     """A proxy to the S3 endpoint whose clock is off this machine's by the test's ``param`` seconds."""
-    proxy = SkewedS3(s3_endpoint, request.param)
+    proxy = S3Proxy(s3_endpoint, request.param)
     yield proxy
     proxy.close()
 
@@ -54,7 +54,7 @@ def test_the_clock_ignores_offsets_under_two_seconds_and_parses_each_date_once()
 @pytest.mark.integration
 @pytest.mark.parametrize("skewed", [HOUR, -2 * HOUR], indirect=True, ids=["behind", "ahead"])
 def test_a_machine_whose_clock_is_off_stores_and_reads_through_an_endpoint_that_refuses_skewed_requests(
-    skewed: SkewedS3, s3_bucket: str, tmp_path
+    skewed: S3Proxy, s3_bucket: str, tmp_path
 ):
     # Given an endpoint that refuses requests signed more than 15 minutes off its clock, as S3 and R2 do
     plain = boto3.client("s3", endpoint_url=skewed.endpoint, region_name="us-east-1")
@@ -84,7 +84,7 @@ def test_a_machine_whose_clock_is_off_stores_and_reads_through_an_endpoint_that_
 
 @pytest.mark.integration
 @pytest.mark.parametrize("skewed", [0.0], indirect=True, ids=["in-step"])
-def test_a_machine_in_step_with_its_endpoint_signs_as_boto3_does(skewed: SkewedS3, s3_bucket: str):
+def test_a_machine_in_step_with_its_endpoint_signs_as_boto3_does(skewed: S3Proxy, s3_bucket: str):
     storage = open_storage(f"s3://{s3_bucket}/step", endpoint_url=skewed.endpoint)
     storage.put("k", b"v")
     assert storage.get("k")[0] == b"v"
@@ -95,7 +95,7 @@ def test_a_machine_in_step_with_its_endpoint_signs_as_boto3_does(skewed: SkewedS
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("skewed", [HOUR], indirect=True, ids=["node-behind"])
 def test_a_node_whose_clock_is_an_hour_behind_runs_jobs_and_judges_expiry_by_the_endpoint(
-    skewed: SkewedS3, s3_bucket: str, s3_endpoint: str, broker, start_node
+    skewed: S3Proxy, s3_bucket: str, s3_endpoint: str, broker, start_node
 ):
     # Given a node whose clock is an hour behind its S3 endpoint's (and the submitters', which are right)
     node = start_node(

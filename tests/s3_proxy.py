@@ -1,10 +1,11 @@
-"""An S3 endpoint whose clock is off from this machine's: a proxy in front of a real (moto) endpoint.
+"""A proxy in front of a real (moto) S3 endpoint that does what moto does not: a clock of its own, and refusals.
 
 moto answers with this machine's time and accepts a request signed at any time; AWS and R2 answer with their
 own clock and refuse a request signed more than 15 minutes off it. This proxy does what they do, with its
 clock ``skew_s`` from this machine's: it stamps every response's ``Date`` with its clock and answers a
 request whose ``X-Amz-Date`` is more than ``MAX_SKEW_S`` off it with 403 ``RequestTimeTooSkewed``, as S3
-does. Everything else is passed to moto unchanged.
+does. While ``refusing`` is set it answers every request with 403 ``AccessDenied`` (credentials revoked, a
+bucket policy changed). Everything else is passed to moto unchanged.
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ from urllib.parse import urlsplit
 MAX_SKEW_S = 900
 
 
-class SkewedS3:
+class S3Proxy:
     """A proxy on loopback to ``upstream`` (``http://host:port``), its clock ``skew_s`` ahead of this
-    machine's (negative: behind). ``refused`` counts the requests it refused as skewed."""
+    machine's (negative: behind). ``refused`` counts the requests it refused as skewed, ``denied`` those it
+    refused while ``refusing``."""
 
-    def __init__(self, upstream: str, skew_s: float) -> None:
+    def __init__(self, upstream: str, skew_s: float = 0.0) -> None:
         self.skew_s = skew_s
         self.refused = 0
+        self.refusing = False
+        self.denied = 0
+        self.denied_at: list[float] = []  # (monotonic) when each was refused while ``refusing``
         target = urlsplit(upstream)
         proxy = self
 
@@ -41,6 +46,11 @@ class SkewedS3:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 now = time.time() + proxy.skew_s
+                if proxy.refusing:
+                    proxy.denied += 1
+                    proxy.denied_at.append(time.monotonic())
+                    self._answer(403, {"Content-Type": "application/xml"}, _ACCESS_DENIED, now)
+                    return
                 signed = self.headers.get("X-Amz-Date")
                 if signed is not None:
                     signed_at = calendar.timegm(time.strptime(signed, "%Y%m%dT%H%M%SZ"))
@@ -86,6 +96,11 @@ class SkewedS3:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+_ACCESS_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>'
+)
 
 
 def _too_skewed(signed: str, now: float) -> bytes:
