@@ -232,8 +232,10 @@ def cmd_put(args: argparse.Namespace, settings: Settings) -> int:
     path = Path(args.file)
     if path.is_dir():
         raise UsageError(f"{path}: is a directory (store one file at a time)")
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"{path}: no such file")
+    if not path.is_file():
+        raise UsageError(f"{path}: not a regular file (store a file; for a stream, save it to a file first)")
     print(Client(settings, broker=_no_broker(settings)).put_input(path))
     return 0
 

@@ -168,6 +168,8 @@ def test_an_id_no_job_can_have_is_refused_and_nothing_is_recorded(node_env, stor
 
 def test_storing_a_directory_as_an_input_says_so(node_env, tmp_path):
     one_line_error(burrow("put", str(tmp_path), env=node_env), "is a directory")
+    one_line_error(burrow("put", "/dev/null", env=node_env), "not a regular file")
+    one_line_error(burrow("put", str(tmp_path / "missing"), env=node_env), "no such file")
 
 
 @pytest.mark.parametrize(
