@@ -13,7 +13,7 @@ from dramatiq import Message
 from node.contract.job_options import JobOptions
 from node.storage import open_storage
 from node.storage.records import RecordStore
-from node.storage.s3_clock import EndpointClock, describe_offset, offset_from_date
+from node.storage.s3_clock import EndpointClock, date_seconds, describe_offset, next_offset, offset_bounds
 from tests.conftest import wait_for
 from tests.s3_proxy import S3Proxy
 
@@ -28,25 +28,37 @@ def skewed(s3_endpoint: str, request):
     proxy.close()
 
 
-def test_offset_from_a_date_header():
-    # the middle of the second the Date names, minus when it arrived here
-    assert offset_from_date("Tue, 08 Dec 2026 01:00:00 GMT", 1796691600.0 - 3600) == pytest.approx(3600.5)
-    assert offset_from_date("Tue, 08 Dec 2026 01:00:00 -0000", 1796691600.0) == pytest.approx(0.5)
+def test_one_exchange_bounds_the_offset_and_a_slow_answer_only_widens_the_bounds():
+    date = "Tue, 08 Dec 2026 01:00:00 GMT"
+    assert date_seconds(date) == 1796691600.0
+    assert date_seconds("Tue, 08 Dec 2026 01:00:00 -0000") == 1796691600.0
     for bad in ("", "yesterday", "Tue, 99 Foo 2026 25:61:00 GMT"):
-        assert offset_from_date(bad, 0.0) is None
+        assert date_seconds(bad) is None
+    stamped = 1796691600.3  # (the endpoint's clock, an hour ahead of this machine's)
+    assert offset_bounds(1796691600.0, stamped - HOUR - 0.01, stamped - HOUR + 0.01) == pytest.approx(
+        (HOUR - 0.31, HOUR + 0.71)
+    )
+    low, high = offset_bounds(1796691600.0, stamped - HOUR - 5, stamped - HOUR + 5)  # ten seconds in flight
+    assert low < HOUR < high
 
 
-def test_the_clock_ignores_offsets_under_two_seconds_and_parses_each_date_once():
+def test_the_offset_changes_only_when_an_exchange_rules_it_out():
+    assert next_offset(0.0, -3.5, 0.5) == 0.0  # in step, a slow answer: no skew
+    assert next_offset(0.0, 0.4, 1.3) == 0.0  # under a second or two: none
+    assert next_offset(0.0, HOUR - 0.3, HOUR + 0.7) == pytest.approx(HOUR + 0.2)
+    assert next_offset(HOUR, HOUR - 4, HOUR + 4) == HOUR  # still fits: kept
+    assert next_offset(HOUR, -0.5, 0.5) == 0.0  # set right meanwhile
+
+
+def test_the_clock_parses_each_date_once_and_ignores_what_is_not_a_date():
     clock = EndpointClock()
-    received = 1796691600.0
-    clock.observe("Tue, 08 Dec 2026 01:00:01 GMT", received)  # 1.5 s: the header's resolution, not skew
+    received = 1796691600.2
+    clock.observe("Tue, 08 Dec 2026 01:00:00 GMT", received - 0.1, received)
     assert clock.offset_s == 0.0
-    clock.observe("Tue, 08 Dec 2026 02:00:00 GMT", received)
-    assert clock.offset_s == pytest.approx(HOUR + 0.5)
-    clock.observe("Tue, 08 Dec 2026 02:00:00 GMT", received + 100)  # the same header: not parsed again
-    assert clock.offset_s == pytest.approx(HOUR + 0.5)
-    clock.observe("garbage", received)
-    assert clock.offset_s == pytest.approx(HOUR + 0.5)
+    clock.observe("Tue, 08 Dec 2026 02:00:00 GMT", received - 0.1, received)
+    assert clock.offset_s == pytest.approx(HOUR + 0.35)
+    clock.observe("garbage", received, received)
+    assert clock.offset_s == pytest.approx(HOUR + 0.35)
     assert describe_offset(3600.4) == "3,600 s behind"
     assert describe_offset(-12.0) == "12 s ahead of"
 
