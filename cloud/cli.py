@@ -334,7 +334,7 @@ def cmd_nodes(args: argparse.Namespace, settings: Settings) -> int:
     """List the nodes heard from in the last hour: live, draining, stopped or silent."""
     from cloud.client import connect
     from cloud.registry import NodeRegistry
-    from node.contract.registry import describe
+    from node.contract.registry import describe, describe_offset
 
     broker = connect(settings)
     views = NodeRegistry(broker.parameters, settings.queue_prefix, window_s=args.window_s).nodes()
@@ -354,6 +354,13 @@ def cmd_nodes(args: argparse.Namespace, settings: Settings) -> int:
             print(
                 f"warning: {view.hosts} machines heartbeat as node {view.node!r}: give each its own "
                 "BURROW_NODE_ID (the router cannot send a job away from one of them without avoiding all)"
+            )
+        if view.storage_failing:
+            print(f"warning: node {view.node!r} takes no jobs: its storage fails (see its log)")
+        if view.clock_offset_s:
+            print(
+                f"warning: node {view.node!r}: its clock is {describe_offset(view.clock_offset_s)} its storage's "
+                "(corrected for; set it right: NTP)"
             )
     return 0
 

@@ -114,6 +114,7 @@ def build_broker(
             subcloud=settings.subcloud,
             models=settings.models,
             interval_s=settings.node_heartbeat_s,
+            storage_clock=storage.now,
             on_beat=(
                 (lambda beat: lease.publish_status(node_id=beat.node, state=beat.state, running=len(beat.running)))
                 if lease is not None

@@ -320,6 +320,30 @@ def test_machines_that_share_a_node_id_are_pointed_out(node_env, amqp_url, queue
     assert "warning: 2 machines heartbeat as node 'shared': give each its own BURROW_NODE_ID" in listed.stdout
 
 
+def test_a_node_whose_storage_fails_or_whose_clock_is_off_is_pointed_out(node_env, amqp_url, queue_prefix):
+    import pika
+
+    from node.contract.registry import Heartbeat
+    from node.middleware.heartbeat import declare_nodes_stream
+
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    stream = declare_nodes_stream(channel, queue_prefix)
+    channel.confirm_delivery()
+    for node, changes in (("wsl", {"clock_offset_s": 3600.3}), ("revoked", {"storage_failing": True}), ("fine", {})):
+        beat = Heartbeat(node=node, process="cpu-0/7", at=time.time(), interval_s=10, **changes)
+        channel.basic_publish("", stream, beat.encode(), pika.BasicProperties(delivery_mode=2))
+    connection.close()
+
+    listed = burrow("nodes", env=node_env)
+    assert listed.returncode == 0, listed.stderr
+    warnings = [line for line in listed.stdout.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: node 'revoked' takes no jobs: its storage fails (see its log)",
+        "warning: node 'wsl': its clock is 3,600 s behind its storage's (corrected for; set it right: NTP)",
+    ]
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(
     "damage, problem",

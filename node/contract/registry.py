@@ -51,6 +51,9 @@ class Heartbeat:
         instance: The node instance (one ``burrow node`` or ``dramatiq`` run).
         host: The machine's host name: two machines given the same node id (as a container group's shared
             environment does) have different ones.
+        clock_offset_s: Its storage's clock minus this machine's, where the storage showed it is off (the node
+            corrects for it: ``node.storage.s3_clock``); 0 in step.
+        storage_failing: Its storage fails, so it takes no jobs (``node.broker.intake``).
     """
 
     node: str
@@ -68,6 +71,8 @@ class Heartbeat:
     interval_s: float = 10.0
     instance: str = ""
     host: str = ""
+    clock_offset_s: float = 0.0
+    storage_failing: bool = False
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -98,7 +103,9 @@ class Heartbeat:
             known[name] = tuple(str(x) for x in known.get(name) or ())
         if type(known.get("threads", 1)) is not int:
             return None
-        for name in ("at", "interval_s"):
+        if type(known.get("storage_failing", False)) is not bool:
+            return None
+        for name in ("at", "interval_s", "clock_offset_s"):
             value = known.get(name, 0.0)
             if type(value) not in (int, float) or not math.isfinite(value):
                 return None
@@ -120,6 +127,8 @@ class NodeView:
     version: str
     slots: tuple[Heartbeat, ...] = field(default_factory=tuple)
     hosts: int = 1  # machines heartbeating live under this id (more than one: a shared node id)
+    clock_offset_s: float = 0.0  # the largest of its live processes' (their storage's clock minus theirs)
+    storage_failing: bool = False  # a live process of it takes no jobs: its storage fails
 
     @property
     def running(self) -> tuple[str, ...]:
@@ -160,6 +169,8 @@ def fold(heartbeats: Iterable[Heartbeat], *, now: float) -> dict[str, NodeView]:
             version=newest.version,
             slots=tuple(sorted(shown, key=lambda b: (b.instance, b.process))),
             hosts=len({b.host for b in live_beats}) or 1,
+            clock_offset_s=max((b.clock_offset_s for b in live_beats), key=abs, default=0.0),
+            storage_failing=any(b.storage_failing for b in live_beats),
         )
     return views
 
@@ -177,3 +188,10 @@ def describe(view: NodeView, now: float) -> dict[str, Any]:
         "version": view.version,
         "running": ",".join(view.running),
     }
+
+
+def describe_offset(offset_s: float) -> str:
+    """``"3,600 s behind"`` / ``"12 s ahead of"`` / ``"in step with"``: how this machine's clock stands."""
+    if not offset_s:
+        return "in step with"
+    return f"{abs(offset_s):,.0f} s {'behind' if offset_s > 0 else 'ahead of'}"

@@ -54,6 +54,7 @@ class NodeHeartbeat(dramatiq.Middleware):
         instance: This node instance (``node.boot.node_instance``).
         interval_s: Seconds between beats (0 disables the registry for this process).
         clock: Wall clock (Unix seconds).
+        storage_clock: The store's clock (``Storage.now``): each beat says how far this machine's is off it.
         on_beat: Also called with each heartbeat, broker or not (the worker's slot status file, which the
             supervisor reads for the slot-state metric).
     """
@@ -68,6 +69,7 @@ class NodeHeartbeat(dramatiq.Middleware):
         instance: str = "",
         interval_s: float = 10.0,
         clock: Callable[[], float] = time.time,
+        storage_clock: Callable[[], float] | None = None,
         on_beat: Callable[[Heartbeat], None] | None = None,
     ) -> None:
         self.node_id = node_id
@@ -77,6 +79,8 @@ class NodeHeartbeat(dramatiq.Middleware):
         self.instance = instance
         self.interval_s = interval_s
         self.clock = clock
+        self.storage_clock = storage_clock
+        self._intake = None  # the broker's (``node.broker.intake``): whether this worker takes jobs
         self.on_beat = on_beat
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -93,6 +97,8 @@ class NodeHeartbeat(dramatiq.Middleware):
         if state is None:
             state = "draining" if running.shutdown_began_at() is not None else "up"
         jobs = running.running_jobs()
+        now = self.clock()
+        offset = round(self.storage_clock() - time.time(), 1) if self.storage_clock is not None else 0.0
         return Heartbeat(
             node=self.node_id,
             process=f"{self.slot_id}/{os.getpid()}",
@@ -107,8 +113,10 @@ class NodeHeartbeat(dramatiq.Middleware):
             running_queues=tuple(queue for _, queue in jobs),
             state=state,
             version=self._version,
-            at=self.clock(),
+            at=now,
             interval_s=self.interval_s,
+            clock_offset_s=offset or 0.0,  # (no -0.0)
+            storage_failing=bool(self._intake is not None and self._intake.closed),
         )
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
@@ -118,6 +126,7 @@ class NodeHeartbeat(dramatiq.Middleware):
         work_queues = getattr(broker, "work_queues", None)
         self._queues = tuple(work_queues() if work_queues else sorted(broker.get_declared_queues()))
         self._threads = worker.worker_threads
+        self._intake = getattr(broker, "intake", None)
         self._parameters = broker.parameters
         self._prefix = getattr(broker, "queue_prefix", "")
         self._thread = threading.Thread(target=self._loop, name="burrow-heartbeat", daemon=True)

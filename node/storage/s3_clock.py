@@ -33,6 +33,8 @@ from botocore.auth import SIGV4_TIMESTAMP, S3SigV4Auth
 from botocore.exceptions import NoCredentialsError
 from botocore.handlers import set_operation_specific_signer
 
+from ..contract.registry import describe_offset
+
 logger = logging.getLogger(__name__)
 
 #: Offsets smaller than this are taken as none: the ``Date`` header has one-second resolution, and a
@@ -140,13 +142,6 @@ class EndpointClock:
         chosen = set_operation_specific_signer(context=context, signing_name=signing_name, **kwargs)
         chosen = chosen or signature_version
         return SIGNER_NAME if chosen == "s3v4" else chosen
-
-
-def describe_offset(offset_s: float) -> str:
-    """``"3,600 s behind"`` / ``"12 s ahead of"`` / ``"in step with"``: how this machine's clock stands."""
-    if not offset_s:
-        return "in step with"
-    return f"{abs(offset_s):,.0f} s {'behind' if offset_s > 0 else 'ahead of'}"
 
 
 class ClockCorrectedS3SigV4Auth(S3SigV4Auth):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from dramatiq import Message
 
+from cloud.registry import NodeRegistry
 from node.broker import QuorumRabbitmqBroker
 from node.broker.intake import Intake
 from node.contract.job_options import JobOptions
@@ -75,6 +76,7 @@ def test_a_node_whose_storage_refuses_it_leaves_the_queue_alone_and_takes_it_all
         "BURROW_S3_ENDPOINT_URL": proxy.endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
+        "BURROW_NODE_HEARTBEAT_S": "1",
     }
     queue, actor, topology = "tests", "counted", None
     if consumer == "priority":
@@ -102,6 +104,9 @@ def test_a_node_whose_storage_refuses_it_leaves_the_queue_alone_and_takes_it_all
 
         # Then it tries one job per pause (1, 2, 4 s) and leaves the rest in the queue
         wait_for(lambda: proxy.denied >= 4, 90, "four refused reads")
+        if consumer == "subscription":  # and its heartbeat says so (it beats every second here)
+            registry = NodeRegistry(broker.parameters, queue_prefix, refresh_s=0)
+            wait_for(lambda: (v := registry.nodes().get("test-node")) and v.storage_failing, 60, "the beat")
         proxy.refusing = False
         first = proxy.denied_at[:4]
         gaps = [first[i + 1] - first[i] for i in range(3)]

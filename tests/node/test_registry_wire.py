@@ -18,6 +18,19 @@ def beat(**changes) -> bytes:
 
 def test_a_heartbeat_round_trips():
     assert Heartbeat.decode(GOOD.encode()) == GOOD
+    troubled = Heartbeat(node="n", process="cpu-0/1", clock_offset_s=-3600.2, storage_failing=True, at=1000.0)
+    assert Heartbeat.decode(troubled.encode()) == troubled
+
+
+def test_a_node_shows_its_live_processes_clock_offset_and_failing_storage():
+    ok = Heartbeat(node="n", process="cpu-0/1", at=1000.0)
+    off = Heartbeat(node="n", process="cpu-1/2", clock_offset_s=3600.4, storage_failing=True, at=1000.0)
+    gone = Heartbeat(node="n", process="cpu-2/3", clock_offset_s=-99999.0, storage_failing=True, at=900.0)
+    view = fold([ok, off, gone], now=1005.0)["n"]
+    assert view.clock_offset_s == 3600.4 and view.storage_failing  # (the silent process counts for nothing)
+    assert fold([ok], now=1005.0)["n"].clock_offset_s == 0.0 and not fold([ok], now=1005.0)["n"].storage_failing
+    # an older node's beats, without the fields, read as in step and working
+    assert Heartbeat.decode(json.dumps({"node": "old", "process": "cpu-0/1", "at": 1.0}).encode()).clock_offset_s == 0
 
 
 @pytest.mark.parametrize(
@@ -42,6 +55,10 @@ def test_a_heartbeat_round_trips():
         beat(queues="tests"),
         beat(running={"j1": 1}),
         beat(at=1e400),
+        beat(clock_offset_s="3600"),
+        beat(clock_offset_s=float("nan")),
+        beat(storage_failing="yes"),
+        beat(storage_failing=1),
     ],
 )
 def test_anything_but_a_heartbeat_is_ignored_and_cannot_break_a_fold(body):

@@ -10,10 +10,12 @@ import pytest
 from botocore.exceptions import ClientError
 from dramatiq import Message
 
+from cloud.registry import NodeRegistry
 from node.contract.job_options import JobOptions
+from node.contract.registry import describe_offset
 from node.storage import open_storage
 from node.storage.records import RecordStore
-from node.storage.s3_clock import EndpointClock, date_seconds, describe_offset, next_offset, offset_bounds
+from node.storage.s3_clock import EndpointClock, date_seconds, next_offset, offset_bounds
 from tests.conftest import wait_for
 from tests.s3_proxy import S3Proxy
 
@@ -139,3 +141,6 @@ def test_a_node_whose_clock_is_an_hour_behind_runs_jobs_and_judges_expiry_by_the
     wait_for(lambda: (r := records.get("stale")) and r["status"] == "expired", 90, "the stale job to expire")
     assert list(storage.list("runs/stale/")) == []
     assert "clock is 3,600 s behind the S3 endpoint's" in node.output()
+    registry = NodeRegistry(broker.parameters, broker.queue_prefix, refresh_s=0)
+    view = wait_for(lambda: registry.nodes().get("test-node"), 60, "the node's heartbeat")
+    assert view.clock_offset_s == pytest.approx(HOUR, abs=1.5)
