@@ -149,7 +149,10 @@ def claim_slot(settings: Settings, environ: MutableMapping[str, str]) -> SlotLea
     lease = SlotLease.claim(slots, settings.state_dir, preferred=environ.get("BURROW_SLOT"))
     drain.forget_stopped(settings.state_dir / "slots", lease.slot.id)  # a predecessor's word says nothing now
     lease.pin(environ)
-    lease.publish_status(node_id=settings.node_id)
+    try:
+        lease.publish_status(node_id=settings.node_id)
+    except OSError as e:  # (a full disk): the worker runs without it, as its heartbeat does
+        logger.warning("Slot status not written: %s", e)
     atexit.register(lease.release)
     return lease
 

@@ -124,6 +124,13 @@ class StorageError(BurrowError):
     """A storage backend failed or was asked for something it does not have."""
 
 
+class StorageUnavailable(StorageError):
+    """The store did not do what was asked: down, unreachable, refusing this node, full, read-only.
+
+    Not the job's fault: an attempt that meets it is handed back (an interruption, not a failure) and the
+    worker takes no job until its storage answers (``node.broker.intake``)."""
+
+
 class ObjectNotFound(StorageError):
     """The requested key does not exist."""
 

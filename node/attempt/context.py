@@ -111,9 +111,10 @@ class Artifacts:
     def put(self, name: str, data: bytes | str | os.PathLike[str]) -> str:
         """Store ``data`` (bytes or a file path) as artifact ``name`` (e.g. ``result.json``); returns its key.
 
-        Retries a failing store; raises ``StorageError`` if it stays down (the attempt then fails and is
-        retried later, so nothing is acked without its results). Raises at once, without retrying, for a bad
-        ``name`` (``ValueError``), ``data`` of another type (``TypeError``), or a path that is no file.
+        Retries a failing store; raises ``StorageUnavailable`` if it stays down (the attempt is then handed
+        back, an interruption rather than a failure, so nothing is acked without its results). Raises at once,
+        without retrying, for a bad ``name`` (``ValueError``), ``data`` of another type (``TypeError``), or a
+        path that is no file.
         """
         key = artifact_key(self.job_id, self.attempt_id, name)
         # What the actor got wrong fails at once: only the store's own failures are worth retrying.

@@ -47,7 +47,7 @@ from ..contract.record import (
     status_of,
     succeeded_record,
 )
-from ..errors import CorruptRecord, InvalidInput, PreconditionFailed, Preempted, StorageError, describe
+from ..errors import CorruptRecord, InvalidInput, Preempted, StorageUnavailable, describe
 from ..retrying import Deadline, deadline_scope, retry
 from ..storage import Storage
 from ..storage.records import RecordStore
@@ -320,8 +320,11 @@ class AttemptRunner:
 
         try:
             self.records.update(job.job_id, update, actor=message.actor_name, queue=message.queue_name, known=known)
-        except Exception:
-            logger.exception("Could not record what happened to job %s.", job.job_id)
+        except Exception as e:
+            if _storage_failed(e):  # (down, full, refusing: one line, not a traceback)
+                logger.error("Could not record what happened to job %s: %s", job.job_id, e)
+            else:
+                logger.exception("Could not record what happened to job %s.", job.job_id)
             if decision.action is Action.SETTLE:
                 raise
 
@@ -429,6 +432,8 @@ class AttemptRunner:
     ) -> None:
         context = attempt.context
         outcome = _outcome(context, exception, attempt.settings.throws)
+        if _storage_failed(exception) and getattr(broker, "intake", None) is not None:
+            broker.intake.failed(exception, writing=True)  # take no other job until storage answers
         if attempt.labels is not None:  # metered from its start
             metrics.in_flight.add(-1, attempt.labels)
             ended = {**attempt.labels, "outcome": outcome.value}
@@ -512,10 +517,12 @@ class AttemptRunner:
                 decision = chosen[0]
             if not newest and decision.action is not Action.DROP:
                 decision = Decision(Action.DROP, decision.job, reason="a newer attempt owns the job")
+            if getattr(broker, "intake", None) is not None:
+                broker.intake.worked(writing=True)
         except Exception as e:
             logger.error("Could not record the end of job %s attempt %d: %s", context.job_id, context.attempt, e)
             if _storage_failed(e) and getattr(broker, "intake", None) is not None:
-                broker.intake.failed(e)
+                broker.intake.failed(e, writing=True)
             if decision.action is Action.SUCCEED:
                 # The results are stored; only the record is missing. The next delivery records the success.
                 decision = Decision(
@@ -683,9 +690,12 @@ def _outcome(
         return Outcome.TIMED_OUT
     if isinstance(exception, Preempted) or context.stop_reason == "preempted":
         return Outcome.INTERRUPTED
+    if _storage_failed(exception):  # (the store, not the job: handed back, as a preemption is)
+        return Outcome.INTERRUPTED
     return Outcome.FAILED
 
 
-def _storage_failed(error: BaseException) -> bool:
-    """Storage itself failed (down, refusing): not a lost race or a damaged record, which it answered."""
-    return isinstance(error, StorageError) and not isinstance(error, PreconditionFailed | CorruptRecord)
+def _storage_failed(error: BaseException | None) -> bool:
+    """Storage itself failed (down, refusing, full): not a lost race, a missing key or a damaged record,
+    which it answered."""
+    return isinstance(error, StorageUnavailable)

@@ -159,7 +159,9 @@ class QuorumConsumer(BatchedSettles, _RabbitmqConsumer):
         """Send the early acks asked for; True while a released job of this worker runs, or (``taking``
         false) its storage fails: take nothing."""
         with self._lock:
-            busy = bool(self._released_ids()) or not taking
+            # A paused consumer resumes only once it holds no delivery: a new subscription gets a prefetch
+            # window of its own, which would bring more jobs than the prefetch beside those still held.
+            busy = bool(self._released_ids()) or not taking or (self._paused and bool(self.known_tags))
         try:
             if busy and not self._paused:
                 self._paused = True

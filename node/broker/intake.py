@@ -7,7 +7,8 @@ Left at that, a node whose store refuses it (credentials revoked, a bucket delet
 store would keep every node churning through every queue.
 
 So the first storage failure closes the worker's intake: its consumers take nothing for a pause, then take
-one job, whose arrival read is the test. It works: the intake opens. It fails: the next pause is
+one job, whose arrival read is the test (or, if a write failed, its end record: a full disk still reads).
+It works: the intake opens. It fails: the next pause is
 twice as long (``MIN_PAUSE_S`` doubling up to ``MAX_PAUSE_S``). Jobs wait in their queue meanwhile, for
 the nodes whose storage works. A circuit breaker, written out because it is a dozen lines over the
 consumers' own pause (``QuorumConsumer``, ``PriorityConsumer``) and no well-kept library plugs into those.
@@ -47,6 +48,7 @@ class Intake:
         self.min_pause_s, self.max_pause_s, self.clock = min_pause_s, max_pause_s, clock
         self._closed_until: float | None = None  # None: open
         self._pause_s = min_pause_s
+        self._failed_writing = False  # a write failed: only a write that works opens the intake again
         self._lock = threading.Lock()
 
     @property
@@ -69,23 +71,26 @@ class Intake:
             if self._closed_until is not None:
                 self._closed_until = self.clock() + self._pause_s
 
-    def failed(self, error: BaseException) -> None:
-        """Storage failed a job of this worker."""
+    def failed(self, error: BaseException, *, writing: bool = False) -> None:
+        """Storage failed a job of this worker (``writing``: a write failed, which a read succeeding does not
+        mend: a full disk still reads)."""
         with self._lock:
             if self._closed_until is None:
                 self._pause_s = self.min_pause_s
+                self._failed_writing = writing
             else:
                 self._pause_s = min(self.max_pause_s, self._pause_s * 2)
+                self._failed_writing = self._failed_writing or writing
             self._closed_until = self.clock() + self._pause_s
             pause = self._pause_s
         logger.warning("Storage fails (%s): taking no job for %.0f s, then trying one.", error, pause)
 
-    def worked(self) -> None:
-        """Storage answered a job of this worker."""
+    def worked(self, *, writing: bool = False) -> None:
+        """Storage answered a job of this worker (``writing``: it stored something)."""
         if self._closed_until is None:
             return
         with self._lock:
-            if self._closed_until is None:
+            if self._closed_until is None or (self._failed_writing and not writing):
                 return
             self._closed_until, self._pause_s = None, self.min_pause_s
         logger.warning("Storage answers again: taking jobs.")

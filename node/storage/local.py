@@ -10,7 +10,10 @@ them and removed once no row does.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
+import functools
 import os
 import shutil
 import sqlite3
@@ -21,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .. import unique
-from ..errors import ObjectNotFound, PreconditionFailed, StorageError
+from ..errors import ObjectNotFound, PreconditionFailed, StorageError, StorageUnavailable
 from ..unique import unique_hex
 from .base import ObjectInfo, Storage
 
@@ -30,6 +33,20 @@ INLINE_MAX = 1 << 20
 #: How long a writer waits for another process's transaction before giving up.
 BUSY_TIMEOUT_MS = 60_000
 SYNC_MODES = ("normal", "full")
+#: What the store's own files answer when the store cannot work (full, read-only, failing disk): raised as
+#: ``StorageError``, as an S3 endpoint that is down is, so a node pauses instead of failing jobs.
+_STORE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+
+
+def _store_errors(method):
+    """Run a ``Storage`` method of ``LocalStorage`` under its ``_errors`` (the key is its first argument)."""
+
+    @functools.wraps(method)
+    def wrapped(self, key="", *args, **kwargs):
+        with self._errors(key):
+            return method(self, key, *args, **kwargs)
+
+    return wrapped
 
 
 class _WriteLock:
@@ -216,7 +233,8 @@ class LocalStorage(Storage):
                         db.execute(_INSERT + _UPSERT, row)
                         db.execute("COMMIT")
                     except BaseException:
-                        db.execute("ROLLBACK")
+                        if db.in_transaction:  # (SQLite rolled back itself on some errors: a full disk)
+                            db.execute("ROLLBACK")
                         raise
         except BaseException:
             if file is not None:
@@ -267,8 +285,22 @@ class LocalStorage(Storage):
             return ObjectInfo(key=key, etag=etag, size=size)
         raise StorageError(f"{key!r} kept changing while it was read")
 
+    @contextlib.contextmanager
+    def _errors(self, key: str) -> Iterator[None]:
+        """SQLite's errors and the store's files' (a full or read-only disk) as ``StorageError``, naming the
+        key and the store, so callers see one kind of error and a CLI prints one line."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise StorageUnavailable(f"{key!r}: local storage {str(self.root)!r}: {e}") from None
+        except OSError as e:
+            if e.errno not in _STORE_ERRNOS:
+                raise
+            raise StorageUnavailable(f"{key!r}: local storage {str(self.root)!r}: {e.strerror or e}") from None
+
     # -- the Storage contract -------------------------------------------------------------------------------
 
+    @_store_errors
     def put(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> ObjectInfo:
         data = bytes(data)
         if len(data) <= INLINE_MAX:
@@ -282,6 +314,7 @@ class LocalStorage(Storage):
             raise ObjectNotFound(key)
         return found
 
+    @_store_errors
     def get_if_exists(self, key: str) -> tuple[bytes, ObjectInfo] | None:
         body: list[bytes] = []
 
@@ -291,10 +324,12 @@ class LocalStorage(Storage):
         info = self._read(key, use)
         return None if info is None else (body[-1], info)
 
+    @_store_errors
     def head(self, key: str) -> ObjectInfo | None:
         row = self._row(key)
         return None if row is None else ObjectInfo(key=key, etag=row[0], size=row[1])
 
+    @_store_errors
     def delete(self, key: str) -> None:
         self.check_key(key)
         db = self._db(create=False)
@@ -307,11 +342,13 @@ class LocalStorage(Storage):
                 db.execute("DELETE FROM objects WHERE key = ?", (key,))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # (SQLite rolled back itself on some errors: a full disk)
+                    db.execute("ROLLBACK")
                 raise
         if row is not None and row[0] is not None:
             self._blob_path(row[0]).unlink(missing_ok=True)
 
+    @_store_errors
     def list(self, prefix: str = "") -> Iterator[str]:
         db = self._db(create=False)
         if db is None:
@@ -326,11 +363,13 @@ class LocalStorage(Storage):
             ).fetchall()
         return iter([r[0] for r in rows])
 
+    @_store_errors
     def upload_file(self, key: str, path: str | Path) -> ObjectInfo:
         with open(path, "rb") as source:
             name, size = self._new_blob(lambda h: shutil.copyfileobj(source, h, 1 << 20))
         return self._write(key, size, None, name)
 
+    @_store_errors
     def download_file(self, key: str, path: str | Path) -> ObjectInfo:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from ..errors import ObjectNotFound, PreconditionFailed, StorageError
+from ..errors import ObjectNotFound, PreconditionFailed, StorageError, StorageUnavailable
 from .base import ObjectInfo, Storage
 from .s3_clock import EndpointClock
 
@@ -128,7 +128,7 @@ class S3Storage(Storage):
             return ObjectNotFound(key)
         if code in _PRECONDITION:
             return PreconditionFailed(f"{key!r}: conditional write lost ({code})")
-        return StorageError(f"{key!r}: {_one_line(error)}")
+        return StorageUnavailable(f"{key!r}: {_one_line(error)}")
 
     @contextlib.contextmanager
     def _errors(self, key: str) -> Iterator[None]:
@@ -140,14 +140,14 @@ class S3Storage(Storage):
         except ClientError as e:
             raise self._error(e, key) from None
         except NoCredentialsError:
-            raise StorageError(
+            raise StorageUnavailable(
                 f"{key!r}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
             ) from None
         except boto3.exceptions.S3UploadFailedError as e:
-            raise StorageError(f"{key!r}: {_one_line(e)}") from None
+            raise StorageUnavailable(f"{key!r}: {_one_line(e)}") from None
         except BotoCoreError as e:
             where = self.endpoint_url or "AWS S3"
-            raise StorageError(f"{key!r}: S3 endpoint {where}: {type(e).__name__}: {_one_line(e)}") from None
+            raise StorageUnavailable(f"{key!r}: S3 endpoint {where}: {type(e).__name__}: {_one_line(e)}") from None
 
     def put(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> ObjectInfo:
         extra: dict = {}

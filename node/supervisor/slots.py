@@ -180,8 +180,12 @@ class SlotLease:
             **extra,
         }
         tmp = self.status_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(status))
-        os.replace(tmp, self.status_path)
+        try:
+            tmp.write_text(json.dumps(status))
+            os.replace(tmp, self.status_path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # (a full disk): leave no half-written file behind
+            raise
 
     def release(self) -> None:
         if self.fd in _held_fds:

@@ -356,3 +356,40 @@ def test_an_exception_the_actor_declares_in_throws_is_not_retried(tmp_path):
             broker, MessageProxy(Message(queue_name="q", actor_name="lookup", args=(), kwargs={}, options={}))
         )
     assert "throws must be exception classes" in broker.set_aside[-1][1]
+
+
+def test_a_job_whose_storage_fails_under_it_is_handed_back_not_failed_and_the_worker_pauses(tmp_path):
+    # Given a running job on a worker with an intake
+    from node.broker.intake import Intake
+    from node.errors import StorageUnavailable
+
+    storage = LocalStorage(tmp_path)
+    lifecycle, broker = make(storage)
+    broker.intake = Intake()
+    message = MessageProxy(Message(queue_name="q", actor_name="job", args=(), kwargs={}, options={}))
+    lifecycle.before_process_message(broker, message)
+
+    # When its store fails under it (an artifact that could not be stored: a full disk, revoked keys)
+    lifecycle.after_process_message(broker, message, exception=StorageUnavailable("'k': database or disk is full"))
+
+    # Then the attempt is an interruption, not a failure: handed back, no failure counted
+    (attempt,) = RecordStore(storage).get(message.message_id)["attempts"]
+    assert attempt["outcome"] == "interrupted"
+    (copy, _), *_ = broker.published
+    assert copy.options["job"].get("failures", 0) == 0 and copy.options["job"]["interruptions"] == 1
+    # and the worker takes no job until a write works again (its end record was written: it did)
+    assert not broker.intake.closed
+
+
+def test_a_failed_write_is_mended_only_by_a_write_that_works():
+    from node.broker.intake import Intake
+
+    intake = Intake()
+    intake.failed(OSError("disk full"), writing=True)
+    intake.worked()  # an arrival read works on a full disk too
+    assert intake.closed
+    intake.worked(writing=True)
+    assert not intake.closed
+    intake.failed(OSError("unreachable"))  # a failed read is mended by a read
+    intake.worked()
+    assert not intake.closed

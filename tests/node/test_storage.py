@@ -241,3 +241,46 @@ def test_an_s3_endpoint_that_does_not_answer_raises_storage_errors_naming_it():
     for call in (lambda: down.get("k"), lambda: down.head("k"), lambda: down.put("k", b"x"), lambda: list(down.list())):
         with pytest.raises(StorageError, match=f"S3 endpoint {endpoint}: EndpointConnectionError"):
             call()
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A directory on a tmpfs of its own (root only: skipped where mounting is not allowed)."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_a_storage_error_naming_the_store_and_reads_still_work(full_disk):
+    from node.errors import StorageUnavailable
+
+    # Given a local store that holds an object, on a disk that then fills up
+    storage = LocalStorage(full_disk / "store")
+    storage.put("kept", b"x")
+    with open(full_disk / "filler", "wb") as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+        except OSError:
+            pass
+
+    # Then each write fails as one StorageUnavailable naming the store (SQLite's own error, not a failed
+    # rollback after SQLite rolled back itself), and what is stored still reads
+    for write in (
+        lambda: storage.put("new", b"y" * 300_000),
+        lambda: storage.put("kept", b"z" * 300_000),
+        lambda: storage.put("big", b"w" * (2 << 20)),
+    ):
+        with pytest.raises(StorageUnavailable, match=r"local storage .*(full|No space left)"):
+            write()
+    assert storage.get("kept")[0] == b"x"
+    # and once there is room again, writes work
+    (full_disk / "filler").unlink()
+    storage.put("new", b"y")
+    assert storage.get("new")[0] == b"y"
