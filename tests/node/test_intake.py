@@ -13,7 +13,7 @@ from node.contract.queues import wait_bucket_ms
 from node.contract.topology import load_topology
 from node.storage import open_storage
 from node.storage.records import RecordStore
-from tests.conftest import delete_namespace, wait_for
+from tests.conftest import delete_namespace, send, wait_for
 from tests.s3_proxy import S3Proxy
 
 
@@ -131,3 +131,27 @@ def test_a_node_whose_storage_refuses_it_leaves_the_queue_alone_and_takes_it_all
         if topology is not None:
             broker.close()
             delete_namespace(amqp_url, queue_prefix, topology.queue_names())
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_a_consumer_paused_for_its_storage_takes_nothing_more_while_it_still_holds_a_delivery(broker):
+    # Given a prefetch-1 consumer holding a delivery whose job is still ending, and two more jobs queued
+    for i in range(3):
+        send(broker, "tests", "tracked", job_key=f"held-{i}")
+    consumer = broker.consume("tests", prefetch=1, timeout=50)
+    held = wait_for(lambda: next(consumer), 10, "a delivery", interval_s=0)
+
+    # When its storage fails (it pauses), then answers again while that delivery is still held
+    broker.intake.failed(OSError("down"), writing=True)
+    assert next(consumer) is None
+    broker.intake.worked(writing=True)
+
+    # Then it takes nothing beside it (a new subscription's own prefetch window would bring a second job)
+    assert [next(consumer) for _ in range(20)] == [None] * 20
+    # and once it is settled, the consumer takes the next job
+    consumer.ack(held)
+    following = wait_for(lambda: next(consumer), 10, "the next delivery", interval_s=0)
+    assert following.message_id != held.message_id
+    consumer.ack(following)
+    consumer.close()
