@@ -8,10 +8,10 @@ store would keep every node churning through every queue.
 
 So the first storage failure closes the worker's intake: its consumers take nothing for a pause, then take
 one job, whose arrival read is the test (or, if a write failed, its end record: a full disk still reads).
-It works: the intake opens. It fails: the next pause is
-twice as long (``MIN_PAUSE_S`` doubling up to ``MAX_PAUSE_S``). Jobs wait in their queue meanwhile, for
-the nodes whose storage works. A circuit breaker, written out because it is a dozen lines over the
-consumers' own pause (``QuorumConsumer``, ``PriorityConsumer``) and no well-kept library plugs into those.
+It works: the intake opens. It fails: the next pause is twice as long (``MIN_PAUSE_S`` doubling up to
+``MAX_PAUSE_S``). Jobs wait in their queue meanwhile, for the nodes whose storage works. A circuit
+breaker, written out because it is a dozen lines over the consumers' own pause (``QuorumConsumer``,
+``PriorityConsumer``) and no well-kept library plugs into those.
 """
 
 from __future__ import annotations
