@@ -154,7 +154,7 @@ class AttemptRunner:
     def arrive(self, broker: dramatiq.Broker, message: Message, settings: JobSettings) -> None:
         """Start an attempt, or carry out what else the job needs and raise ``SkipMessage`` (the ack)."""
         job = settings.job
-        intake = getattr(broker, "intake", None)
+        intake = _intake(broker)
         try:
             record, etag = self.records.read(job.job_id)
             if intake is not None:
@@ -432,8 +432,8 @@ class AttemptRunner:
     ) -> None:
         context = attempt.context
         outcome = _outcome(context, exception, attempt.settings.throws)
-        if _storage_failed(exception) and getattr(broker, "intake", None) is not None:
-            broker.intake.failed(exception, writing=True)  # take no other job until storage answers
+        if _storage_failed(exception) and (intake := _intake(broker)) is not None:
+            intake.failed(exception, writing=True)  # take no other job until storage answers
         if attempt.labels is not None:  # metered from its start
             metrics.in_flight.add(-1, attempt.labels)
             ended = {**attempt.labels, "outcome": outcome.value}
@@ -517,12 +517,12 @@ class AttemptRunner:
                 decision = chosen[0]
             if not newest and decision.action is not Action.DROP:
                 decision = Decision(Action.DROP, decision.job, reason="a newer attempt owns the job")
-            if getattr(broker, "intake", None) is not None:
-                broker.intake.worked(writing=True)
+            if (intake := _intake(broker)) is not None:
+                intake.worked(writing=True)
         except Exception as e:
             logger.error("Could not record the end of job %s attempt %d: %s", context.job_id, context.attempt, e)
-            if _storage_failed(e) and getattr(broker, "intake", None) is not None:
-                broker.intake.failed(e, writing=True)
+            if _storage_failed(e) and (intake := _intake(broker)) is not None:
+                intake.failed(e, writing=True)
             if decision.action is Action.SUCCEED:
                 # The results are stored; only the record is missing. The next delivery records the success.
                 decision = Decision(
@@ -693,6 +693,11 @@ def _outcome(
     if _storage_failed(exception):  # (the store, not the job: handed back, as a preemption is)
         return Outcome.INTERRUPTED
     return Outcome.FAILED
+
+
+def _intake(broker: dramatiq.Broker) -> Any:
+    """The worker's ``node.broker.intake.Intake``, where its broker has one (a unit test's may not)."""
+    return getattr(broker, "intake", None)
 
 
 def _storage_failed(error: BaseException | None) -> bool:

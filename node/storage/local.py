@@ -34,7 +34,7 @@ INLINE_MAX = 1 << 20
 BUSY_TIMEOUT_MS = 60_000
 SYNC_MODES = ("normal", "full")
 #: What the store's own files answer when the store cannot work (full, read-only, failing disk): raised as
-#: ``StorageError``, as an S3 endpoint that is down is, so a node pauses instead of failing jobs.
+#: ``StorageUnavailable``, as an S3 endpoint that is down is, so a node pauses instead of failing jobs.
 _STORE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
 
 
@@ -287,8 +287,8 @@ class LocalStorage(Storage):
 
     @contextlib.contextmanager
     def _errors(self, key: str) -> Iterator[None]:
-        """SQLite's errors and the store's files' (a full or read-only disk) as ``StorageError``, naming the
-        key and the store, so callers see one kind of error and a CLI prints one line."""
+        """SQLite's errors and the store's files' (a full or read-only disk) as ``StorageUnavailable``, naming
+        the key and the store, so callers see one kind of error and a CLI prints one line."""
         try:
             yield
         except sqlite3.Error as e:
