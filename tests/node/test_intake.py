@@ -107,11 +107,11 @@ def test_a_node_whose_storage_refuses_it_leaves_the_queue_alone_and_takes_it_all
         if consumer == "subscription":  # and its heartbeat says so (it beats every second here)
             registry = NodeRegistry(broker.parameters, queue_prefix, refresh_s=0)
             wait_for(lambda: (v := registry.nodes().get("test-node")) and v.storage_failing, 60, "the beat")
+        ready = broker.get_queue_message_counts(queue)[0]  # (read while it still refuses)
         proxy.refusing = False
         first = proxy.denied_at[:4]
         gaps = [first[i + 1] - first[i] for i in range(3)]
         assert [round(gap, 1) >= pause for gap, pause in zip(gaps, (1, 2, 4), strict=True)] == [True] * 3, gaps
-        ready = broker.get_queue_message_counts(queue)[0]
         assert ready >= len(jobs) - 5, f"the node took {len(jobs) - ready} jobs it could not start"
 
         # And once storage answers it runs them all; the few it tried wait to be offered again, none lost

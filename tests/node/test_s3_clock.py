@@ -91,7 +91,8 @@ def test_a_machine_whose_clock_is_off_stores_and_reads_through_an_endpoint_that_
 
     # Then it works, by the endpoint's time: only the probe's first request was refused
     assert skewed.refused == 2  # the plain client's, and the probe's first
-    assert storage.now() - time.time() == pytest.approx(skewed.skew_s, abs=1.5)
+    # (within a minute: the offset is the middle of what one exchange bounds, wider on a loaded machine)
+    assert storage.now() - time.time() == pytest.approx(skewed.skew_s, abs=60)
     assert RecordStore(storage).create({"job_id": "j", "status": "queued", "attempts": []})
     assert RecordStore(storage).get("j")["updated_at"] == pytest.approx(time.time() + skewed.skew_s, abs=60)
 
@@ -143,4 +144,4 @@ def test_a_node_whose_clock_is_an_hour_behind_runs_jobs_and_judges_expiry_by_the
     assert "clock is 3,600 s behind the S3 endpoint's" in node.output()
     registry = NodeRegistry(broker.parameters, broker.queue_prefix, refresh_s=0)
     view = wait_for(lambda: registry.nodes().get("test-node"), 60, "the node's heartbeat")
-    assert view.clock_offset_s == pytest.approx(HOUR, abs=1.5)
+    assert view.clock_offset_s == pytest.approx(HOUR, abs=60)
